@@ -1,0 +1,340 @@
+"""Thin binding of the C API in native/rwkv.h: one Python function per C function.
+
+Arrays go in and out as numpy float32 buffers without copies; a C failure becomes an
+`RWKVError` carrying the engine's message. By default the engine compiled into this package
+is used; `Library(path)` (or the environment variable `RWKV_CPP_LIB`) loads an external
+rwkv.cpp `librwkv.so` through the same declarations instead.
+
+`python -m rwkv_cli.native --lib-path` prints the path of our engine as a plain shared
+library, for programs written against rwkv.cpp's C API.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from ._cdef import CDEF
+
+ERROR_AREAS = {
+    1 << 8: "bad arguments",
+    2 << 8: "file error",
+    3 << 8: "model error",
+    4 << 8: "model parameters error",
+    5 << 8: "graph error",
+    6 << 8: "context error",
+}
+ERROR_DETAILS = {
+    1: "allocation failed",
+    2: "cannot open file",
+    3: "cannot stat file",
+    4: "cannot read file",
+    5: "cannot write file",
+    6: "bad magic (not an rwkv.cpp model file)",
+    7: "unsupported file version",
+    8: "unsupported data type",
+    9: "unsupported",
+    10: "bad shape",
+    11: "bad dimension count",
+    12: "bad key",
+    13: "bad data",
+    14: "missing parameter",
+}
+
+FloatArray = np.ndarray
+Context = Any  # a cffi `struct rwkv_context *`
+
+
+class RWKVError(RuntimeError):
+    """A failure reported by the engine; `flags` holds rwkv.cpp's error flags."""
+
+    def __init__(self, message: str, flags: int = 0):
+        super().__init__(message)
+        self.flags = flags
+
+
+def describe_flags(flags: int) -> str:
+    area = ERROR_AREAS.get(flags & 0xFF00)
+    detail = ERROR_DETAILS.get(flags & 0xFF)
+    return ", ".join(p for p in (area, detail) if p) or f"error flags {flags:#x}"
+
+
+def bundled_library_path() -> str:
+    """Path of our engine built as a plain C shared library (librwkv.so)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "librwkv.so")
+
+
+def _as_f32(array: Optional[np.ndarray], length: int, name: str, writable: bool) -> Optional[np.ndarray]:
+    if array is None:
+        return None
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+        raise TypeError(f"{name} must be a numpy float32 array")
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if writable and not array.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    if array.size != length:
+        raise ValueError(f"{name} has {array.size} elements, expected {length}")
+    return array
+
+
+class Library:
+    """One loaded engine: ours (compiled in) or an external rwkv.cpp library."""
+
+    def __init__(self, path: Optional[str] = None):
+        path = path or os.environ.get("RWKV_CPP_LIB") or None
+        if path is None:
+            from . import _rwkv_native  # type: ignore[attr-defined]
+
+            self.ffi = _rwkv_native.ffi
+            self.lib = _rwkv_native.lib
+            self.path = bundled_library_path()
+            self.external = False
+        else:
+            from cffi import FFI
+
+            if not os.path.exists(path):
+                raise RWKVError(f"rwkv library not found: {path}")
+            self.ffi = FFI()
+            self.ffi.cdef(CDEF)
+            try:
+                self.lib = self.ffi.dlopen(path)
+            except OSError as exc:
+                raise RWKVError(f"cannot load rwkv library {path}: {exc}") from exc
+            self.path = path
+            self.external = True
+        self._has_messages = self._has("rwkv_get_last_error_message")
+
+    def _has(self, name: str) -> bool:
+        try:
+            getattr(self.lib, name)
+            return True
+        except (AttributeError, NotImplementedError):
+            return False
+
+    @property
+    def name(self) -> str:
+        return f"rwkv.cpp ({self.path})" if self.external else "rwkv-cpp native"
+
+    # ---- errors ----
+
+    def _raise(self, ctx: Optional[Context], what: str) -> None:
+        handle = ctx if ctx is not None else self.ffi.NULL
+        message = ""
+        if self._has_messages:
+            message = self.ffi.string(self.lib.rwkv_get_last_error_message(handle)).decode(
+                "utf-8", "replace"
+            )
+        flags = int(self.lib.rwkv_get_last_error(handle))
+        raise RWKVError(message or f"{what} failed: {describe_flags(flags)}", flags)
+
+    def set_print_errors(self, ctx: Optional[Context], print_errors: bool) -> None:
+        self.lib.rwkv_set_print_errors(ctx if ctx is not None else self.ffi.NULL, bool(print_errors))
+
+    def get_print_errors(self, ctx: Optional[Context]) -> bool:
+        return bool(self.lib.rwkv_get_print_errors(ctx if ctx is not None else self.ffi.NULL))
+
+    def get_last_error(self, ctx: Optional[Context]) -> int:
+        return int(self.lib.rwkv_get_last_error(ctx if ctx is not None else self.ffi.NULL))
+
+    def get_last_error_message(self, ctx: Optional[Context]) -> str:
+        if not self._has_messages:
+            return ""
+        handle = ctx if ctx is not None else self.ffi.NULL
+        return self.ffi.string(self.lib.rwkv_get_last_error_message(handle)).decode("utf-8", "replace")
+
+    # ---- contexts ----
+
+    def init_from_file(self, path: Union[str, os.PathLike], n_threads: int, n_gpu_layers: int = 0) -> Context:
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"model path is a directory, not a file: {path}")
+        if n_threads < 1:
+            raise ValueError("n_threads must be at least 1")
+        ctx = self.lib.rwkv_init_from_file(path.encode(), int(n_threads), int(n_gpu_layers))
+        if ctx == self.ffi.NULL:
+            self._raise(None, f"loading {path}")
+        return ctx
+
+    def clone_context(self, ctx: Context, n_threads: int) -> Context:
+        clone = self.lib.rwkv_clone_context(ctx, int(n_threads))
+        if clone == self.ffi.NULL:
+            self._raise(ctx, "cloning the context")
+        return clone
+
+    def gpu_offload_layers(self, ctx: Context, n_layers: int) -> None:
+        if not self.lib.rwkv_gpu_offload_layers(ctx, int(n_layers)):
+            self._raise(ctx, "GPU offload")
+
+    def free(self, ctx: Context) -> None:
+        self.lib.rwkv_free(ctx)
+
+    # ---- evaluation ----
+
+    def _ptr(self, array: Optional[np.ndarray]):
+        if array is None:
+            return self.ffi.NULL
+        return self.ffi.from_buffer("float[]", array)
+
+    def eval(
+        self,
+        ctx: Context,
+        token: int,
+        state_in: Optional[FloatArray],
+        state_out: FloatArray,
+        logits_out: Optional[FloatArray],
+    ) -> None:
+        ok = self.lib.rwkv_eval(
+            ctx, int(token), self._ptr(state_in), self._ptr(state_out), self._ptr(logits_out)
+        )
+        if not ok:
+            self._raise(ctx, "rwkv_eval")
+
+    def _tokens(self, tokens: Union[Sequence[int], np.ndarray]):
+        array = np.ascontiguousarray(tokens, dtype=np.uint32)
+        return array, self.ffi.from_buffer("uint32_t[]", array)
+
+    def eval_sequence(
+        self,
+        ctx: Context,
+        tokens: Union[Sequence[int], np.ndarray],
+        state_in: Optional[FloatArray],
+        state_out: FloatArray,
+        logits_out: Optional[FloatArray],
+    ) -> None:
+        array, ptr = self._tokens(tokens)
+        ok = self.lib.rwkv_eval_sequence(
+            ctx, ptr, len(array), self._ptr(state_in), self._ptr(state_out), self._ptr(logits_out)
+        )
+        if not ok:
+            self._raise(ctx, "rwkv_eval_sequence")
+
+    def eval_sequence_in_chunks(
+        self,
+        ctx: Context,
+        tokens: Union[Sequence[int], np.ndarray],
+        chunk_size: int,
+        state_in: Optional[FloatArray],
+        state_out: FloatArray,
+        logits_out: Optional[FloatArray],
+    ) -> None:
+        array, ptr = self._tokens(tokens)
+        ok = self.lib.rwkv_eval_sequence_in_chunks(
+            ctx,
+            ptr,
+            len(array),
+            int(chunk_size),
+            self._ptr(state_in),
+            self._ptr(state_out),
+            self._ptr(logits_out),
+        )
+        if not ok:
+            self._raise(ctx, "rwkv_eval_sequence_in_chunks")
+
+    # ---- shapes ----
+
+    def get_n_vocab(self, ctx: Context) -> int:
+        return int(self.lib.rwkv_get_n_vocab(ctx))
+
+    def get_n_embed(self, ctx: Context) -> int:
+        return int(self.lib.rwkv_get_n_embed(ctx))
+
+    def get_n_layer(self, ctx: Context) -> int:
+        return int(self.lib.rwkv_get_n_layer(ctx))
+
+    def get_state_len(self, ctx: Context) -> int:
+        return int(self.lib.rwkv_get_state_len(ctx))
+
+    def get_logits_len(self, ctx: Context) -> int:
+        return int(self.lib.rwkv_get_logits_len(ctx))
+
+    def init_state(self, ctx: Context, state: FloatArray) -> None:
+        self.lib.rwkv_init_state(ctx, self._ptr(state))
+
+    # ---- files and information ----
+
+    def quantize_model_file(
+        self,
+        path_in: Union[str, os.PathLike],
+        path_out: Union[str, os.PathLike],
+        format_name: str,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
+        src, dst = os.fspath(path_in).encode(), os.fspath(path_out).encode()
+        if progress is not None and self._has("rwkv_quantize_model_file_with_progress"):
+            @self.ffi.callback("void(void *, size_t, size_t)")
+            def on_progress(_user, done, total):
+                try:
+                    progress(int(done), int(total))
+                except Exception:  # a failing display must not unwind through C
+                    pass
+
+            ok = self.lib.rwkv_quantize_model_file_with_progress(
+                src, dst, format_name.encode(), on_progress, self.ffi.NULL
+            )
+        else:
+            ok = self.lib.rwkv_quantize_model_file(src, dst, format_name.encode())
+        if not ok:
+            self._raise(None, f"quantizing {os.fspath(path_in)} to {format_name}")
+
+    def get_system_info_string(self) -> str:
+        return self.ffi.string(self.lib.rwkv_get_system_info_string()).decode("utf-8", "replace")
+
+    def _ext_string(self, name: str, ctx: Context, default: str) -> str:
+        if not self._has(name):
+            return default
+        return self.ffi.string(getattr(self.lib, name)(ctx)).decode("utf-8", "replace")
+
+    def get_arch_version(self, ctx: Context) -> str:
+        return self._ext_string("rwkv_get_arch_version", ctx, "unknown")
+
+    def get_kernel_path(self, ctx: Context) -> str:
+        return self._ext_string("rwkv_get_kernel_path", ctx, "unknown")
+
+    def get_data_type_name(self, ctx: Context) -> str:
+        return self._ext_string("rwkv_get_data_type_name", ctx, "unknown")
+
+    def get_weight_bytes_per_token(self, ctx: Context) -> int:
+        if not self._has("rwkv_get_weight_bytes_per_token"):
+            return 0
+        return int(self.lib.rwkv_get_weight_bytes_per_token(ctx))
+
+    def get_allocation_count(self, ctx: Context) -> int:
+        if not self._has("rwkv_get_allocation_count"):
+            return -1
+        return int(self.lib.rwkv_get_allocation_count(ctx))
+
+
+_default: Optional[Library] = None
+_default_lock = threading.Lock()
+
+
+def default_library() -> Library:
+    """The library selected by RWKV_CPP_LIB, else our bundled engine (loaded once)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Library()
+        return _default
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--lib-path"]:
+        print(bundled_library_path())
+        return 0
+    if args == ["--system-info"]:
+        print(default_library().get_system_info_string())
+        return 0
+    print("usage: python -m rwkv_cli.native [--lib-path | --system-info]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
