@@ -1,0 +1,226 @@
+"""The catalog of real models the setup wizard offers (data in `catalog.json`).
+
+Each entry names a file in a Hugging Face repository. `.pth` checkpoints (published by the
+model authors) are converted and quantized locally after the download; `.bin` entries are
+rwkv.cpp files used as they are.
+
+Overrides, for mirrors and tests:
+- `RWKV_CATALOG=/path/catalog.json` replaces the built-in catalog;
+- `RWKV_DOWNLOAD_BASE=https://mirror` (or `--base-url`) serves every file at
+  `{base}/{repo}/resolve/main/{file}`, the Hugging Face layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+HF_BASE = "https://huggingface.co"
+BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
+
+QUANT_TYPES = ("FP16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+
+# Bytes stored per weight in an rwkv.cpp file of each type (ggml blocks of 32 values).
+BYTES_PER_WEIGHT = {
+    "FP32": 4.0,
+    "FP16": 2.0,
+    "Q8_0": 34 / 32,
+    "Q5_1": 24 / 32,
+    "Q5_0": 22 / 32,
+    "Q4_1": 20 / 32,
+    "Q4_0": 18 / 32,
+}
+
+TOKENIZERS = ("world", "20B", "bytes")
+PROMPT_FORMATS = {
+    # (user label, assistant label) of the chat format each family was tuned on.
+    "world": ("User", "Assistant"),
+    "raven": ("User", "Bot"),
+}
+
+
+class CatalogError(ValueError):
+    """The catalog file is missing, malformed, or does not name what was asked for."""
+
+
+@dataclass
+class Asset:
+    """A file a model needs besides its weights (the 20B tokenizer)."""
+
+    name: str
+    repo: str
+    file: str
+    urls: list[str] = field(default_factory=list)
+    sha256: str | None = None
+    size: int | None = None
+
+    def download_urls(self, base_url: str | None = None) -> list[str]:
+        base = base_url or os.environ.get("RWKV_DOWNLOAD_BASE")
+        if base:
+            return [hf_url(self.repo, self.file, base)]
+        return list(self.urls) or [hf_url(self.repo, self.file)]
+
+
+@dataclass
+class CatalogModel:
+    """One model a user can pick."""
+
+    name: str
+    title: str
+    arch: str
+    tokenizer: str
+    repo: str
+    file: str
+    format: str
+    download_size: int
+    quantization: str
+    prompt_format: str = "world"
+    notes: str = ""
+    sha256: str | None = None
+    size: int | None = None  # exact download size, when known
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return self.format == "pth"
+
+    @property
+    def parameters(self) -> float:
+        # Published checkpoints are bf16: two bytes per parameter.
+        if self.is_checkpoint:
+            return self.download_size / 2
+        return self.download_size / BYTES_PER_WEIGHT.get(self.quantization, 2.0)
+
+    def url(self, base_url: str | None = None) -> str:
+        return hf_url(self.repo, self.file, base_url)
+
+    def installed_name(self, data_type: str | None = None) -> str:
+        if not self.is_checkpoint:
+            return self.name
+        return f"{self.name}-{data_type or self.quantization}"
+
+    def installed_file(self, data_type: str | None = None) -> str:
+        if not self.is_checkpoint:
+            return self.file
+        return f"{self.installed_name(data_type)}.bin"
+
+    def model_bytes(self, data_type: str | None = None) -> int:
+        """Approximate size of the installed model file."""
+        if not self.is_checkpoint:
+            return self.size or self.download_size
+        return int(self.parameters * BYTES_PER_WEIGHT[data_type or self.quantization])
+
+    def ram_bytes(self, data_type: str | None = None) -> int:
+        """Approximate memory needed to run it: the mapped weights plus a margin."""
+        return int(self.model_bytes(data_type) * 1.1) + 64 * 1024 * 1024
+
+    def disk_bytes(self, data_type: str | None = None) -> int:
+        """Peak disk use while installing: download, FP16 intermediate and the result."""
+        if not self.is_checkpoint:
+            return self.size or self.download_size
+        fp16 = self.model_bytes("FP16")
+        return self.download_size + fp16 + self.model_bytes(data_type)
+
+
+@dataclass
+class Catalog:
+    models: list[CatalogModel]
+    assets: dict[str, Asset]
+    source: Path
+
+    def get(self, name: str) -> CatalogModel:
+        for model in self.models:
+            if model.name == name:
+                return model
+        wanted = name.lower()
+        for model in self.models:
+            if model.name.lower() == wanted or model.title.lower() == wanted:
+                return model
+        names = ", ".join(m.name for m in self.models)
+        raise CatalogError(f"no model named {name!r} in the catalog; choose one of: {names}")
+
+    def tokenizer_asset(self, tokenizer: str) -> Asset | None:
+        if tokenizer == "20B":
+            asset = self.assets.get("20B_tokenizer")
+            if asset is None:
+                raise CatalogError(f"{self.source}: no '20B_tokenizer' asset for 20B models")
+            return asset
+        return None
+
+
+def hf_url(repo: str, file: str, base_url: str | None = None) -> str:
+    base = (base_url or os.environ.get("RWKV_DOWNLOAD_BASE") or HF_BASE).rstrip("/")
+    # `%` and spaces occur in real file names; they must be percent-encoded.
+    return f"{base}/{repo}/resolve/main/{quote(file)}"
+
+
+def _require(entry: dict, key: str, where: str):
+    if key not in entry:
+        raise CatalogError(f"{where}: missing key {key!r}")
+    return entry[key]
+
+
+def _parse_model(entry: dict, where: str) -> CatalogModel:
+    if not isinstance(entry, dict):
+        raise CatalogError(f"{where}: expected an object, got {type(entry).__name__}")
+    name = _require(entry, "name", where)
+    where = f"{where} ({name})"
+    fmt = _require(entry, "format", where)
+    if fmt not in ("pth", "bin"):
+        raise CatalogError(f"{where}: format must be 'pth' or 'bin', not {fmt!r}")
+    tokenizer = entry.get("tokenizer", "world")
+    if tokenizer not in TOKENIZERS:
+        raise CatalogError(f"{where}: tokenizer must be one of {TOKENIZERS}, not {tokenizer!r}")
+    quant = entry.get("quantization", "Q8_0")
+    if quant not in BYTES_PER_WEIGHT:
+        raise CatalogError(f"{where}: unknown quantization {quant!r}")
+    prompt_format = entry.get("prompt_format", "world")
+    if prompt_format not in PROMPT_FORMATS:
+        raise CatalogError(f"{where}: prompt_format must be one of {tuple(PROMPT_FORMATS)}")
+    return CatalogModel(
+        name=name,
+        title=entry.get("title", name),
+        arch=str(_require(entry, "arch", where)),
+        tokenizer=tokenizer,
+        repo=_require(entry, "repo", where),
+        file=_require(entry, "file", where),
+        format=fmt,
+        download_size=int(_require(entry, "download_size", where)),
+        quantization=quant,
+        prompt_format=prompt_format,
+        notes=entry.get("notes", ""),
+        sha256=entry.get("sha256"),
+        size=entry.get("size"),
+    )
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """The catalog from `path`, `$RWKV_CATALOG`, or the built-in file."""
+    source = Path(path or os.environ.get("RWKV_CATALOG") or BUILTIN_CATALOG)
+    try:
+        raw = json.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CatalogError(f"cannot read the model catalog {source}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise CatalogError(f"the model catalog {source} is not valid JSON: {exc}") from exc
+    entries = raw.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise CatalogError(f"{source}: expected a non-empty list under 'models'")
+    models = [_parse_model(entry, f"{source} models[{i}]") for i, entry in enumerate(entries)]
+    assets = {}
+    for key, entry in (raw.get("assets") or {}).items():
+        where = f"{source} assets.{key}"
+        assets[key] = Asset(
+            name=key,
+            repo=_require(entry, "repo", where),
+            file=_require(entry, "file", where),
+            urls=list(entry.get("urls", [])),
+            sha256=entry.get("sha256"),
+            size=entry.get("size"),
+        )
+    # A test or mirror catalog without assets still gets the built-in tokenizer asset.
+    if "20B_tokenizer" not in assets and source != BUILTIN_CATALOG:
+        assets.update(load_catalog(BUILTIN_CATALOG).assets)
+    return Catalog(models=models, assets=assets, source=source)

@@ -1,0 +1,236 @@
+"""Resumable, verified downloads over HTTP (httpx streaming).
+
+The file grows as `DEST.part`; an interrupted download (network failure, Ctrl-C) keeps it,
+and the next call asks the server for the rest with an HTTP Range request. Only after the
+size (and the sha256 when one is known) match is the `.part` renamed to `DEST`, so a broken
+download is never mistaken for a model. The caller draws the progress (see `progress`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+ProgressCallback = Callable[[int, Optional[int]], None]  # (bytes done, total or None)
+
+CHUNK_SIZE = 1 << 20
+# Keep this much disk free beyond the download itself (the system needs room to breathe).
+DISK_MARGIN = 64 * 1024 * 1024
+
+
+class DownloadError(RuntimeError):
+    """A download that could not complete; the message is one line a user can act on."""
+
+
+class DownloadInterrupted(DownloadError):
+    """Ctrl-C during a download: the `.part` file is kept for a later resume."""
+
+
+def part_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK_SIZE), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Raise DownloadError when `folder`'s disk cannot hold `needed` more bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed + DISK_MARGIN > free:
+        raise DownloadError(
+            f"not enough disk space in {folder}: need {human_bytes(needed)}, "
+            f"{human_bytes(free)} free"
+        )
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def _total_from(response, offset: int) -> int | None:
+    """Total file size from a 200 or 206 response, when the server says."""
+    if response.status_code == 206:
+        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+        if match and match.group(3) != "*":
+            return int(match.group(3))
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit():
+        return int(length) + (offset if response.status_code == 206 else 0)
+    return None
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    expected_size: int | None = None,
+    sha256: str | None = None,
+    progress: ProgressCallback | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    check_disk: bool = True,
+    transport=None,
+) -> Path:
+    """Download `url` to `dest`, resuming `dest.part` if present; returns `dest`.
+
+    `retries` counts consecutive failed attempts (connection errors, timeouts, HTTP 5xx)
+    that made no progress; each waits `backoff * 2**n` seconds first. Raises DownloadError
+    (DownloadInterrupted on Ctrl-C, with the `.part` kept).
+    """
+    import httpx
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = part_path(dest)
+    sha256 = sha256.lower() if sha256 else None
+    total: int | None = expected_size
+    if part.exists() and expected_size is not None and part.stat().st_size > expected_size:
+        part.unlink()  # longer than the file can be: not ours to resume
+    if check_disk and expected_size is not None:
+        have = part.stat().st_size if part.exists() else 0
+        check_free_space(dest.parent, expected_size - have)
+
+    failures = 0
+    last_error = ""
+    timeouts = httpx.Timeout(timeout, connect=min(timeout, 15.0))
+    client = httpx.Client(
+        timeout=timeouts, follow_redirects=True, transport=transport,
+        headers={"User-Agent": "rwkv-cpp"},
+    )
+    try:
+        while True:
+            offset = part.stat().st_size if part.exists() else 0
+            if total is not None and offset == total:
+                break  # everything is already here (a previous run was stopped at the end)
+            progressed = False
+            try:
+                headers = {"Range": f"bytes={offset}-"} if offset else {}
+                with client.stream("GET", url, headers=headers) as response:
+                    status = response.status_code
+                    if status == 416 and offset:
+                        # Nothing left past our offset: either complete, or a stale part.
+                        match = _CONTENT_RANGE.match(
+                            response.headers.get("content-range", "").replace("*", "0-0")
+                        )
+                        size = int(match.group(3)) if match and match.group(3).isdigit() else None
+                        if size == offset:
+                            total = size
+                            break
+                        part.unlink()
+                        continue
+                    if status >= 500 or status == 429:
+                        raise _Retryable(f"HTTP {status} {response.reason_phrase} from {url}")
+                    if status >= 400:
+                        raise DownloadError(
+                            f"download failed: HTTP {status} {response.reason_phrase} for {url}"
+                        )
+                    if status == 206:
+                        match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+                        if not match or int(match.group(1)) != offset:
+                            raise DownloadError(
+                                f"download failed: {url} answered a range request for byte "
+                                f"{offset} with {response.headers.get('content-range')!r}"
+                            )
+                        mode = "ab"
+                    else:
+                        # 200: the server ignored the Range header and sends the whole file.
+                        offset = 0
+                        mode = "wb"
+                    size = _total_from(response, offset)
+                    if size is not None:
+                        if expected_size is not None and size != expected_size:
+                            raise DownloadError(
+                                f"download failed: {url} is {size} bytes, "
+                                f"the catalog expects {expected_size}"
+                            )
+                        if total is None and check_disk:
+                            check_free_space(dest.parent, size - offset)
+                        total = size
+                    done = offset
+                    if progress:
+                        progress(done, total)
+                    with open(part, mode) as handle:
+                        for chunk in response.iter_bytes(CHUNK_SIZE):
+                            handle.write(chunk)
+                            done += len(chunk)
+                            progressed = True
+                            if progress:
+                                progress(done, total)
+                if total is None:
+                    total = part.stat().st_size  # the server never said; trust a clean end
+                break
+            except (_Retryable, httpx.TransportError) as exc:
+                last_error = str(exc) or type(exc).__name__
+                failures = 0 if progressed else failures + 1
+                if failures > retries:
+                    raise DownloadError(
+                        f"download failed after {retries + 1} attempts: {last_error} ({url})"
+                    ) from exc
+                time.sleep(backoff * (2 ** max(failures - 1, 0)))
+            except OSError as exc:
+                raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
+    except KeyboardInterrupt:
+        have = part.stat().st_size if part.exists() else 0
+        raise DownloadInterrupted(
+            f"download interrupted: {human_bytes(have)} kept in {part}; "
+            "run the same command again to resume"
+        ) from None
+    finally:
+        client.close()
+
+    have = part.stat().st_size if part.exists() else 0
+    if total is not None and have != total:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"download of {url} has {have} bytes, expected {total}; the partial file was removed"
+        )
+    if sha256:
+        actual = sha256_of(part)
+        if actual != sha256:
+            part.unlink(missing_ok=True)
+            raise DownloadError(
+                f"checksum mismatch for {dest.name}: expected sha256 {sha256}, got {actual}; "
+                "the downloaded file was removed"
+            )
+    os.replace(part, dest)
+    return dest
+
+
+def download_first(urls: list[str], dest: Path, **kwargs) -> Path:
+    """Try mirrors in order; the error of the last one is raised if all fail."""
+    if not urls:
+        raise DownloadError(f"no URL to download {dest.name} from")
+    error: DownloadError | None = None
+    for url in urls:
+        try:
+            return download(url, dest, **kwargs)
+        except DownloadInterrupted:
+            raise
+        except DownloadError as exc:
+            error = exc
+            part_path(Path(dest)).unlink(missing_ok=True)  # another mirror may differ
+    assert error is not None
+    raise error
+
+
+class _Retryable(Exception):
+    pass

@@ -1,0 +1,151 @@
+"""The rwkv-cpp home folder (`~/.rwkv`, or `RWKV_HOME`): installed models and their registry.
+
+Layout:
+    models/            installed model files (rwkv.cpp format)
+    downloads/         downloads in progress (`*.part`) and checkpoints awaiting conversion
+    synthetic/         random-weight benchmark models (`--dragon` with nothing installed)
+    20B_tokenizer.json the GPT-NeoX 20B tokenizer, fetched for RWKV-4 Pile/Raven models
+    models.json        the registry: installed models and which one was installed last
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REGISTRY_FILE = "models.json"
+TOKENIZER_20B_FILE = "20B_tokenizer.json"
+
+
+class RegistryError(RuntimeError):
+    """The registry file exists but cannot be read."""
+
+
+def rwkv_home() -> Path:
+    """The home folder: `$RWKV_HOME` if set, else `~/.rwkv`."""
+    value = os.environ.get("RWKV_HOME")
+    return Path(value).expanduser() if value else Path.home() / ".rwkv"
+
+
+def models_dir() -> Path:
+    return rwkv_home() / "models"
+
+
+def downloads_dir() -> Path:
+    return rwkv_home() / "downloads"
+
+
+def synthetic_dir() -> Path:
+    return rwkv_home() / "synthetic"
+
+
+def tokenizer_20b_path() -> Path:
+    return rwkv_home() / TOKENIZER_20B_FILE
+
+
+@dataclass
+class InstalledModel:
+    """One model in the registry."""
+
+    name: str
+    path: str
+    arch: str = ""
+    data_type: str = ""
+    n_vocab: int = 0
+    n_layer: int = 0
+    n_embed: int = 0
+    file_size: int = 0
+    tokenizer: str = "auto"
+    tokenizer_path: str = ""
+    prompt_format: str = ""
+    title: str = ""
+    source: str = ""
+    installed_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    @property
+    def exists(self) -> bool:
+        return Path(self.path).is_file()
+
+
+@dataclass
+class Registry:
+    models: dict[str, InstalledModel] = field(default_factory=dict)
+    last: str | None = None
+
+
+def _registry_path() -> Path:
+    return rwkv_home() / REGISTRY_FILE
+
+
+def load_registry() -> Registry:
+    path = _registry_path()
+    if not path.exists():
+        return Registry()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        known = set(InstalledModel.__dataclass_fields__)
+        models = {
+            name: InstalledModel(**{k: v for k, v in entry.items() if k in known})
+            for name, entry in raw.get("models", {}).items()
+        }
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise RegistryError(f"cannot read the model registry {path}: {exc}") from exc
+    last = raw.get("last")
+    return Registry(models=models, last=last if last in models else None)
+
+
+def save_registry(registry: Registry) -> None:
+    path = _registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "last": registry.last,
+        "models": {name: asdict(model) for name, model in registry.models.items()},
+    }
+    # Write then rename, so a crash never leaves a half-written registry.
+    fd, tmp = tempfile.mkstemp(prefix=".models-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def register_model(model: InstalledModel, make_last: bool = True) -> None:
+    registry = load_registry()
+    registry.models[model.name] = model
+    if make_last:
+        registry.last = model.name
+    save_registry(registry)
+
+
+def set_last(name: str) -> None:
+    registry = load_registry()
+    if name not in registry.models:
+        raise KeyError(name)
+    registry.last = name
+    save_registry(registry)
+
+
+def installed_models() -> list[InstalledModel]:
+    return list(load_registry().models.values())
+
+
+def find_model(name: str) -> InstalledModel | None:
+    return load_registry().models.get(name)
+
+
+def last_model() -> InstalledModel | None:
+    """The last installed model that is still on disk (falls back to the newest such one)."""
+    registry = load_registry()
+    if registry.last and registry.models[registry.last].exists:
+        return registry.models[registry.last]
+    present = [m for m in registry.models.values() if m.exists]
+    if not present:
+        return None
+    return max(present, key=lambda m: m.installed_at)
