@@ -1,0 +1,242 @@
+/*
+ * engine.h: the engine's internal structures, shared by the C files of native/.
+ *
+ *   tensor     a typed view of one tensor (in the memory-mapped file, or owned)
+ *   model      the mapped file, shapes, per-layer tensor views; shared by cloned contexts
+ *   context    state scratch, thread pool, error slot; one per clone
+ *
+ * Nothing here knows about Python.
+ */
+#ifndef RWKV_ENGINE_H
+#define RWKV_ENGINE_H
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "rwkv.h"
+
+/* ---- tensor types (ids as in the file format) ---- */
+
+enum {
+    TYPE_FP32 = 0,
+    TYPE_FP16 = 1,
+    TYPE_Q4_0 = 2,
+    TYPE_Q4_1 = 3,
+    TYPE_Q5_0 = 7,
+    TYPE_Q5_1 = 8,
+    TYPE_Q8_0 = 9,
+    TYPE_COUNT = 10
+};
+
+#define QK 32 /* values per quantized block */
+
+bool type_is_valid(int type);
+bool type_is_quantized(int type);
+const char * type_name(int type);
+int type_from_name(const char * name); /* -1 if unknown */
+/* Bytes of a row of n values (n a multiple of QK for quantized types). */
+size_t type_row_bytes(int type, int64_t n);
+size_t type_block_bytes(int type);
+
+float fp16_to_fp32(uint16_t h);
+uint16_t fp32_to_fp16(float f); /* round to nearest even */
+
+/* Dequantizes n values (a whole number of blocks for quantized types) from src (any
+ * alignment) to dst. */
+void dequantize_row(int type, const void * src, float * dst, int64_t n);
+/* Quantizes n float32 values (multiple of QK) into dst with rwkv.cpp-compatible arithmetic. */
+void quantize_row(int type, const float * src, void * dst, int64_t n);
+
+/* Unaligned loads: tensors in the file start at arbitrary byte offsets. */
+static inline uint16_t load_u16(const void * p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t load_u32(const void * p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline float load_f32(const void * p) { float v; memcpy(&v, p, 4); return v; }
+
+typedef struct tensor {
+    int type;
+    int n_dims;
+    int64_t ne[4];        /* file order: ne[0] is the row length (innermost) */
+    const uint8_t * data; /* any alignment */
+    size_t nbytes;
+    const char * key;
+} tensor;
+
+static inline int64_t tensor_rows(const tensor * t) { return t->ne[1] * t->ne[2] * t->ne[3]; }
+static inline size_t tensor_row_bytes(const tensor * t) { return type_row_bytes(t->type, t->ne[0]); }
+
+/* ---- errors ---- */
+
+typedef struct error_slot {
+    int flags;
+    char message[512];
+} error_slot;
+
+void error_set(error_slot * slot, int flags, const char * fmt, ...) __attribute__((format(printf, 3, 4)));
+bool error_print_enabled(void);
+/* The slot of this thread's context-less calls (loading, quantizing). */
+error_slot * error_thread_slot(void);
+
+/* ---- kernels: products of a typed matrix with float activations ---- */
+
+/* A kernel set. Activations are first converted once per product ("prepared") into the
+ * form the dot products of that weight type want (floats, or int8 blocks). */
+typedef struct kernels {
+    const char * name;
+    /* bytes needed to prepare T rows of n activations for weights of `type` */
+    size_t (*prepared_bytes)(int type, int64_t n, int T);
+    /* prepares T rows of n activations (x row stride n) into dst */
+    void (*prepare)(int type, const float * x, int64_t n, int T, void * dst);
+    /* y[t * ldy + r] = dot(W row r, x_t) for r in [r0, r1), t in [0, T) */
+    void (*matmul)(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T,
+                   float * y, int64_t ldy, int64_t r0, int64_t r1);
+} kernels;
+
+extern const kernels kernels_scalar;
+/* The best kernel set that the CPU supports, or the one RWKV_KERNELS names. Never NULL. */
+const kernels * kernels_select(char * why, size_t why_len);
+const char * kernels_available(void); /* e.g. "scalar avx2 avx512" */
+
+/* ---- thread pool ---- */
+
+typedef void (*pool_task)(void * arg, int thread_index, int n_threads);
+typedef struct pool pool;
+
+pool * pool_create(int n_threads); /* n_threads - 1 workers; the caller is thread 0 */
+void pool_run(pool * p, pool_task task, void * arg);
+int pool_size(const pool * p);
+void pool_free(pool * p);
+
+/* ---- the model ---- */
+
+enum { ARCH_V4 = 40, ARCH_V5_1 = 51, ARCH_V5_2 = 52, ARCH_V6 = 60, ARCH_V7 = 70 };
+
+typedef struct layer {
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+
+    /* v4 and v5: token-shift mixes and decay */
+    const float *att_mix_k, *att_mix_v, *att_mix_r, *att_mix_g;
+    const float *att_decay, *att_first; /* v4: n_embed; v5: as stored (see forward_v5.c) */
+    const float *ln_x_w, *ln_x_b;       /* v5+: per-head group norm */
+    tensor att_k, att_v, att_r, att_o, att_g;
+    const float *ffn_mix_k, *ffn_mix_r;
+    tensor ffn_k, ffn_v, ffn_r;
+
+    /* v6 */
+    const float *maa_x, *maa_w, *maa_k, *maa_v, *maa_r, *maa_g;
+    tensor maa_w1;     /* n_embed -> 5 * D_mix */
+    tensor maa_w2[5];  /* D_mix -> n_embed each */
+    tensor decay_w1, decay_w2;
+    const float *faaaa;
+
+    /* v7 */
+    const float *x_rwkvag; /* 6 x n_embed: r, w, k, v, a, g */
+    tensor w1, w2, a1, a2, v1, v2, g1, g2;
+    const float *w0, *a0, *v0, *k_k, *k_a, *r_k;
+    const float *ffn_x_k;
+    bool has_v_lora; /* layers after the first mix v with v_first */
+} layer;
+
+typedef struct model model;
+typedef struct context context;
+
+typedef struct arch_ops {
+    int arch;             /* ARCH_V4 ... */
+    const char * version; /* "4", "5.1", ... */
+    int (*bind)(model * m, error_slot * err);
+    /* Runs T tokens (T <= context's chunk capacity) updating state in place; logits of the
+     * last token written when logits != NULL. */
+    void (*forward)(context * ctx, const uint32_t * tokens, int T, float * state, float * logits);
+    size_t (*state_len)(const model * m);
+    void (*init_state)(const model * m, float * state);
+    /* floats of scratch per token a forward needs (the context allocates chunk * this) */
+    size_t (*scratch_per_token)(const model * m);
+} arch_ops;
+
+extern const arch_ops arch_v4, arch_v5_1, arch_v5_2, arch_v6, arch_v7;
+
+struct model {
+    /* file */
+    int fd;
+    const uint8_t * map;
+    size_t map_size;
+    int version, data_type;
+    int64_t n_vocab, n_embed, n_layer;
+    int n_tensors;
+    tensor * tensors;
+    char * key_arena;
+
+    /* architecture */
+    int arch;
+    const arch_ops * ops;
+    int64_t head_size, n_head, ffn_dim;
+    float ln_x_eps;
+    tensor emb, head;
+    const float *ln0_w, *ln0_b, *ln_out_w, *ln_out_b;
+    layer * layers;
+
+    /* owned float32 copies of vectors and small tensors */
+    void ** owned;
+    int n_owned, cap_owned;
+
+    atomic_int refcount;
+    const kernels * kern;
+    size_t weight_bytes_per_token;
+};
+
+/* Maps and validates the file and its tensor table (no architecture binding). */
+model * model_open(const char * path, error_slot * err);
+/* model_open, then detects the architecture and binds the tensors. */
+model * model_load(const char * path, error_slot * err);
+void model_release(model * m); /* drops one reference */
+
+/* Tensor lookup for the bind functions: NULL and an error naming the key if absent. */
+const tensor * model_find(const model * m, const char * key);
+/* A float32 copy (owned by the model) of a tensor of exactly n elements. */
+const float * model_vector(model * m, error_slot * err, const char * key, int64_t n);
+/* Same for an optional tensor: NULL without error when absent. */
+const float * model_vector_opt(model * m, error_slot * err, const char * key, int64_t n, bool * failed);
+/* A 2-D matrix view with ne[0] == cols and rows rows (rows/cols -1: any). */
+int model_matrix(model * m, error_slot * err, const char * key, int64_t cols, int64_t rows, tensor * out);
+/* A float32 matrix owned by the model, viewed as a tensor (for small 3-D tensors). */
+tensor model_owned_matrix(const float * data, int64_t cols, int64_t rows, const char * key);
+/* Remembers a heap block to free with the model. */
+void * model_own(model * m, void * block);
+
+/* ---- contexts ---- */
+
+#define SEQ_CHUNK 64 /* tokens per internal sequence-mode chunk */
+
+struct context {
+    model * m;
+    const kernels * kern;
+    pool * pool;
+    int n_threads;
+    error_slot err;
+    bool print_errors;
+
+    int chunk;          /* token capacity of the scratch (sequence-mode chunk) */
+    float * work;       /* chunk * ops->scratch_per_token(m) floats, carved up by forward() */
+    size_t work_floats;
+    void * prepared;    /* activations prepared for the kernels */
+    size_t prepared_cap;
+    size_t allocations; /* heap blocks this context allocated (all at creation) */
+};
+
+/* y (T rows of tensor_rows(W) floats, row stride ldy) = W x (T rows of W->ne[0] floats). */
+void ctx_matmul(context * ctx, const tensor * W, const float * x, int T, float * y, int64_t ldy);
+/* Row r of the embedding as float32. */
+void ctx_embedding(context * ctx, uint32_t token, float * out);
+/* The head on one normalized vector x into logits. */
+void ctx_head(context * ctx, const float * x, float * logits);
+
+/* ---- small vector math (ops.c) ---- */
+
+void layer_norm(float * out, const float * x, const float * w, const float * b, int64_t n, float eps);
+void group_norm(float * out, const float * x, const float * w, const float * b, int64_t n_groups, int64_t group, float eps);
+static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+#endif /* RWKV_ENGINE_H */

@@ -1,0 +1,429 @@
+/*
+ * model.c: opening an rwkv.cpp model file. Every header field, shape, key length and tensor
+ * size is checked against the file size before use; the file is memory-mapped read-only
+ * and shared by all contexts cloned from the first.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+#define FILE_MAGIC 0x67676d66 /* "ggmf" */
+#define MAX_DIMS 4
+#define MAX_KEY_LEN 1024
+#define MAX_ELEMENTS (INT64_C(1) << 40)
+
+/* ---- errors ---- */
+
+static atomic_bool g_print_errors = true;
+
+bool error_print_enabled(void) { return atomic_load(&g_print_errors); }
+void error_set_print_default(bool on) { atomic_store(&g_print_errors, on); }
+
+void error_set(error_slot * slot, int flags, const char * fmt, ...) {
+    slot->flags |= flags;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(slot->message, sizeof slot->message, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- reading the header and the tensor table ---- */
+
+typedef struct reader {
+    const uint8_t * data;
+    size_t size, pos;
+} reader;
+
+static bool read_i32(reader * r, int32_t * out) {
+    if (r->size - r->pos < 4) return false;
+    memcpy(out, r->data + r->pos, 4);
+    r->pos += 4;
+    return true;
+}
+
+static int parse_header(model * m, reader * r, const char * path, error_slot * err) {
+    int32_t magic, version, n_vocab, n_embed, n_layer, data_type;
+    if (!read_i32(r, &magic)) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: file too short for an rwkv.cpp header (%zu bytes)", path, r->size);
+        return -1;
+    }
+    if (magic != FILE_MAGIC) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_MAGIC, "%s: not an rwkv.cpp model file (magic %08x, expected %08x)", path, (unsigned)magic, FILE_MAGIC);
+        return -1;
+    }
+    if (!read_i32(r, &version) || !read_i32(r, &n_vocab) || !read_i32(r, &n_embed) || !read_i32(r, &n_layer) || !read_i32(r, &data_type)) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated header (%zu bytes)", path, r->size);
+        return -1;
+    }
+    if (version != 100 && version != 101) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_VERSION, "%s: unsupported file version %d (expected 100 or 101)", path, version);
+        return -1;
+    }
+    if (n_vocab <= 0 || n_embed <= 0 || n_layer <= 0 || n_vocab > (1 << 24) || n_embed > (1 << 20) || n_layer > 4096) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA, "%s: implausible header: n_vocab %d, n_embed %d, n_layer %d", path, n_vocab, n_embed, n_layer);
+        return -1;
+    }
+    if (!type_is_valid(data_type)) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA_TYPE, "%s: unknown data type %d in the header", path, data_type);
+        return -1;
+    }
+    if (version == 100 && type_is_quantized(data_type)) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_VERSION,
+                  "%s: quantized file of version 100 uses an old block layout that is no longer supported; "
+                  "re-quantize it from the FP32 or FP16 file (rwkv-cpp quantize)", path);
+        return -1;
+    }
+    m->version = version;
+    m->n_vocab = n_vocab;
+    m->n_embed = n_embed;
+    m->n_layer = n_layer;
+    m->data_type = data_type;
+    return 0;
+}
+
+/* Reads one tensor record at r->pos; fills t (key pointing into the file) and its key length. */
+static int parse_tensor(model * m, reader * r, const char * path, tensor * t, int32_t * key_len_out, error_slot * err) {
+    size_t at = r->pos;
+    int32_t n_dims, key_len, type;
+    if (!read_i32(r, &n_dims) || !read_i32(r, &key_len) || !read_i32(r, &type)) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated tensor header at offset %zu", path, at);
+        return -1;
+    }
+    if (n_dims < 1 || n_dims > MAX_DIMS) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DIMENSION, "%s: tensor at offset %zu has %d dimensions (1 to %d allowed)", path, at, n_dims, MAX_DIMS);
+        return -1;
+    }
+    if (key_len < 1 || key_len > MAX_KEY_LEN) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_KEY, "%s: tensor at offset %zu has a key length of %d (1 to %d allowed)", path, at, key_len, MAX_KEY_LEN);
+        return -1;
+    }
+    if (!type_is_valid(type)) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA_TYPE, "%s: tensor at offset %zu has unknown data type %d", path, at, type);
+        return -1;
+    }
+    if (m->version == 100 && type_is_quantized(type)) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_VERSION,
+                  "%s: quantized tensor in a version 100 file (old block layout); re-quantize it from the FP32 or FP16 file", path);
+        return -1;
+    }
+    int64_t elements = 1;
+    for (int i = 0; i < MAX_DIMS; i++) t->ne[i] = 1;
+    for (int i = 0; i < n_dims; i++) {
+        int32_t d;
+        if (!read_i32(r, &d)) {
+            error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated tensor shape at offset %zu", path, at);
+            return -1;
+        }
+        if (d < 1) {
+            error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "%s: tensor at offset %zu has dimension %d = %d", path, at, i, d);
+            return -1;
+        }
+        t->ne[i] = d;
+        elements *= d;
+        if (elements > MAX_ELEMENTS) {
+            error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "%s: tensor at offset %zu is too large", path, at);
+            return -1;
+        }
+    }
+    if (r->size - r->pos < (size_t)key_len) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated tensor key at offset %zu", path, r->pos);
+        return -1;
+    }
+    const char * key = (const char *)r->data + r->pos;
+    r->pos += (size_t)key_len;
+    if (memchr(key, 0, (size_t)key_len) != NULL) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_KEY, "%s: tensor key at offset %zu contains a NUL byte", path, at);
+        return -1;
+    }
+    if (type_is_quantized(type) && t->ne[0] % QK != 0) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "%s: quantized tensor '%.*s' has rows of %lld values, not a multiple of %d",
+                  path, key_len, key, (long long)t->ne[0], QK);
+        return -1;
+    }
+    size_t nbytes = type_row_bytes(type, t->ne[0]) * (size_t)(elements / t->ne[0]);
+    if (r->size - r->pos < nbytes) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: tensor '%.*s' needs %zu bytes at offset %zu but the file ends at %zu (truncated file?)",
+                  path, key_len, key, nbytes, r->pos, r->size);
+        return -1;
+    }
+    t->type = type;
+    t->n_dims = n_dims;
+    t->data = r->data + r->pos;
+    t->nbytes = nbytes;
+    t->key = key;
+    *key_len_out = key_len;
+    r->pos += nbytes;
+    return 0;
+}
+
+static int parse_tensors(model * m, reader * r, const char * path, error_slot * err) {
+    size_t start = r->pos;
+    int count = 0;
+    size_t key_bytes = 0;
+    /* first pass: validate and count */
+    while (r->pos < r->size) {
+        tensor t;
+        int32_t key_len;
+        if (parse_tensor(m, r, path, &t, &key_len, err) != 0) return -1;
+        count++;
+        key_bytes += (size_t)key_len + 1;
+    }
+    if (count == 0) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "%s: the file holds no tensors", path);
+        return -1;
+    }
+    m->tensors = calloc((size_t)count, sizeof(tensor));
+    m->key_arena = malloc(key_bytes);
+    if (!m->tensors || !m->key_arena) {
+        error_set(err, RWKV_ERROR_ALLOC, "%s: out of memory for the tensor table", path);
+        return -1;
+    }
+    /* second pass: record, with NUL-terminated copies of the keys */
+    r->pos = start;
+    char * k = m->key_arena;
+    for (int i = 0; i < count; i++) {
+        int32_t key_len;
+        parse_tensor(m, r, path, &m->tensors[i], &key_len, err);
+        memcpy(k, m->tensors[i].key, (size_t)key_len);
+        k[key_len] = 0;
+        m->tensors[i].key = k;
+        k += key_len + 1;
+    }
+    m->n_tensors = count;
+    return 0;
+}
+
+/* ---- lookups used by the architecture bind functions ---- */
+
+const tensor * model_find(const model * m, const char * key) {
+    for (int i = 0; i < m->n_tensors; i++) {
+        if (strcmp(m->tensors[i].key, key) == 0) return &m->tensors[i];
+    }
+    return NULL;
+}
+
+void * model_own(model * m, void * block) {
+    if (!block) return NULL;
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void ** grown = realloc(m->owned, (size_t)cap * sizeof(void *));
+        if (!grown) {
+            free(block);
+            return NULL;
+        }
+        m->owned = grown;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = block;
+    return block;
+}
+
+static int64_t tensor_elements(const tensor * t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
+
+const float * model_vector_opt(model * m, error_slot * err, const char * key, int64_t n, bool * failed) {
+    const tensor * t = model_find(m, key);
+    if (!t) return NULL;
+    if (tensor_elements(t) != n) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "tensor '%s' has %lld elements, expected %lld",
+                  key, (long long)tensor_elements(t), (long long)n);
+        *failed = true;
+        return NULL;
+    }
+    float * out = model_own(m, malloc((size_t)n * sizeof(float)));
+    if (!out) {
+        error_set(err, RWKV_ERROR_ALLOC, "out of memory copying '%s'", key);
+        *failed = true;
+        return NULL;
+    }
+    int64_t rows = n / t->ne[0];
+    size_t rb = tensor_row_bytes(t);
+    for (int64_t i = 0; i < rows; i++) dequantize_row(t->type, t->data + i * rb, out + i * t->ne[0], t->ne[0]);
+    return out;
+}
+
+const float * model_vector(model * m, error_slot * err, const char * key, int64_t n) {
+    bool failed = false;
+    const float * v = model_vector_opt(m, err, key, n, &failed);
+    if (!v && !failed) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v%s)", key, m->ops ? m->ops->version : "?");
+    }
+    return v;
+}
+
+int model_matrix(model * m, error_slot * err, const char * key, int64_t cols, int64_t rows, tensor * out) {
+    const tensor * t = model_find(m, key);
+    if (!t) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v%s)", key, m->ops ? m->ops->version : "?");
+        return -1;
+    }
+    if (t->ne[2] != 1 || t->ne[3] != 1 || (cols >= 0 && t->ne[0] != cols) || (rows >= 0 && t->ne[1] != rows)) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "tensor '%s' has shape [%lld, %lld, %lld] (file order), expected [%lld, %lld]",
+                  key, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)cols, (long long)rows);
+        return -1;
+    }
+    *out = *t;
+    return 0;
+}
+
+tensor model_owned_matrix(const float * data, int64_t cols, int64_t rows, const char * key) {
+    tensor t = {0};
+    t.type = TYPE_FP32;
+    t.n_dims = 2;
+    t.ne[0] = cols;
+    t.ne[1] = rows;
+    t.ne[2] = t.ne[3] = 1;
+    t.data = (const uint8_t *)data;
+    t.nbytes = (size_t)(cols * rows) * 4;
+    t.key = key;
+    return t;
+}
+
+/* ---- architecture detection ---- */
+
+static const arch_ops * detect_arch(const model * m) {
+    if (model_find(m, "blocks.0.att.k_k")) return &arch_v7;
+    if (model_find(m, "blocks.0.att.time_maa_x")) return &arch_v6;
+    if (model_find(m, "blocks.0.att.ln_x.weight")) {
+        return model_find(m, "blocks.0.att.gate.weight") ? &arch_v5_2 : &arch_v5_1;
+    }
+    if (model_find(m, "blocks.0.att.time_decay")) return &arch_v4;
+    return NULL;
+}
+
+static size_t weight_bytes(const tensor * t) { return t->data ? t->nbytes : 0; }
+
+/* Bytes of matrices read per token: every 2-D tensor except the embedding (one row). */
+static size_t count_weight_bytes(const model * m) {
+    size_t total = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tensor * t = &m->tensors[i];
+        if (strcmp(t->key, "emb.weight") == 0) {
+            total += tensor_row_bytes(t);
+        } else if (t->ne[1] > 1) {
+            total += weight_bytes(t);
+        }
+    }
+    return total;
+}
+
+/* ---- load / release ---- */
+
+static void model_destroy(model * m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    free(m->tensors);
+    free(m->key_arena);
+    if (m->map && m->map != MAP_FAILED) munmap((void *)m->map, m->map_size);
+    if (m->fd >= 0) close(m->fd);
+    free(m);
+}
+
+model * model_open(const char * path, error_slot * err) {
+    if (!path) {
+        error_set(err, RWKV_ERROR_ARGS, "model path is NULL");
+        return NULL;
+    }
+    model * m = calloc(1, sizeof(model));
+    if (!m) {
+        error_set(err, RWKV_ERROR_ALLOC, "out of memory");
+        return NULL;
+    }
+    m->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (m->fd < 0) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_OPEN, "cannot open model file %s: %s", path, strerror(errno));
+        model_destroy(m);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(m->fd, &st) != 0) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_STAT, "cannot stat model file %s: %s", path, strerror(errno));
+        model_destroy(m);
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_OPEN, "%s is not a regular file", path);
+        model_destroy(m);
+        return NULL;
+    }
+    m->map_size = (size_t)st.st_size;
+    if (m->map_size < 24) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: file too short for an rwkv.cpp header (%zu bytes)", path, m->map_size);
+        model_destroy(m);
+        return NULL;
+    }
+    m->map = mmap(NULL, m->map_size, PROT_READ, MAP_PRIVATE, m->fd, 0);
+    if (m->map == MAP_FAILED) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "cannot map model file %s: %s", path, strerror(errno));
+        m->map = NULL;
+        model_destroy(m);
+        return NULL;
+    }
+    reader r = {m->map, m->map_size, 0};
+    if (parse_header(m, &r, path, err) != 0 || parse_tensors(m, &r, path, err) != 0) {
+        model_destroy(m);
+        return NULL;
+    }
+    atomic_store(&m->refcount, 1);
+    return m;
+}
+
+model * model_load(const char * path, error_slot * err) {
+    model * m = model_open(path, err);
+    if (!m) return NULL;
+    m->ops = detect_arch(m);
+    if (!m->ops) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_UNSUPPORTED,
+                  "%s: unknown model layout: no 'blocks.0.att.time_decay', 'blocks.0.att.time_maa_x' or 'blocks.0.att.k_k' tensor", path);
+        model_destroy(m);
+        return NULL;
+    }
+    m->arch = m->ops->arch;
+    m->layers = calloc((size_t)m->n_layer, sizeof(layer));
+    if (!m->layers) {
+        error_set(err, RWKV_ERROR_ALLOC, "out of memory");
+        model_destroy(m);
+        return NULL;
+    }
+    /* shared tensors of every architecture */
+    if (model_matrix(m, err, "emb.weight", m->n_embed, m->n_vocab, &m->emb) != 0 ||
+        model_matrix(m, err, "head.weight", m->n_embed, m->n_vocab, &m->head) != 0 ||
+        !(m->ln0_w = model_vector(m, err, "blocks.0.ln0.weight", m->n_embed)) ||
+        !(m->ln0_b = model_vector(m, err, "blocks.0.ln0.bias", m->n_embed)) ||
+        !(m->ln_out_w = model_vector(m, err, "ln_out.weight", m->n_embed)) ||
+        !(m->ln_out_b = model_vector(m, err, "ln_out.bias", m->n_embed)) ||
+        m->ops->bind(m, err) != 0) {
+        /* prefix the file name to the bind error */
+        char msg[sizeof err->message];
+        memcpy(msg, err->message, sizeof msg);
+        snprintf(err->message, sizeof err->message, "%.200s: %.300s", path, msg);
+        model_destroy(m);
+        return NULL;
+    }
+    const char * eps = getenv("RWKV_V5_LN_X_EPS");
+    if (m->arch == ARCH_V5_1 || m->arch == ARCH_V5_2) {
+        m->ln_x_eps = 64e-5f;
+        if (eps && *eps) {
+            char * end;
+            double v = strtod(eps, &end);
+            if (end != eps && v > 0) m->ln_x_eps = (float)v;
+        }
+    } else {
+        m->ln_x_eps = 64e-5f;
+    }
+    m->weight_bytes_per_token = count_weight_bytes(m);
+    return m;
+}
+
+void model_release(model * m) {
+    if (m && atomic_fetch_sub(&m->refcount, 1) == 1) model_destroy(m);
+}

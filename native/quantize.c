@@ -1,0 +1,114 @@
+/*
+ * quantize.c: rwkv_quantize_model_file. Reads an FP32 or FP16 file and writes the same
+ * tensors with the 2-D matrices quantized (rwkv.cpp's rule of which tensors stay as they
+ * are is part of file compatibility), streaming tensor by tensor.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+static bool ends_with(const char * s, const char * suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* Only 2-D FP32/FP16 tensors; never the embedding, the head, v7's low-rank matrices, r_k. */
+static bool should_quantize(const tensor * t) {
+    static const char * const keep[] = {".att.w1", ".att.w2", ".att.a1", ".att.a2", ".att.v1", ".att.v2",
+                                        ".att.g1", ".att.g2", ".att.r_k"};
+    if (t->n_dims != 2 || (t->type != TYPE_FP32 && t->type != TYPE_FP16)) return false;
+    if (strcmp(t->key, "emb.weight") == 0 || strcmp(t->key, "head.weight") == 0) return false;
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        if (ends_with(t->key, keep[i])) return false;
+    }
+    return t->ne[0] % QK == 0;
+}
+
+static bool write_all(FILE * f, const void * data, size_t bytes) { return fwrite(data, 1, bytes, f) == bytes; }
+
+bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * path_out, const char * format_name,
+                                            rwkv_progress_callback callback, void * user_data) {
+    error_slot * err = error_thread_slot();
+    err->flags = 0;
+    err->message[0] = 0;
+    if (!path_in || !path_out || !format_name) {
+        error_set(err, RWKV_ERROR_ARGS, "rwkv_quantize_model_file: NULL argument");
+        return false;
+    }
+    const int target = type_from_name(format_name);
+    if (!type_is_quantized(target)) {
+        error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_DATA_TYPE,
+                  "unsupported quantization format '%s' (expected Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0)", format_name);
+        return false;
+    }
+    model * m = model_open(path_in, err);
+    if (!m) return false;
+    if (m->data_type != TYPE_FP32 && m->data_type != TYPE_FP16) {
+        error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_DATA_TYPE, "%s is %s; only FP32 and FP16 files can be quantized", path_in,
+                  type_name(m->data_type));
+        model_release(m);
+        return false;
+    }
+    FILE * out = fopen(path_out, "wb");
+    if (!out) {
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_OPEN, "cannot create %s: %s", path_out, strerror(errno));
+        model_release(m);
+        return false;
+    }
+    int64_t widest = 0;
+    for (int i = 0; i < m->n_tensors; i++) widest = m->tensors[i].ne[0] > widest ? m->tensors[i].ne[0] : widest;
+    float * row = malloc((size_t)widest * sizeof(float));
+    uint8_t * qrow = malloc(type_row_bytes(TYPE_FP32, widest));
+    bool ok = row && qrow;
+    if (!ok) error_set(err, RWKV_ERROR_ALLOC, "out of memory");
+
+    const int32_t header[6] = {0x67676d66, 101, (int32_t)m->n_vocab, (int32_t)m->n_embed, (int32_t)m->n_layer, target};
+    ok = ok && write_all(out, header, sizeof header);
+    size_t done = 0, total = m->map_size;
+    for (int i = 0; ok && i < m->n_tensors; i++) {
+        const tensor * t = &m->tensors[i];
+        const bool quantize = should_quantize(t);
+        const int type = quantize ? target : t->type;
+        const int32_t key_len = (int32_t)strlen(t->key);
+        const int32_t head[3] = {t->n_dims, key_len, type};
+        ok = write_all(out, head, sizeof head);
+        for (int d = 0; ok && d < t->n_dims; d++) {
+            const int32_t dim = (int32_t)t->ne[d];
+            ok = write_all(out, &dim, 4);
+        }
+        ok = ok && write_all(out, t->key, (size_t)key_len);
+        if (!ok) break;
+        if (!quantize) {
+            ok = write_all(out, t->data, t->nbytes);
+        } else {
+            const int64_t rows = tensor_rows(t);
+            const size_t in_bytes = tensor_row_bytes(t), out_bytes = type_row_bytes(target, t->ne[0]);
+            for (int64_t r = 0; ok && r < rows; r++) {
+                dequantize_row(t->type, t->data + r * in_bytes, row, t->ne[0]);
+                quantize_row(target, row, qrow, t->ne[0]);
+                ok = write_all(out, qrow, out_bytes);
+            }
+        }
+        done = (size_t)(t->data - m->map) + t->nbytes;
+        if (ok && callback) callback(user_data, done, total);
+    }
+    if (!ok && !err->flags) error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_WRITE, "cannot write %s: %s", path_out, strerror(errno));
+    if (fclose(out) != 0 && ok) {
+        ok = false;
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_WRITE, "cannot write %s: %s", path_out, strerror(errno));
+    }
+    if (!ok) unlink(path_out);
+    free(row);
+    free(qrow);
+    model_release(m);
+    if (!ok && error_print_enabled()) fprintf(stderr, "rwkv: %s\n", err->message);
+    return ok;
+}
+
+bool rwkv_quantize_model_file(const char * path_in, const char * path_out, const char * format_name) {
+    return rwkv_quantize_model_file_with_progress(path_in, path_out, format_name, NULL, NULL);
+}
