@@ -25,13 +25,28 @@ class BuildEngine(build_ext):
             ext.extra_objects = list(objects) + list(ext.extra_objects or [])
         super().build_extensions()
         # The same engine as a plain C library, beside the extension module.
-        out_dir = os.path.dirname(self.get_ext_fullpath("rwkv_cli._rwkv_native"))
         self.compiler.link_shared_object(
-            objects,
-            os.path.join(out_dir, "librwkv.so"),
-            libraries=["m"],
-            extra_postargs=["-pthread"],
+            objects, self._library_path(), libraries=["m"], extra_postargs=["-pthread"]
         )
+
+    def _library_path(self):
+        return os.path.join(self.build_lib, "rwkv_cli", "librwkv.so")
+
+    def copy_extensions_to_source(self):
+        # in-place and editable builds: put the library beside the extension in the tree
+        super().copy_extensions_to_source()
+        package_dir = self.get_finalized_command("build_py").get_package_dir("rwkv_cli")
+        self.copy_file(self._library_path(), os.path.join(package_dir, "librwkv.so"))
+
+    def get_outputs(self):
+        return super().get_outputs() + [self._library_path()]
+
+    def get_output_mapping(self):
+        # editable installs copy what this maps into the source tree
+        mapping = dict(super().get_output_mapping())
+        build_lib_path = os.path.join(self.build_lib, "rwkv_cli", "librwkv.so")
+        mapping[build_lib_path] = os.path.join("rwkv_cli", "librwkv.so")
+        return mapping
 
 
 setup(

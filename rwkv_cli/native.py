@@ -108,6 +108,8 @@ class Library:
             self.path = path
             self.external = True
         self._has_messages = self._has("rwkv_get_last_error_message")
+        # Failures become exceptions carrying the message; printing them too would be noise.
+        self.lib.rwkv_set_print_errors(self.ffi.NULL, False)
 
     def _has(self, name: str) -> bool:
         try:
@@ -182,6 +184,17 @@ class Library:
             return self.ffi.NULL
         return self.ffi.from_buffer("float[]", array)
 
+    def _buffers(self, ctx: Context, state_in, state_out, logits_out):
+        """Checked pointers: the C side writes state_len / logits_len floats, unchecked."""
+        n_state = int(self.lib.rwkv_get_state_len(ctx))
+        if state_out is None:
+            raise ValueError("state_out is required")
+        _as_f32(state_in, n_state, "state_in", writable=False)
+        _as_f32(state_out, n_state, "state_out", writable=True)
+        if logits_out is not None:
+            _as_f32(logits_out, int(self.lib.rwkv_get_logits_len(ctx)), "logits_out", writable=True)
+        return self._ptr(state_in), self._ptr(state_out), self._ptr(logits_out)
+
     def eval(
         self,
         ctx: Context,
@@ -190,9 +203,7 @@ class Library:
         state_out: FloatArray,
         logits_out: Optional[FloatArray],
     ) -> None:
-        ok = self.lib.rwkv_eval(
-            ctx, int(token), self._ptr(state_in), self._ptr(state_out), self._ptr(logits_out)
-        )
+        ok = self.lib.rwkv_eval(ctx, int(token), *self._buffers(ctx, state_in, state_out, logits_out))
         if not ok:
             self._raise(ctx, "rwkv_eval")
 
@@ -210,7 +221,7 @@ class Library:
     ) -> None:
         array, ptr = self._tokens(tokens)
         ok = self.lib.rwkv_eval_sequence(
-            ctx, ptr, len(array), self._ptr(state_in), self._ptr(state_out), self._ptr(logits_out)
+            ctx, ptr, len(array), *self._buffers(ctx, state_in, state_out, logits_out)
         )
         if not ok:
             self._raise(ctx, "rwkv_eval_sequence")
@@ -230,9 +241,7 @@ class Library:
             ptr,
             len(array),
             int(chunk_size),
-            self._ptr(state_in),
-            self._ptr(state_out),
-            self._ptr(logits_out),
+            *self._buffers(ctx, state_in, state_out, logits_out),
         )
         if not ok:
             self._raise(ctx, "rwkv_eval_sequence_in_chunks")
@@ -255,6 +264,7 @@ class Library:
         return int(self.lib.rwkv_get_logits_len(ctx))
 
     def init_state(self, ctx: Context, state: FloatArray) -> None:
+        _as_f32(state, int(self.lib.rwkv_get_state_len(ctx)), "state", writable=True)
         self.lib.rwkv_init_state(ctx, self._ptr(state))
 
     # ---- files and information ----

@@ -1,0 +1,226 @@
+"""The native engine on RWKV v4: fixture logits for every tensor type, our quantizer, the
+NumPy reference on other shapes, and the C API's semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from engine_utils import run_sequence, run_serial, within_fixture_limit
+from helpers import FIXTURE_TOKENS, tiny_expected, tiny_model
+from reference import Reference
+
+from rwkv_cli import modelfile, native
+from rwkv_cli.synthetic import write_random_model
+
+FILE_LIMITS = {"FP32": 0.001, "FP16": 0.013652, "Q5_0": 0.170404, "Q5_1": 0.278034}
+QUANTIZED_LIMITS = {
+    "FP32": {"Q4_0": 0.160030, "Q4_1": 0.547409, "Q5_0": 0.170404, "Q5_1": 0.278034, "Q8_0": 0.076282},
+    "FP16": {"Q4_0": 0.154614, "Q4_1": 0.539827, "Q5_0": 0.180142, "Q5_1": 0.294953, "Q8_0": 0.077226},
+}
+
+
+@pytest.fixture(scope="module")
+def lib() -> native.Library:
+    return native.default_library()
+
+
+def load(lib, path, threads=2):
+    ctx = lib.init_from_file(path, threads)
+    return ctx
+
+
+@pytest.mark.parametrize("dtype", list(FILE_LIMITS))
+@pytest.mark.parametrize("mode", ["serial", "sequence"])
+def test_fixture_files_match_reference_logits(lib, dtype, mode):
+    expected = np.fromfile(tiny_expected("4v0"), dtype="<f4")
+    ctx = load(lib, tiny_model("4v0", dtype))
+    try:
+        run = run_serial if mode == "serial" else run_sequence
+        logits, _ = run(lib, ctx, FIXTURE_TOKENS)
+    finally:
+        lib.free(ctx)
+    assert within_fixture_limit(logits, expected, FILE_LIMITS[dtype])
+    if dtype == "FP32":
+        assert np.max(np.abs(logits - expected)) < 1e-4
+
+
+def test_fp32_state_matches_rwkv_cpp_state(lib):
+    expected = np.fromfile(tiny_expected("4v0", "state"), dtype="<f4")
+    ctx = load(lib, tiny_model("4v0", "FP32"))
+    try:
+        assert lib.get_state_len(ctx) == expected.size == 5 * 128 * 4
+        _, state = run_serial(lib, ctx, FIXTURE_TOKENS)
+    finally:
+        lib.free(ctx)
+    np.testing.assert_allclose(state, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("source", ["FP32", "FP16"])
+@pytest.mark.parametrize("target", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_files_quantized_by_us_stay_within_limits(lib, tmp_path, source, target):
+    out = tmp_path / f"4v0-{target}.bin"
+    lib.quantize_model_file(tiny_model("4v0", source), out, target)
+    expected = np.fromfile(tiny_expected("4v0"), dtype="<f4")
+    ctx = load(lib, out)
+    try:
+        assert lib.get_data_type_name(ctx) == target
+        serial, _ = run_serial(lib, ctx, FIXTURE_TOKENS)
+        sequence, _ = run_sequence(lib, ctx, FIXTURE_TOKENS)
+    finally:
+        lib.free(ctx)
+    limit = QUANTIZED_LIMITS[source][target]
+    assert within_fixture_limit(serial, expected, limit)
+    assert within_fixture_limit(sequence, expected, limit)
+
+
+@pytest.mark.parametrize("target", ["Q5_0", "Q5_1"])
+def test_quantizer_is_bit_compatible_with_rwkv_cpp_files(lib, tmp_path, target):
+    """The fixture's Q5 files were written by rwkv.cpp's quantizer from the FP32 file."""
+    ours = tmp_path / "ours.bin"
+    lib.quantize_model_file(tiny_model("4v0", "FP32"), ours, target)
+    theirs = tiny_model("4v0", target)
+    # rwkv.cpp wrote that file as version 101 from a version 100 source; the tensors are what
+    # must agree byte for byte.
+    ours_bytes, theirs_bytes = ours.read_bytes(), theirs.read_bytes()
+    assert ours_bytes[24:] == theirs_bytes[24:]
+    assert ours_bytes[8:24] == theirs_bytes[8:24]
+
+
+@pytest.mark.parametrize("target", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_c_quantizer_equals_numpy_quantizer(lib, tmp_path, target):
+    src = write_random_model(tmp_path / "src.bin", "4", 2, 96, 300, data_type="FP16", seed=3)
+    out = tmp_path / "q.bin"
+    lib.quantize_model_file(src, out, target)
+    infos = {i.key: i for i in modelfile.list_tensors(out)}
+    raw = out.read_bytes()
+    for info in modelfile.list_tensors(src):
+        q = infos[info.key]
+        if modelfile.should_quantize(info.key, info.shape, info.data_type):
+            values = modelfile.read_tensor(src, info)
+            assert q.data_type == modelfile.DATA_TYPES[target]
+            expected = modelfile.quantize_array(values.reshape(-1, info.shape[-1]), target)
+            assert raw[q.offset : q.offset + q.nbytes] == expected, info.key
+        else:
+            assert q.data_type == info.data_type, info.key
+
+
+@pytest.fixture(scope="module")
+def random_v4(tmp_path_factory):
+    path = tmp_path_factory.mktemp("v4") / "v4-3x96.bin"
+    return write_random_model(path, "4", 3, 96, 1000, data_type="FP32", seed=7)
+
+
+def test_random_model_matches_numpy_reference(lib, random_v4):
+    tokens = [5, 999, 0, 17, 512, 3]
+    reference = Reference.from_file(random_v4)
+    ref_logits, ref_state = reference.forward_sequence(tokens)
+    ctx = load(lib, random_v4)
+    try:
+        serial, state = run_serial(lib, ctx, tokens)
+        sequence, seq_state = run_sequence(lib, ctx, tokens)
+    finally:
+        lib.free(ctx)
+    np.testing.assert_allclose(serial, ref_logits, atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(state, ref_state, atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(sequence, serial, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(seq_state, state, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64])
+def test_sequence_in_chunks_equals_serial(lib, random_v4, chunk):
+    tokens = list(np.random.default_rng(1).integers(0, 1000, size=70))
+    ctx = load(lib, random_v4)
+    try:
+        serial, state = run_serial(lib, ctx, tokens)
+        chunked, chunked_state = run_sequence(lib, ctx, tokens, chunk=chunk)
+    finally:
+        lib.free(ctx)
+    np.testing.assert_allclose(chunked, serial, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(chunked_state, state, atol=1e-5, rtol=1e-5)
+
+
+def test_fresh_state_layout(lib, random_v4):
+    ctx = load(lib, random_v4)
+    try:
+        state = np.full(lib.get_state_len(ctx), 7.0, np.float32)
+        lib.init_state(ctx, state)
+    finally:
+        lib.free(ctx)
+    per_layer = state.reshape(3, 5, 96)
+    assert np.all(per_layer[:, :4] == 0.0)
+    assert np.all(per_layer[:, 4] == np.float32(-1e30))
+
+
+def test_shapes_and_information(lib, random_v4):
+    ctx = load(lib, random_v4)
+    try:
+        assert lib.get_n_vocab(ctx) == lib.get_logits_len(ctx) == 1000
+        assert lib.get_n_embed(ctx) == 96
+        assert lib.get_n_layer(ctx) == 3
+        assert lib.get_state_len(ctx) == 3 * 5 * 96
+        assert lib.get_arch_version(ctx) == "4"
+        assert lib.get_data_type_name(ctx) == "FP32"
+        assert lib.get_kernel_path(ctx) in lib.get_system_info_string()
+    finally:
+        lib.free(ctx)
+
+
+def test_null_logits_skips_head_and_state_in_equals_out(lib, random_v4):
+    ctx = load(lib, random_v4)
+    try:
+        state = np.empty(lib.get_state_len(ctx), np.float32)
+        logits = np.full(1000, 123.0, np.float32)
+        lib.eval(ctx, 1, None, state, None)
+        lib.eval(ctx, 2, state, state, None)  # in place
+        assert np.all(logits == 123.0)
+        lib.eval(ctx, 3, state, state, logits)
+        expected, _ = run_serial(lib, ctx, [1, 2, 3])
+    finally:
+        lib.free(ctx)
+    np.testing.assert_array_equal(logits, expected)
+
+
+def test_bad_arguments_raise(lib, random_v4):
+    ctx = load(lib, random_v4)
+    try:
+        state = np.empty(lib.get_state_len(ctx), np.float32)
+        with pytest.raises(native.RWKVError, match="out of range"):
+            lib.eval(ctx, 1000, None, state, None)
+        with pytest.raises(native.RWKVError, match="no tokens"):
+            lib.eval_sequence(ctx, [], None, state, None)
+        with pytest.raises(native.RWKVError, match="no GPU backend"):
+            lib.gpu_offload_layers(ctx, 2)
+        lib.gpu_offload_layers(ctx, 0)
+        with pytest.raises(ValueError, match="elements"):
+            lib.eval(ctx, 1, None, np.empty(3, np.float32), None)
+    finally:
+        lib.free(ctx)
+    with pytest.raises(native.RWKVError, match="no GPU backend"):
+        lib.init_from_file(random_v4, 1, 4)
+
+
+def test_no_allocation_while_evaluating(lib, random_v4):
+    ctx = load(lib, random_v4)
+    try:
+        state = np.empty(lib.get_state_len(ctx), np.float32)
+        logits = np.empty(1000, np.float32)
+        before = lib.get_allocation_count(ctx)
+        lib.eval(ctx, 1, None, state, logits)
+        lib.eval_sequence(ctx, list(range(100)), state, state, logits)
+        assert lib.get_allocation_count(ctx) == before
+    finally:
+        lib.free(ctx)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_counts_give_identical_logits(lib, random_v4, threads):
+    tokens = [4, 8, 15, 16, 23, 42]
+    one = load(lib, random_v4, threads=2)
+    other = load(lib, random_v4, threads=threads)
+    try:
+        a, _ = run_sequence(lib, one, tokens)
+        b, _ = run_sequence(lib, other, tokens)
+    finally:
+        lib.free(one)
+        lib.free(other)
+    np.testing.assert_array_equal(a, b)
