@@ -149,3 +149,61 @@ def last_model() -> InstalledModel | None:
     if not present:
         return None
     return max(present, key=lambda m: m.installed_at)
+
+
+class NoModelError(RuntimeError):
+    """No model to run: none installed, or the name asked for is not installed."""
+
+
+@dataclass
+class ModelChoice:
+    """The model a command will run, and how to talk to it."""
+
+    name: str
+    path: Path
+    tokenizer: str = "auto"
+    prompt_format: str = ""  # "" = decide from the vocabulary once loaded
+    synthetic: bool = False
+
+
+def resolve_model(model_path: str | os.PathLike | None = None,
+                  model_name: str | None = None) -> ModelChoice:
+    """The model for `--model-path`, `--model NAME`, or else the last installed one."""
+    if model_path is not None:
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        for entry in load_registry().models.values():
+            if Path(entry.path) == path.resolve() or Path(entry.path) == path:
+                return _choice(entry)
+        return ModelChoice(name=path.name, path=path)
+    if model_name is not None:
+        registry = load_registry()
+        entry = registry.models.get(model_name)
+        if entry is None:
+            names = ", ".join(registry.models) or "none"
+            raise NoModelError(
+                f"no installed model named {model_name!r} (installed: {names}); "
+                "`rwkv-cpp models` lists them, `rwkv-cpp --setup` adds one"
+            )
+        if not entry.exists:
+            raise NoModelError(
+                f"model {model_name!r} is registered but its file is gone: {entry.path}; "
+                f"run `rwkv-cpp --setup --model ...` to install it again"
+            )
+        return _choice(entry)
+    entry = last_model()
+    if entry is None:
+        raise NoModelError(
+            f"no model installed (in {rwkv_home()}): run `rwkv-cpp --setup` to download one, "
+            "or pass --model-path FILE"
+        )
+    return _choice(entry)
+
+
+def _choice(entry: InstalledModel) -> ModelChoice:
+    tokenizer = entry.tokenizer_path
+    if not tokenizer or not Path(tokenizer).is_file():
+        tokenizer = "auto"  # the model layer looks in RWKV_HOME and says what is missing
+    return ModelChoice(name=entry.name, path=Path(entry.path), tokenizer=tokenizer,
+                       prompt_format=entry.prompt_format)

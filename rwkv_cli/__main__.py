@@ -1,0 +1,6 @@
+"""`python -m rwkv_cli` is `rwkv-cpp`."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()

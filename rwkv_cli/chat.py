@@ -1,0 +1,320 @@
+"""The chat REPL and one-shot completions (presentation over `RWKV`).
+
+The conversation is carried as a model state: each turn starts from the state after
+everything said so far, so a turn costs only its own new tokens however long the chat is. The
+same state is what `/save` writes and `/load` restores, so a conversation survives a restart.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from rich.console import Console
+
+from . import home
+from .catalog import PROMPT_FORMATS
+
+if TYPE_CHECKING:
+    from .model import RWKV, CompletionResult
+
+# A first exchange that sets the tone; both families were tuned on this turn format.
+PREAMBLE = (
+    "{user}: Hi! Who are you?\n\n"
+    "{bot}: Hello! I am an AI assistant running on this computer. I answer questions clearly "
+    "and honestly, and I say so when I do not know something.\n\n"
+)
+
+HELP = """[bold]Chat commands[/]
+  /reset        start over (forget the conversation)
+  /save FILE    save the conversation (its model state and text) to FILE
+  /load FILE    continue a conversation saved with /save
+  /help         this help
+  /exit         quit (also Ctrl-D)
+Ctrl-C stops the current reply; the chat goes on."""
+
+StopCheck = Callable[[], bool]
+
+
+class ChatError(RuntimeError):
+    """A chat command that could not be done (bad file, state of another model)."""
+
+
+def prompt_format_for(n_vocab: int, known: str = "") -> str:
+    if known in PROMPT_FORMATS:
+        return known
+    # World vocabulary -> the World/G1 turn labels; the 20B (Raven) and byte models use Bot.
+    return "world" if n_vocab == 65536 else "raven"
+
+
+def load_model(
+    console: Console,
+    choice: home.ModelChoice,
+    threads: int | None = None,
+    gpu: int | str = 0,
+    quiet: bool = False,
+) -> RWKV:
+    """Check the file header (for a clear message), then load it in the engine."""
+    from .model import RWKV
+    from .modelfile import read_header
+
+    read_header(choice.path)  # ModelFileError: not an rwkv.cpp file, old quantized format, ...
+    model = RWKV(choice.path, threads=threads, gpu_offload=gpu, tokenizer=choice.tokenizer)
+    if quiet:
+        return model.setup()
+    with console.status(f"Loading {choice.name}...", spinner="dots"):
+        return model.setup()
+
+
+@contextmanager
+def ctrl_c_stops(event: threading.Event):
+    """While active, Ctrl-C sets `event` (stopping a reply) instead of raising."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        event.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class ChatSession:
+    """The conversation: its text and the model state after that text."""
+
+    def __init__(self, model: RWKV, prompt_format: str, name: str = "",
+                 sampling: dict[str, Any] | None = None):
+        self.model = model
+        self.name = name
+        self.user, self.bot = PROMPT_FORMATS[prompt_format]
+        self.sampling = dict(sampling or {})
+        self.preamble = PREAMBLE.format(user=self.user, bot=self.bot)
+        self._preamble_state = model.get_state(self.preamble)
+        self.history = self.preamble
+        self.state = self._preamble_state.copy()
+
+    def reset(self) -> None:
+        self.history = self.preamble
+        self.state = self._preamble_state.copy()
+
+    def reply(
+        self,
+        message: str,
+        on_text: Callable[[str], None] | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> CompletionResult:
+        # A blank line ends a turn in this format, so the message must not contain one.
+        message = "\n".join(line for line in message.strip().splitlines() if line.strip())
+        prompt = f"{self.user}: {message}\n\n{self.bot}:"
+        callback = (lambda piece, _so_far: on_text(piece)) if on_text else None
+        result = self.model.completion(
+            prompt,
+            init_state=self.state,
+            stop=["\n\n", f"\n{self.user}:"],
+            stream_callback=callback,
+            stop_event=stop_event,
+            **self.sampling,
+        )
+        self._advance(prompt, result)
+        return result
+
+    def _advance(self, prompt: str, result: CompletionResult) -> None:
+        """Move the state past this turn: prompt, reply, and the blank line that ends it.
+
+        The result's state already holds the prompt and the reply tokens the model was fed
+        (all but the one that ended the reply, unless the reply was cancelled); only the rest of
+        the turn's text is evaluated here.
+        """
+        turn_end = (result.completion.rstrip() + "\n\n").encode("utf-8")
+        generated = result.tokens
+        fed = len(generated) if result.finish_reason == "cancelled" else max(len(generated) - 1, 0)
+        fed_bytes = self.model.tokenizer.decode_bytes(generated[:fed])
+        state = None
+        if result.state is not None and turn_end.startswith(fed_bytes):
+            try:
+                rest = turn_end[len(fed_bytes):].decode("utf-8")
+            except UnicodeDecodeError:
+                rest = None
+            if rest == "":
+                state = result.state
+            elif rest is not None:
+                state = self.model.completion(rest, init_state=result.state, max_tokens=0).state
+        if state is None:  # the reply's tokens and its text disagree: evaluate the turn afresh
+            text = prompt + turn_end.decode("utf-8")
+            state = self.model.completion(text, init_state=self.state, max_tokens=0).state
+        assert state is not None
+        self.state = state
+        self.history += prompt + turn_end.decode("utf-8")
+
+    def save(self, path: Path) -> None:
+        import numpy as np
+
+        path = Path(path).expanduser()
+        try:
+            with open(path, "wb") as handle:
+                np.savez(
+                    handle,
+                    state=self.state,
+                    history=np.array(self.history),
+                    model=np.array(self.name),
+                    n_vocab=np.array(self.model.n_vocab),
+                )
+        except OSError as exc:
+            raise ChatError(f"cannot save to {path}: {exc.strerror or exc}") from exc
+
+    def load(self, path: Path) -> None:
+        import numpy as np
+
+        path = Path(path).expanduser()
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                state = np.asarray(data["state"], dtype=np.float32).reshape(-1)
+                history = str(data["history"])
+        except FileNotFoundError:
+            raise ChatError(f"no such file: {path}") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise ChatError(f"{path} is not a conversation saved with /save ({exc})") from exc
+        if state.shape[0] != self.model.state_len:
+            raise ChatError(
+                f"{path} holds a state of {state.shape[0]} values; this model's state has "
+                f"{self.model.state_len} (it was saved with another model)"
+            )
+        self.state = state
+        self.history = history
+
+
+def _perf_line(result: CompletionResult) -> str:
+    usage, perf = result.usage, result.perf
+    parts = [f"{usage.completion_tokens} tokens, {perf.completion_per_second:.1f} tokens/s"]
+    if usage.prompt_tokens:
+        parts.append(
+            f"prompt {usage.prompt_tokens} tokens at {perf.full_prompt_per_second:.0f} tokens/s"
+        )
+    if result.finish_reason == "cancelled":
+        parts.append("stopped")
+    return "[dim]  " + " · ".join(parts) + "[/]"
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run_chat(
+    console: Console,
+    model_path: Path | None = None,
+    model_name: str | None = None,
+    threads: int | None = None,
+    gpu: int | str = 0,
+    temperature: float = 1.0,
+    top_p: float = 0.7,
+    max_tokens: int = 250,
+) -> None:
+    choice = home.resolve_model(model_path, model_name)
+    model = load_model(console, choice, threads, gpu)
+    try:
+        fmt = prompt_format_for(model.n_vocab, choice.prompt_format)
+        session = ChatSession(
+            model, fmt, name=choice.name,
+            sampling={"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens},
+        )
+        console.print(
+            f"[bold]rwkv-cpp chat[/] · {choice.name} (RWKV v{model.arch}, {model.data_type}, "
+            f"{model.threads} threads) · /help for commands, Ctrl-D to quit"
+        )
+        _repl(console, session)
+    finally:
+        model.free()
+
+
+def _repl(console: Console, session: ChatSession) -> None:
+    while True:
+        try:
+            line = console.input(f"[bold green]{session.user}:[/] ")
+        except EOFError:
+            console.print()
+            return
+        except KeyboardInterrupt:
+            console.print("\n[dim](Ctrl-D or /exit quits)[/]")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            command, _, argument = text.partition(" ")
+            argument = argument.strip()
+            if command in ("/exit", "/quit"):
+                return
+            try:
+                if command == "/help":
+                    console.print(HELP)
+                elif command == "/reset":
+                    session.reset()
+                    console.print("[dim]Conversation reset.[/]")
+                elif command in ("/save", "/load"):
+                    if not argument:
+                        console.print(f"[yellow]usage: {command} FILE[/]")
+                        continue
+                    if command == "/save":
+                        session.save(Path(argument))
+                        console.print(f"[dim]Saved the conversation to {argument}.[/]")
+                    else:
+                        session.load(Path(argument))
+                        console.print(f"[dim]Loaded the conversation from {argument}.[/]")
+                else:
+                    console.print(f"[yellow]unknown command {command}; /help lists them[/]")
+            except ChatError as exc:
+                console.print(f"[red]{exc}[/]")
+            continue
+
+        console.print(f"[bold cyan]{session.bot}:[/]", end="")
+        stop = threading.Event()
+        with ctrl_c_stops(stop):
+            result = session.reply(text, on_text=_write, stop_event=stop)
+        _write("\n")
+        console.print(_perf_line(result))
+
+
+def run_complete(
+    console: Console,
+    prompt: str,
+    model_path: Path | None = None,
+    model_name: str | None = None,
+    threads: int | None = None,
+    gpu: int | str = 0,
+    temperature: float = 1.0,
+    top_p: float = 0.7,
+    max_tokens: int = 64,
+    stop: list[str] | None = None,
+    seed: int | None = None,
+    json_output: bool = False,
+) -> None:
+    choice = home.resolve_model(model_path, model_name)
+    model = load_model(console, choice, threads, gpu, quiet=True)
+    try:
+        event = threading.Event()
+        with ctrl_c_stops(event):
+            result = model.completion(
+                prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                seed=seed, stop_event=event,
+                stream_callback=None if json_output else (lambda piece, _: _write(piece)),
+            )
+        if json_output:
+            payload = result.to_dict()
+            payload.update(model=choice.name, threads=model.threads, engine=model.engine)
+            import json
+
+            print(json.dumps(payload, ensure_ascii=False))
+        else:
+            _write("\n")
+    finally:
+        model.free()
+

@@ -1,0 +1,380 @@
+"""`rwkv-cpp --setup`: pick a model from the catalog, download, convert, quantize, install.
+
+Interactive with questionary in a terminal; `--model NAME --yes` runs without questions. The
+download resumes a `.part` left by an earlier run; `.pth` checkpoints are converted to FP16 and
+quantized to the chosen type, and the intermediates are removed. A model is registered only
+after its file has been verified and read back as an rwkv.cpp model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from . import home
+from .catalog import QUANT_TYPES, Catalog, CatalogModel, load_catalog
+from .download import (
+    DownloadError,
+    check_free_space,
+    download,
+    download_first,
+    human_bytes,
+    part_path,
+    sha256_of,
+)
+
+
+class SetupError(RuntimeError):
+    """Setup could not finish; the message says what to do."""
+
+
+# ---- progress ----
+
+
+def _download_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _work_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _fetch(
+    console: Console,
+    label: str,
+    urls: list[str],
+    dest: Path,
+    size: int | None,
+    sha256: str | None,
+) -> Path:
+    part = part_path(dest)
+    if part.exists():
+        console.print(
+            f"Resuming {dest.name}: {human_bytes(part.stat().st_size)} already downloaded."
+        )
+    with _download_progress(console) as progress:
+        task = progress.add_task(label, total=size)
+
+        def update(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+
+        if len(urls) == 1:
+            return download(urls[0], dest, expected_size=size, sha256=sha256, progress=update)
+        return download_first(urls, dest, expected_size=size, sha256=sha256, progress=update)
+
+
+# ---- conversion (the converter lives in convert.py) ----
+
+
+def _progress_callback(progress: Progress, task) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total or None)
+
+    return update
+
+
+def convert_with_progress(console: Console, src: Path, dest: Path, data_type: str = "FP16") -> Path:
+    from .convert import convert
+
+    if not Path(src).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    with _work_progress(console) as progress:
+        task = progress.add_task(f"Converting to {data_type}", total=None)
+        convert(src, dest, data_type=data_type, progress=_progress_callback(progress, task))
+    _report_file(console, "Wrote", dest, src)
+    return Path(dest)
+
+
+def quantize_with_progress(console: Console, src: Path, dest: Path, type_name: str) -> Path:
+    from .convert import quantize
+
+    if not Path(src).is_file():
+        raise FileNotFoundError(f"model file not found: {src}")
+    with _work_progress(console) as progress:
+        task = progress.add_task(f"Quantizing to {type_name}", total=None)
+        quantize(src, dest, type_name, progress=_progress_callback(progress, task))
+    _report_file(console, "Wrote", dest, src)
+    return Path(dest)
+
+
+def _report_file(console: Console, verb: str, dest: Path, src: Path) -> None:
+    before, after = Path(src).stat().st_size, Path(dest).stat().st_size
+    console.print(
+        f"{verb} {dest} ({human_bytes(after)}; source {human_bytes(before)})", highlight=False
+    )
+
+
+# ---- listings ----
+
+
+def show_catalog(console: Console, catalog: Catalog | None = None) -> None:
+    catalog = catalog or load_catalog()
+    installed = {m.name for m in home.installed_models() if m.exists}
+    table = Table(title="Models rwkv-cpp can install", title_justify="left")
+    for column, justify in (("name", "left"), ("model", "left"), ("arch", "center"),
+                            ("tokenizer", "center"), ("type", "center"), ("download", "right"),
+                            ("RAM", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for model in catalog.models:
+        mark = " [green](installed)[/]" if model.installed_name() in installed else ""
+        table.add_row(
+            model.name + mark, model.title, f"v{model.arch}", model.tokenizer,
+            model.quantization, human_bytes(model.download_size), human_bytes(model.ram_bytes()),
+        )
+    console.print(table)
+    console.print("Install one with: [bold]rwkv-cpp --setup --model NAME --yes[/]")
+
+
+def show_installed(console: Console, json_output: bool = False) -> None:
+    registry = home.load_registry()
+    models = list(registry.models.values())
+    if json_output:
+        rows = [
+            {
+                "name": m.name, "arch": m.arch, "dataType": m.data_type, "fileSize": m.file_size,
+                "path": m.path, "present": m.exists, "last": m.name == registry.last,
+            }
+            for m in models
+        ]
+        print(json.dumps(rows))
+        return
+    if not models:
+        console.print(
+            f"No models installed in {home.rwkv_home()}. Run [bold]rwkv-cpp --setup[/] to add one."
+        )
+        return
+    table = Table(title=f"Installed models ({home.rwkv_home()})", title_justify="left")
+    for column, justify in (("name", "left"), ("arch", "center"), ("type", "center"),
+                            ("size", "right"), ("path", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for m in models:
+        name = m.name + (" [bold green]*[/]" if m.name == registry.last else "")
+        path = m.path if m.exists else f"[red]{m.path} (missing)[/]"
+        table.add_row(name, f"v{m.arch}" if m.arch else "?", m.data_type or "?",
+                      human_bytes(m.file_size), path)
+    console.print(table)
+    console.print("[bold green]*[/] the model `rwkv-cpp` chats with (the last installed)")
+
+
+# ---- the wizard ----
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _ask(question):
+    answer = question.ask()  # None when the user pressed Ctrl-C
+    if answer is None:
+        raise SetupError("setup cancelled")
+    return answer
+
+
+def _pick_model(catalog: Catalog) -> CatalogModel:
+    import questionary
+
+    installed = {m.name for m in home.installed_models() if m.exists}
+    choices = []
+    width = max(len(m.title) for m in catalog.models)
+    for model in catalog.models:
+        mark = "  (installed)" if model.installed_name() in installed else ""
+        label = (
+            f"{model.title:<{width}}  v{model.arch:<3} {model.tokenizer:<5} "
+            f"{human_bytes(model.download_size):>8} download  "
+            f"~{human_bytes(model.ram_bytes()):>8} RAM{mark}"
+        )
+        choices.append(questionary.Choice(title=label, value=model.name))
+    name = _ask(questionary.select("Which model?", choices=choices, use_shortcuts=False))
+    return catalog.get(name)
+
+
+def _pick_type(model: CatalogModel) -> str:
+    import questionary
+
+    choices = []
+    for type_name in QUANT_TYPES:
+        hint = " (recommended)" if type_name == model.quantization else ""
+        label = (
+            f"{type_name:<5} file ~{human_bytes(model.model_bytes(type_name)):>8}, "
+            f"RAM ~{human_bytes(model.ram_bytes(type_name)):>8}{hint}"
+        )
+        choices.append(questionary.Choice(title=label, value=type_name))
+    return _ask(
+        questionary.select(
+            "Quantization (smaller is faster and uses less memory, at some quality cost):",
+            choices=choices,
+            default=next(c for c in choices if c.value == model.quantization),
+        )
+    )
+
+
+def ensure_tokenizer(console: Console, catalog: Catalog, model: CatalogModel,
+                     base_url: str | None) -> Path | None:
+    """Download the tokenizer file the model needs (once); its path, or None if none needed."""
+    asset = catalog.tokenizer_asset(model.tokenizer)
+    if asset is None:
+        return None
+    dest = home.tokenizer_20b_path()
+    if dest.is_file() and (not asset.sha256 or sha256_of(dest) == asset.sha256):
+        return dest
+    console.print(f"Downloading the {model.tokenizer} tokenizer ({asset.file}).")
+    return _fetch(console, asset.file, asset.download_urls(base_url), dest, asset.size,
+                  asset.sha256)
+
+
+def _installed_record(model: CatalogModel, path: Path, data_type: str | None,
+                      tokenizer_path: Path | None, source: str) -> home.InstalledModel:
+    from .modelfile import ModelFileError, describe
+
+    try:
+        info = describe(path)
+    except ModelFileError as exc:
+        path.unlink(missing_ok=True)
+        hint = ""
+        if "old block layout" in str(exc) or "version 100" in str(exc):
+            hint = " This pre-quantized file uses rwkv.cpp's old format; pick the .pth entry instead."
+        raise SetupError(f"the downloaded file is not a usable model: {exc}.{hint}") from exc
+    return home.InstalledModel(
+        name=model.installed_name(data_type),
+        path=str(path),
+        arch=info["arch"],
+        data_type=info["data_type"],
+        n_vocab=info["n_vocab"],
+        n_layer=info["n_layer"],
+        n_embed=info["n_embed"],
+        file_size=info["file_size"],
+        tokenizer=str(tokenizer_path) if tokenizer_path else "auto",
+        tokenizer_path=str(tokenizer_path or ""),
+        prompt_format=model.prompt_format,
+        title=model.title,
+        source=source,
+    )
+
+
+def run_setup(
+    console: Console,
+    name: str | None = None,
+    yes: bool = False,
+    data_type: str | None = None,
+    base_url: str | None = None,
+) -> home.InstalledModel:
+    """Install a catalog model; returns its registry record (also made the last one)."""
+    catalog = load_catalog()
+    interactive = _interactive() and not yes
+    if name is None:
+        if not _interactive():
+            raise SetupError(
+                "no terminal to pick a model in: pass --model NAME --yes "
+                "(`rwkv-cpp setup --list` shows the names)"
+            )
+        model = _pick_model(catalog)
+    else:
+        model = catalog.get(name)
+
+    if model.is_checkpoint:
+        if data_type is None:
+            data_type = _pick_type(model) if interactive else model.quantization
+        data_type = data_type.upper()
+        if data_type not in QUANT_TYPES:
+            raise SetupError(f"--type must be one of {', '.join(QUANT_TYPES)}, not {data_type!r}")
+    elif data_type is not None and data_type.upper() != model.quantization:
+        raise SetupError(
+            f"{model.name} is a ready-made {model.quantization} file; --type {data_type} "
+            "applies to .pth models only"
+        )
+    else:
+        data_type = None
+
+    target = home.models_dir() / model.installed_file(data_type)
+    existing = home.find_model(model.installed_name(data_type))
+    if existing is not None and existing.exists:
+        home.set_last(existing.name)
+        console.print(f"{model.title} is already installed at {existing.path}; it is now the "
+                      "default model. Chat with it: [bold]rwkv-cpp[/]")
+        return existing
+
+    console.print(
+        f"[bold]{model.title}[/] (RWKV v{model.arch}, {model.tokenizer} tokenizer): "
+        f"download {human_bytes(model.download_size)}"
+        + (f", converted and quantized to {data_type}" if model.is_checkpoint else "")
+        + f", about {human_bytes(model.ram_bytes(data_type))} of RAM to run. "
+        f"Installing into {home.models_dir()}."
+    )
+    if interactive:
+        import questionary
+
+        if not _ask(questionary.confirm("Continue?", default=True)):
+            raise SetupError("setup cancelled")
+
+    download_dir = home.downloads_dir() if model.is_checkpoint else home.models_dir()
+    download_dest = download_dir / model.file
+    have = part_path(download_dest).stat().st_size if part_path(download_dest).exists() else 0
+    check_free_space(home.models_dir(), max(0, model.disk_bytes(data_type) - have))
+
+    tokenizer_path = ensure_tokenizer(console, catalog, model, base_url)
+    url = model.url(base_url)
+    if not download_dest.is_file():
+        _fetch(console, model.file, [url], download_dest, model.size, model.sha256)
+
+    if model.is_checkpoint:
+        assert data_type is not None
+        fp16 = home.downloads_dir() / f"{model.installed_name('FP16')}.bin"
+        try:
+            if data_type == "FP16":
+                convert_with_progress(console, download_dest, target, "FP16")
+            else:
+                convert_with_progress(console, download_dest, fp16, "FP16")
+                quantize_with_progress(console, fp16, target, data_type)
+        finally:
+            fp16.unlink(missing_ok=True)
+        download_dest.unlink(missing_ok=True)  # the checkpoint is no longer needed
+
+    record = _installed_record(model, target, data_type, tokenizer_path, url)
+    home.register_model(record)
+    console.print(
+        f"[bold green]Installed[/] {record.name} (v{record.arch}, {record.data_type}, "
+        f"{human_bytes(record.file_size)}) at {record.path}\n"
+        "Chat with it: [bold]rwkv-cpp[/]    benchmark it: [bold]rwkv-cpp --dragon[/]"
+    )
+    return record
+
+
+__all__ = [
+    "DownloadError",
+    "SetupError",
+    "convert_with_progress",
+    "ensure_tokenizer",
+    "quantize_with_progress",
+    "run_setup",
+    "show_catalog",
+    "show_installed",
+]
