@@ -1,0 +1,455 @@
+"""The RWKV class: completions, streaming, stop strings, the state cache, threads and asyncio.
+
+Most tests run the shared v4 fixture (byte vocabulary, tokenizer "bytes"); the tokenizer
+choices run on tiny random-weight models written by `rwkv_cli.synthetic`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from helpers import TOKENIZERS, tiny_model
+
+from rwkv_cli import RWKV, native
+
+PROMPT = "\nThe dragon"
+
+
+class CountingLibrary:
+    """The engine with a count of the tokens it evaluated."""
+
+    def __init__(self, library: native.Library):
+        self._library = library
+        self.tokens = 0
+
+    def __getattr__(self, name):
+        return getattr(self._library, name)
+
+    def eval(self, ctx, token, *args):
+        self.tokens += 1
+        return self._library.eval(ctx, token, *args)
+
+    def eval_sequence(self, ctx, tokens, *args):
+        self.tokens += len(tokens)
+        return self._library.eval_sequence(ctx, tokens, *args)
+
+    def eval_sequence_in_chunks(self, ctx, tokens, *args):
+        self.tokens += len(tokens)
+        return self._library.eval_sequence_in_chunks(ctx, tokens, *args)
+
+
+@pytest.fixture(scope="module")
+def v4_path():
+    return tiny_model("4v0", "FP32")
+
+
+@pytest.fixture(scope="module")
+def model(v4_path):
+    with RWKV(v4_path, threads=1, tokenizer="bytes") as loaded:
+        yield loaded
+
+
+@pytest.fixture
+def counted(v4_path):
+    library = CountingLibrary(native.default_library())
+    with RWKV(v4_path, threads=1, tokenizer="bytes", library=library) as loaded:
+        yield loaded, library
+
+
+def cold(v4_path, prompt: str, **kwargs):
+    with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=0) as fresh:
+        return fresh.completion(prompt, **kwargs)
+
+
+# ---- loading and information ----
+
+
+def test_model_information(model, v4_path):
+    assert model.arch == "4"
+    assert model.data_type == "FP32"
+    assert model.n_vocab == 256
+    assert model.state_len == model.library.get_state_len(model._contexts[0])
+    assert model.tokenizer.name == "bytes"
+    assert model.path == v4_path
+    assert model.threads == 1
+    assert "native" in model.engine or "rwkv.cpp" in model.engine
+
+
+def test_auto_tokenizer_for_a_byte_vocabulary(v4_path):
+    with RWKV(v4_path, threads=1) as loaded:
+        assert loaded.tokenizer.name == "bytes"
+
+
+def test_completion_before_setup_is_a_clear_error(v4_path):
+    unloaded = RWKV(v4_path, threads=1)
+    with pytest.raises(RuntimeError, match="setup"):
+        unloaded.completion("hi")
+
+
+def test_free_then_setup_again(v4_path):
+    reloadable = RWKV(v4_path, threads=1, tokenizer="bytes")
+    first = reloadable.setup().completion(PROMPT, max_tokens=8, temperature=0)
+    reloadable.free()
+    assert not reloadable.loaded
+    with pytest.raises(RuntimeError):
+        reloadable.completion(PROMPT)
+    second = reloadable.setup().completion(PROMPT, max_tokens=8, temperature=0)
+    reloadable.free()
+    assert first.completion == second.completion
+
+
+def test_gpu_offload_without_a_gpu_backend_is_an_error(v4_path):
+    for value in (1, "50%"):
+        with pytest.raises(ValueError, match="gpu_offload"):
+            RWKV(v4_path, threads=1, gpu_offload=value).setup()
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such.bin"):
+        RWKV(tmp_path / "no-such.bin").setup()
+
+
+# ---- completions ----
+
+
+def test_greedy_is_deterministic_and_meaningful(model):
+    first = model.completion(PROMPT, max_tokens=40, temperature=0)
+    second = model.completion(PROMPT, max_tokens=40, temperature=0)
+    assert first.completion == second.completion
+    assert first.usage.completionTokens == 40
+    assert first.finish_reason == "length"
+    # Trained on text: greedy output is mostly letters and spaces.
+    letters = sum(c.isalpha() or c == " " for c in first.completion)
+    assert letters > 30
+
+
+def test_seeded_sampling_is_reproducible(model):
+    kwargs = dict(max_tokens=40, temperature=1.0, top_p=0.95, seed=1234)
+    first = model.completion(PROMPT, **kwargs)
+    second = model.completion(PROMPT, **kwargs)
+    other = model.completion(PROMPT, **{**kwargs, "seed": 99})
+    assert first.completion == second.completion
+    assert first.completion != other.completion
+
+
+def test_stop_string_across_token_boundaries(model):
+    full = model.completion(PROMPT, max_tokens=40, temperature=0).completion
+    stop = full[12:16]  # four bytes, so four tokens
+    expected = full[: full.index(stop)]
+    chunks = []
+    result = model.completion(
+        PROMPT, max_tokens=40, temperature=0, stop=["no such text", stop],
+        stream_callback=lambda text, so_far: chunks.append((text, so_far)),
+    )
+    assert result.completion == expected
+    assert result.finish_reason == "stop"
+    assert "".join(text for text, _ in chunks) == expected
+    assert all(so_far == "".join(t for t, _ in chunks[: i + 1]) for i, (_, so_far) in enumerate(chunks))
+
+
+def test_stream_chunks_concatenate_and_never_split_a_character(model):
+    # Multi-byte characters in the prompt and a hot temperature make the byte model emit
+    # partial and invalid UTF-8; streaming must still decode exactly like the whole output.
+    chunks = []
+    result = model.completion(
+        "Caf\u00e9 \u4e16\u754c \U0001f409 ", max_tokens=120, temperature=2.5, seed=7,
+        stream_callback=lambda text, so_far: chunks.append(text),
+    )
+    assert all(chunks)
+    assert "".join(chunks) == result.completion
+    assert result.completion == model.tokenizer.decode(result.tokens)
+    assert any(b >= 0x80 for b in result.tokens)
+
+
+def test_max_tokens_zero_only_caches_the_prompt(counted):
+    model, library = counted
+    result = model.completion(PROMPT, max_tokens=0)
+    assert result.completion == "" and result.usage.completionTokens == 0
+    assert result.usage.promptTokens == len(PROMPT.encode())
+    assert library.tokens == len(PROMPT.encode())
+    again = model.completion(PROMPT, max_tokens=4, temperature=0)
+    assert again.usage.promptTokensCached == len(PROMPT.encode())
+    assert library.tokens == len(PROMPT.encode()) + 3  # the fourth token is sampled, not fed
+
+
+def test_result_dict_and_json_have_the_original_keys(model):
+    result = model.completion(PROMPT, max_tokens=5, temperature=0)
+    data = json.loads(result.to_json())
+    assert data == result.to_dict()
+    assert set(data["usage"]) == {"promptTokens", "completionTokens", "totalTokens", "promptTokensCached"}
+    assert set(data["perf"]) == {
+        "promptTime", "completionTime", "totalTime", "timePerPrompt", "timePerCompletion",
+        "timePerFullPrompt", "promptPerSecond", "completionPerSecond", "fullPromptPerSecond",
+    }
+    assert data["completion"] == result.completion and data["prompt"] == PROMPT
+    assert result.usage.totalTokens == result.usage.promptTokens + result.usage.completionTokens
+    assert result.usage.prompt_tokens == result.usage.promptTokens
+
+
+def test_perf_figures_exclude_cached_tokens_from_prompt_rates(model):
+    model.preload_prompt(PROMPT)
+    result = model.completion(PROMPT + " flew", max_tokens=3, temperature=0)
+    usage, perf = result.usage, result.perf
+    evaluated = usage.promptTokens - usage.promptTokensCached
+    assert usage.promptTokensCached == len(PROMPT.encode())
+    assert perf.timePerPrompt == pytest.approx(perf.promptTime / evaluated)
+    assert perf.timePerFullPrompt == pytest.approx(perf.promptTime / usage.promptTokens)
+    assert perf.fullPromptPerSecond > perf.promptPerSecond
+    assert perf.totalTime == pytest.approx(perf.promptTime + perf.completionTime)
+
+
+# ---- the state cache ----
+
+
+def test_cache_hit_gives_the_cold_output_with_fewer_tokens(counted, v4_path):
+    model, library = counted
+    prefix = "\nOnce upon a time, in a land far away,"
+    prompt = prefix + " there lived"
+    reference = cold(v4_path, prompt, max_tokens=30, temperature=0)
+    model.preload_prompt(prefix)
+    library.tokens = 0
+    warm = model.completion(prompt, max_tokens=30, temperature=0)
+    assert warm.completion == reference.completion
+    assert warm.usage.promptTokensCached == len(prefix.encode())
+    assert library.tokens == len(" there lived") + 29
+
+
+def test_a_resent_chat_history_only_pays_for_the_new_turn(counted):
+    model, library = counted
+    first = model.completion("\nUser: hello\nBot:", max_tokens=20, temperature=0)
+    history = first.prompt + first.completion + "\nUser: and then?\nBot:"
+    second = model.completion(history, max_tokens=5, temperature=0)
+    # Everything fed during the first completion is reused: all but its last sampled token.
+    assert second.usage.promptTokensCached == first.usage.promptTokens + 19
+
+
+def test_pinned_prefix_survives_eviction_pressure(v4_path):
+    with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=2) as small:
+        small.preload_prompt("\nSystem: be brief.", pin=True)
+        for i in range(6):
+            small.completion(f"\nOther prompt {i}", max_tokens=2, temperature=0)
+        result = small.completion("\nSystem: be brief.\nUser:", max_tokens=2, temperature=0)
+        assert result.usage.promptTokensCached == len("\nSystem: be brief.")
+        assert len(small.state_cache) == 2
+
+
+def test_unpinned_prefix_is_evicted(v4_path):
+    with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=2) as small:
+        small.preload_prompt("\nSystem: be brief.")
+        for i in range(6):
+            small.completion(f"\nOther prompt {i}", max_tokens=2, temperature=0)
+        result = small.completion("\nSystem: be brief.\nUser:", max_tokens=2, temperature=0)
+        assert result.usage.promptTokensCached == 0
+
+
+def test_preload_needs_the_cache(v4_path):
+    with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=0) as uncached:
+        with pytest.raises(ValueError, match="state cache"):
+            uncached.preload_prompt("hello")
+
+
+# ---- state access ----
+
+
+def test_init_state_round_trip(model, v4_path):
+    state = model.get_state("\nThe dragon flew")
+    assert state.dtype == np.float32 and state.shape == (model.state_len,)
+    continued = model.completion(" over", init_state=state, max_tokens=20, temperature=0)
+    whole = cold(v4_path, "\nThe dragon flew over", max_tokens=20, temperature=0)
+    assert continued.completion == whole.completion
+    assert continued.usage.promptTokensCached == 0
+
+
+def test_get_state_equals_the_state_of_a_prompt_only_completion(model):
+    state = model.get_state(PROMPT)
+    result = model.completion(PROMPT, max_tokens=0)
+    assert np.array_equal(state, result.state)
+    assert not np.array_equal(state, model.get_state(PROMPT + "!"))
+
+
+def test_result_state_is_a_copy(model):
+    first = model.completion(PROMPT, max_tokens=3, temperature=0)
+    kept = first.state.copy()
+    model.completion("something else entirely", max_tokens=3, temperature=0)
+    assert np.array_equal(first.state, kept)
+
+
+# ---- stopping ----
+
+
+def test_should_stop_ends_the_completion_with_a_result(model):
+    seen = []
+    result = model.completion(
+        PROMPT, max_tokens=50, temperature=0,
+        stream_callback=lambda text, so_far: seen.append(text),
+        should_stop=lambda: len(seen) >= 5,
+    )
+    assert result.finish_reason == "cancelled"
+    assert result.usage.completionTokens == 5
+    assert result.completion == "".join(seen)
+
+
+def test_stop_event_from_the_stream_callback(model):
+    event = threading.Event()
+    result = model.completion(
+        PROMPT, max_tokens=50, temperature=0, stop_event=event,
+        stream_callback=lambda text, so_far: event.set() if len(so_far) >= 3 else None,
+    )
+    assert result.finish_reason == "cancelled"
+    assert len(result.completion) == 3
+
+
+# ---- concurrency ----
+
+
+def test_threads_on_two_contexts_give_the_serial_outputs(v4_path):
+    prompts = [f"\nStory {i}: the" for i in range(32)]
+    with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=0) as serial_model:
+        serial = [serial_model.completion(p, max_tokens=12, temperature=0).completion for p in prompts]
+    results = [None] * len(prompts)
+    with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=2) as shared:
+        def work(thread: int) -> None:
+            for i in range(thread, len(prompts), 4):
+                results[i] = shared.completion(prompts[i], max_tokens=12, temperature=0).completion
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert shared.active_work_count() == 0 and shared.pending_work_count() == 0
+    assert results == serial
+
+
+def test_work_counts_while_a_completion_waits(v4_path):
+    release = threading.Event()
+    with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=1) as single:
+        first = threading.Thread(
+            target=single.completion, args=(PROMPT,),
+            kwargs=dict(max_tokens=3, stream_callback=lambda t, s: release.wait(10)),
+        )
+        second = threading.Thread(target=single.completion, args=(PROMPT,), kwargs=dict(max_tokens=3))
+        first.start()
+        deadline = time.monotonic() + 10
+        while single.active_work_count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        second.start()
+        while single.pending_work_count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert (single.active_work_count(), single.pending_work_count()) == (1, 1)
+        release.set()
+        first.join()
+        second.join()
+        assert (single.active_work_count(), single.pending_work_count()) == (0, 0)
+
+
+def test_acompletion_under_asyncio_gather(v4_path):
+    prompts = [f"\nTale {i}:" for i in range(6)]
+    with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=2) as shared:
+        serial = [shared.completion(p, max_tokens=10, temperature=0).completion for p in prompts]
+        shared.clear_cache()
+
+        async def run_all():
+            return await asyncio.gather(
+                *(shared.acompletion(p, max_tokens=10, temperature=0) for p in prompts)
+            )
+
+        results = asyncio.run(run_all())
+    assert [r.completion for r in results] == serial
+
+
+# ---- bad options ----
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_tokens=-1), "max_tokens"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.01), "top_p"),
+        (dict(temperature=-1), "temperature"),
+        (dict(top_k=-3), "top_k"),
+        (dict(stop=[""]), "stop"),
+        (dict(seed="x"), "seed"),
+        (dict(prompt=""), "empty"),
+        (dict(init_state=np.zeros(7, np.float32)), "init_state has 7 values"),
+        (dict(prompt="", init_state="model-state", max_tokens=1), "init_state"),
+    ],
+)
+def test_bad_completion_options_raise_value_error(model, kwargs, message):
+    kwargs = {"prompt": PROMPT, **kwargs}
+    if isinstance(kwargs.get("init_state"), str):
+        kwargs["init_state"] = np.zeros(model.state_len, np.float32)
+    with pytest.raises(ValueError, match=message):
+        model.completion(**kwargs)
+
+
+def test_empty_prompt_with_a_state_only_returns_the_state(model):
+    state = model.get_state(PROMPT)
+    result = model.completion("", init_state=state, max_tokens=0)
+    assert np.array_equal(result.state, state)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(tokenizer="gpt2"), "unknown tokenizer"),
+        (dict(threads=0), "threads"),
+        (dict(concurrent=0), "concurrent"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(state_cache_size=-5), "state_cache_size"),
+        (dict(gpu_offload="lots"), "gpu_offload"),
+        (dict(gpu_offload=-1), "gpu_offload"),
+    ],
+)
+def test_bad_constructor_options_raise_value_error(v4_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RWKV(v4_path, **kwargs)
+
+
+# ---- other vocabularies (random-weight models written by the tests) ----
+
+
+@pytest.fixture(scope="module")
+def synthetic_models(tmp_path_factory):
+    synthetic = pytest.importorskip("rwkv_cli.synthetic")
+    folder = tmp_path_factory.mktemp("synthetic")
+    return {
+        "world": synthetic.write_random_model(folder / "v4-world.bin", "4", 2, 64, 65536),
+        "20B": synthetic.write_random_model(folder / "v4-20b.bin", "4", 2, 64, 50277),
+    }
+
+
+def test_world_vocabulary_model(synthetic_models):
+    with RWKV(synthetic_models["world"], threads=1) as world:
+        assert world.tokenizer.name == "world"
+        chunks = []
+        result = world.completion(
+            "Hello 世界", max_tokens=24, temperature=1.0, seed=3,
+            stream_callback=lambda text, so_far: chunks.append(text),
+        )
+        assert "".join(chunks) == result.completion
+        if result.finish_reason != "eos":
+            assert result.completion == world.tokenizer.decode(result.tokens)
+
+
+def test_20b_vocabulary_model_finds_the_tokenizer_in_rwkv_home(synthetic_models, tmp_path, monkeypatch):
+    source = TOKENIZERS / "20B_tokenizer.json"
+    if not source.exists():
+        pytest.skip(f"shared fixture absent: {source}")
+    monkeypatch.setenv("RWKV_HOME", str(tmp_path))
+    (tmp_path / "20B_tokenizer.json").symlink_to(source)
+    with RWKV(synthetic_models["20B"], threads=1) as neox:
+        assert neox.tokenizer.name == "20B"
+        assert neox.completion("Hello", max_tokens=4, temperature=0).usage.promptTokens == 1
+
+
+def test_20b_vocabulary_model_without_the_tokenizer(synthetic_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("RWKV_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="20B_tokenizer.json"):
+        RWKV(synthetic_models["20B"], threads=1).setup()
