@@ -129,7 +129,7 @@ def test_greedy_is_deterministic_and_meaningful(model):
 
 
 def test_seeded_sampling_is_reproducible(model):
-    kwargs = dict(max_tokens=40, temperature=1.0, top_p=0.95, seed=1234)
+    kwargs = {"max_tokens": 40, "temperature": 1.0, "top_p": 0.95, "seed": 1234}
     first = model.completion(PROMPT, **kwargs)
     second = model.completion(PROMPT, **kwargs)
     other = model.completion(PROMPT, **{**kwargs, "seed": 99})
@@ -220,7 +220,7 @@ def test_cache_hit_gives_the_cold_output_with_fewer_tokens(counted, v4_path):
 
 
 def test_a_resent_chat_history_only_pays_for_the_new_turn(counted):
-    model, library = counted
+    model, _library = counted
     first = model.completion("\nUser: hello\nBot:", max_tokens=20, temperature=0)
     history = first.prompt + first.completion + "\nUser: and then?\nBot:"
     second = model.completion(history, max_tokens=5, temperature=0)
@@ -248,7 +248,7 @@ def test_unpinned_prefix_is_evicted(v4_path):
 
 
 def test_preload_needs_the_cache(v4_path):
-    with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=0) as uncached:
+    with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=0) as uncached:  # noqa: SIM117
         with pytest.raises(ValueError, match="state cache"):
             uncached.preload_prompt("hello")
 
@@ -331,9 +331,9 @@ def test_work_counts_while_a_completion_waits(v4_path):
     with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=1) as single:
         first = threading.Thread(
             target=single.completion, args=(PROMPT,),
-            kwargs=dict(max_tokens=3, stream_callback=lambda t, s: release.wait(10)),
+            kwargs={"max_tokens": 3, "stream_callback": lambda t, s: release.wait(10)},
         )
-        second = threading.Thread(target=single.completion, args=(PROMPT,), kwargs=dict(max_tokens=3))
+        second = threading.Thread(target=single.completion, args=(PROMPT,), kwargs={"max_tokens": 3})
         first.start()
         deadline = time.monotonic() + 10
         while single.active_work_count() < 1 and time.monotonic() < deadline:
@@ -369,16 +369,16 @@ def test_acompletion_under_asyncio_gather(v4_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(max_tokens=-1), "max_tokens"),
-        (dict(top_p=0.0), "top_p"),
-        (dict(top_p=1.01), "top_p"),
-        (dict(temperature=-1), "temperature"),
-        (dict(top_k=-3), "top_k"),
-        (dict(stop=[""]), "stop"),
-        (dict(seed="x"), "seed"),
-        (dict(prompt=""), "empty"),
-        (dict(init_state=np.zeros(7, np.float32)), "init_state has 7 values"),
-        (dict(prompt="", init_state="model-state", max_tokens=1), "init_state"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.01}, "top_p"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_k": -3}, "top_k"),
+        ({"stop": [""]}, "stop"),
+        ({"seed": "x"}, "seed"),
+        ({"prompt": ""}, "empty"),
+        ({"init_state": np.zeros(7, np.float32)}, "init_state has 7 values"),
+        ({"prompt": "", "init_state": "model-state", "max_tokens": 1}, "init_state"),
     ],
 )
 def test_bad_completion_options_raise_value_error(model, kwargs, message):
@@ -398,13 +398,13 @@ def test_empty_prompt_with_a_state_only_returns_the_state(model):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(tokenizer="gpt2"), "unknown tokenizer"),
-        (dict(threads=0), "threads"),
-        (dict(concurrent=0), "concurrent"),
-        (dict(batch_size=0), "batch_size"),
-        (dict(state_cache_size=-5), "state_cache_size"),
-        (dict(gpu_offload="lots"), "gpu_offload"),
-        (dict(gpu_offload=-1), "gpu_offload"),
+        ({"tokenizer": "gpt2"}, "unknown tokenizer"),
+        ({"threads": 0}, "threads"),
+        ({"concurrent": 0}, "concurrent"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"state_cache_size": -5}, "state_cache_size"),
+        ({"gpu_offload": "lots"}, "gpu_offload"),
+        ({"gpu_offload": -1}, "gpu_offload"),
     ],
 )
 def test_bad_constructor_options_raise_value_error(v4_path, kwargs, message):
