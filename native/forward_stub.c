@@ -15,4 +15,3 @@ static void no_forward(context * ctx, const uint32_t * tokens, int T, float * st
 STUB(arch_v5_1, ARCH_V5_1, "5.1")
 STUB(arch_v5_2, ARCH_V5_2, "5.2")
 STUB(arch_v6, ARCH_V6, "6")
-STUB(arch_v7, ARCH_V7, "7")
