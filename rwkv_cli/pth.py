@@ -27,7 +27,7 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -78,14 +78,26 @@ class StoredTensor:
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> float32: they are the high 16 bits of a float32."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    widened = np.empty(bits.shape, dtype=np.uint32)
+    np.left_shift(bits, 16, out=widened, dtype=np.uint32)  # one output array, no temporaries
+    return widened.view(np.float32)
 
 
 def to_float32(values: np.ndarray, dtype: str) -> np.ndarray:
     """A new contiguous float32 array from elements of type `dtype` (any byte order)."""
     if dtype == "BF16":
-        return bf16_to_f32(values.astype(np.uint16))
+        return bf16_to_f32(values)
     return np.array(values, dtype=np.float32, order="C")
+
+
+def rows_of(tensor: StoredTensor, start: int, stop: int) -> StoredTensor:
+    """The rows [start, stop) of a tensor (along its first axis), still unread."""
+    itemsize = ELEMENT_TYPES[tensor.dtype].itemsize
+    return replace(
+        tensor,
+        shape=(stop - start,) + tensor.shape[1:],
+        data_offset=tensor.data_offset + start * tensor.stride[0] * itemsize,
+    )
 
 
 def read_stored(path: PathLike, tensor: StoredTensor) -> np.ndarray:

@@ -349,3 +349,51 @@ def raw_checkpoint(arch: str, shape: Shape = Shape(), seed: int = 0,
     norm("ln_out")
     t["head.weight"] = matrix(V, C)
     return t
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a converted model: the engine (skipping architectures it does not support yet) and
+# the NumPy reference of tests/reference.py
+
+TOKENS = [3, 14, 15, 9, 26]
+
+
+def engine_logits(path: Path, tokens=TOKENS) -> np.ndarray:
+    """Logits after each token, token by token from a fresh state; skips if unsupported."""
+    import pytest
+
+    try:
+        from rwkv_cli.native import RWKVError, default_library
+
+        lib = default_library()
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"engine not built: {exc}")
+    try:
+        ctx = lib.init_from_file(path, 1)
+    except RWKVError as exc:
+        if "not supported by this engine yet" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    try:
+        state = np.zeros(lib.get_state_len(ctx), dtype=np.float32)
+        rows = []
+        for i, token in enumerate(tokens):
+            logits = np.zeros(lib.get_logits_len(ctx), dtype=np.float32)
+            new_state = np.zeros_like(state)
+            lib.eval(ctx, token, None if i == 0 else state, new_state, logits)
+            state = new_state
+            rows.append(logits)
+        return np.stack(rows)
+    finally:
+        lib.free(ctx)
+
+
+def reference_logits(path: Path, tokens=TOKENS) -> np.ndarray:
+    from reference import Reference
+
+    ref = Reference.from_file(path)
+    state, rows = ref.init_state(), []
+    for token in tokens:
+        logits, state = ref.forward(token, state)
+        rows.append(logits)
+    return np.stack(rows)
