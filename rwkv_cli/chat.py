@@ -200,7 +200,7 @@ def _perf_line(result: CompletionResult) -> str:
         )
     if result.finish_reason == "cancelled":
         parts.append("stopped")
-    return "[dim]  " + " · ".join(parts) + "[/]"
+    return "[dim]  " + " · ".join(parts) + "[/]"  # printed with soft_wrap: one line
 
 
 def _write(text: str) -> None:
@@ -228,7 +228,8 @@ def run_chat(
         )
         console.print(
             f"[bold]rwkv-cpp chat[/] · {choice.name} (RWKV v{model.arch}, {model.data_type}, "
-            f"{model.threads} threads) · /help for commands, Ctrl-D to quit"
+            f"{model.threads} threads) · /help for commands, Ctrl-D to quit",
+            soft_wrap=True,
         )
         _repl(console, session)
     finally:
@@ -280,7 +281,7 @@ def _repl(console: Console, session: ChatSession) -> None:
         with ctrl_c_stops(stop):
             result = session.reply(text, on_text=_write, stop_event=stop)
         _write("\n")
-        console.print(_perf_line(result))
+        console.print(_perf_line(result), soft_wrap=True)
 
 
 def run_complete(
