@@ -1,0 +1,175 @@
+"""`rwkv-cpp --setup` end to end: a test catalog, a real HTTP server on 127.0.0.1, RWKV_HOME in tmp."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from http_range_server import serve
+
+from rwkv_cli.synthetic import write_random_model
+
+HF = "resolve/main"
+
+
+def run_cli(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rwkv_cli", *args], env=env, capture_output=True, text=True,
+        timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A mirror with a generated model, a checkpoint, and a test catalog naming them."""
+    root = tmp_path / "www"
+    model_dir = root / "test" / "tiny" / HF
+    model_dir.mkdir(parents=True)
+    model = write_random_model(model_dir / "tiny 4.bin", "4", n_layer=2, n_embed=32, n_vocab=256)
+    data = model.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    entries = [
+        {"name": "tiny-bin", "title": "Tiny v4", "arch": "4", "tokenizer": "bytes",
+         "repo": "test/tiny", "file": "tiny 4.bin", "format": "bin", "download_size": len(data),
+         "size": len(data), "sha256": sha, "quantization": "FP32", "prompt_format": "raven"},
+        {"name": "tiny-bad-sha", "title": "Tiny, wrong checksum", "arch": "4",
+         "tokenizer": "bytes", "repo": "test/tiny", "file": "tiny 4.bin", "format": "bin",
+         "download_size": len(data), "sha256": "ab" * 32, "quantization": "FP32"},
+        {"name": "tiny-missing", "title": "Tiny, not on the server", "arch": "4",
+         "tokenizer": "bytes", "repo": "test/tiny", "file": "missing.bin", "format": "bin",
+         "download_size": 1000, "quantization": "FP32"},
+        {"name": "tiny-20b", "title": "Tiny with the 20B tokenizer", "arch": "4",
+         "tokenizer": "20B", "repo": "test/tiny", "file": "tiny 4.bin", "format": "bin",
+         "download_size": len(data), "sha256": sha, "quantization": "FP32"},
+    ]
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"models": entries}))
+    with serve(root) as server:
+        env = dict(
+            os.environ, RWKV_HOME=str(tmp_path / "home"), RWKV_CATALOG=str(catalog),
+            RWKV_DOWNLOAD_BASE=server.base_url, NO_COLOR="1", COLUMNS="200",
+        )
+        yield {"server": server, "env": env, "data": data, "root": root, "catalog": catalog,
+               "entries": entries, "home": tmp_path / "home"}
+
+
+def registry(home: Path) -> dict:
+    path = home / "models.json"
+    return json.loads(path.read_text()) if path.exists() else {"models": {}, "last": None}
+
+
+def test_non_interactive_setup_installs_verifies_and_registers(site):
+    result = run_cli(site["env"], "--setup", "--model", "tiny-bin", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "Installed" in result.stdout
+    reg = registry(site["home"])
+    assert reg["last"] == "tiny-bin"
+    entry = reg["models"]["tiny-bin"]
+    assert Path(entry["path"]).read_bytes() == site["data"]
+    assert (entry["arch"], entry["data_type"], entry["n_vocab"]) == ("4", "FP32", 256)
+    assert not list(Path(entry["path"]).parent.glob("*.part"))
+
+    listed = json.loads(run_cli(site["env"], "models", "--json").stdout)
+    assert [(m["name"], m["arch"], m["dataType"], m["last"]) for m in listed] == [
+        ("tiny-bin", "4", "FP32", True)
+    ]
+    # The installed model is the default one now.
+    done = run_cli(site["env"], "complete", "hi", "--max-tokens", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model"] == "tiny-bin"
+
+
+def test_setup_again_uses_the_installed_model_without_downloading(site):
+    assert run_cli(site["env"], "setup", "--model", "tiny-bin", "--yes").returncode == 0
+    site["server"].requests.clear()
+    again = run_cli(site["env"], "setup", "--model", "tiny-bin", "--yes")
+    assert again.returncode == 0 and "already installed" in again.stdout
+    assert site["server"].requests == []
+
+
+def test_setup_resumes_a_partial_download(site):
+    models = site["home"] / "models"
+    models.mkdir(parents=True)
+    half = len(site["data"]) // 2
+    (models / "tiny 4.bin.part").write_bytes(site["data"][:half])
+    result = run_cli(site["env"], "--setup", "--model", "tiny-bin", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "Resuming" in result.stdout
+    assert ("GET", "/test/tiny/resolve/main/tiny 4.bin", f"bytes={half}-") in site["server"].requests
+    assert (models / "tiny 4.bin").read_bytes() == site["data"]
+
+
+def test_wrong_checksum_leaves_no_installed_model(site):
+    result = run_cli(site["env"], "--setup", "--model", "tiny-bad-sha", "--yes")
+    assert result.returncode == 1
+    assert "checksum mismatch" in result.stderr and "Traceback" not in result.stderr
+    assert registry(site["home"])["models"] == {}
+    assert not [p for p in (site["home"] / "models").iterdir()]
+    # ... and the chat then says how to get one.
+    chat = run_cli(site["env"])
+    assert chat.returncode == 1 and "rwkv-cpp --setup" in chat.stderr
+
+
+def test_missing_file_on_the_server_is_a_clear_one_line_error(site):
+    result = run_cli(site["env"], "--setup", "--model", "tiny-missing", "--yes")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "404" in lines[0] and "missing.bin" in lines[0]
+    assert registry(site["home"])["models"] == {}
+
+
+def test_unknown_model_name_lists_the_catalog(site):
+    result = run_cli(site["env"], "--setup", "--model", "nope", "--yes")
+    assert result.returncode == 1 and "tiny-bin" in result.stderr
+
+
+def test_setup_without_a_terminal_or_a_name_says_what_to_pass(site):
+    result = run_cli(site["env"], "--setup")
+    assert result.returncode == 1 and "--model NAME --yes" in result.stderr
+
+
+def test_catalog_listing(site):
+    result = run_cli(site["env"], "setup", "--list")
+    assert result.returncode == 0
+    for entry in site["entries"]:
+        assert entry["name"] in result.stdout
+
+
+def test_20b_models_get_the_verified_tokenizer(site, tokenizer_20b):
+    asset_dir = site["root"] / "BlinkDL" / "ChatRWKV" / HF
+    asset_dir.mkdir(parents=True)
+    shutil.copy(tokenizer_20b, asset_dir / "20B_tokenizer.json")
+    result = run_cli(site["env"], "--setup", "--model", "tiny-20b", "--yes")
+    assert result.returncode == 0, result.stderr
+    installed = site["home"] / "20B_tokenizer.json"
+    assert installed.read_bytes() == Path(tokenizer_20b).read_bytes()
+    assert registry(site["home"])["models"]["tiny-20b"]["tokenizer_path"] == str(installed)
+
+
+def test_checkpoint_is_converted_and_quantized_and_intermediates_removed(site):
+    checkpoints = pytest.importorskip("checkpoints")
+    pytest.importorskip("rwkv_cli.convert")
+    shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
+    tensors = checkpoints.raw_checkpoint("7", shape)
+    src = site["root"] / "test" / "tiny" / HF / "tiny-v7.pth"
+    checkpoints.write_pth(src, tensors, dtype="BF16")
+    catalog = json.loads(site["catalog"].read_text())
+    catalog["models"].append(
+        {"name": "tiny-pth", "title": "Tiny v7 checkpoint", "arch": "7", "tokenizer": "bytes",
+         "repo": "test/tiny", "file": "tiny-v7.pth", "format": "pth",
+         "download_size": src.stat().st_size, "quantization": "Q8_0"}
+    )
+    site["catalog"].write_text(json.dumps(catalog))
+
+    result = run_cli(site["env"], "--setup", "--model", "tiny-pth", "--type", "Q5_1", "--yes")
+    assert result.returncode == 0, result.stderr
+    entry = registry(site["home"])["models"]["tiny-pth-Q5_1"]
+    assert (entry["arch"], entry["data_type"], entry["n_embed"]) == ("7", "Q5_1", 64)
+    assert Path(entry["path"]).name == "tiny-pth-Q5_1.bin"
+    assert list((site["home"] / "downloads").iterdir()) == []
