@@ -12,6 +12,4 @@ static void no_forward(context * ctx, const uint32_t * tokens, int T, float * st
 #define STUB(name, id, ver) \
     const arch_ops name = {.arch = id, .version = ver, .bind = unsupported_bind, .forward = no_forward, \
                            .state_len = zero_len, .init_state = no_init, .scratch_per_token = zero_len};
-STUB(arch_v5_1, ARCH_V5_1, "5.1")
-STUB(arch_v5_2, ARCH_V5_2, "5.2")
 STUB(arch_v6, ARCH_V6, "6")

@@ -1,0 +1,221 @@
+/*
+ * forward_v5.c: RWKV v5 "Eagle": v5.1 and v5.2 (World v5).
+ *
+ * Time mix, per head, with the state K key-major (K[i][j]: key i, value j):
+ *     y_t[j] = sum_i r_t[i] (K[i][j] + u[i] k_t[i] v_t[j])
+ *     K[i][j] = w[i] K[i][j] + k_t[i] v_t[j]
+ * then a group norm per head (eps m->ln_x_eps, see model.c) and, in v5.2, a SiLU gate.
+ * The inner loops run over the value index j, contiguous in K.
+ *
+ * Format facts (rwkv.cpp's converter): `time_decay` is stored as exp(-exp(w)), the decay factor
+ * itself. v5.1 keeps one decay and one bonus per head, shaped (n_head, 1, 1), the bonus
+ * `time_first` stored as exp(u) and used as the factor of the current token's k v^T as is;
+ * v5.2 has one per channel, (n_head, head_size, 1), the bonus `time_faaaa`, and a gate. Both are
+ * expanded here to one value per channel so the two versions share one recurrence.
+ *
+ * State per layer, as rwkv.cpp lays it out: (2 + head_size) vectors of n_embed:
+ * [ffn_xx, att_xx, n_head matrices head_size x head_size, key-major]; fresh = zeros.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "engine.h"
+
+/* One value per channel from a tensor of one value per head or per channel. */
+static const float * per_channel(model * m, error_slot * err, const char * key) {
+    const int64_t C = m->n_embed, H = m->n_head, N = m->head_size;
+    const tensor * t = model_find(m, key);
+    if (!t) return model_vector(m, err, key, C); /* reports the missing key */
+    const int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    if (n == C) return model_vector(m, err, key, C);
+    const float * heads = model_vector(m, err, key, H); /* reports a wrong shape */
+    if (!heads) return NULL;
+    float * out = model_own(m, malloc((size_t)C * sizeof(float)));
+    if (!out) {
+        error_set(err, RWKV_ERROR_ALLOC, "out of memory copying '%s'", key);
+        return NULL;
+    }
+    for (int64_t c = 0; c < C; c++) out[c] = heads[c / N];
+    return out;
+}
+
+static int v5_bind(model * m, error_slot * err) {
+    const int64_t C = m->n_embed;
+    const bool gated = m->arch == ARCH_V5_2;
+    const tensor * decay = model_find(m, "blocks.0.att.time_decay");
+    const tensor * fk = model_find(m, "blocks.0.ffn.key.weight");
+    if (!decay || !fk) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v%s)",
+                  decay ? "blocks.0.ffn.key.weight" : "blocks.0.att.time_decay", m->ops->version);
+        return -1;
+    }
+    /* (n_head, 1 or head_size, 1) in PyTorch order: the outermost dimension counts the heads */
+    m->n_head = decay->ne[decay->n_dims - 1];
+    if (m->n_head < 1 || C % m->n_head != 0) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE,
+                  "tensor 'blocks.0.att.time_decay' gives %lld heads, which do not divide n_embed %lld", (long long)m->n_head,
+                  (long long)C);
+        return -1;
+    }
+    m->head_size = C / m->n_head;
+    m->ffn_dim = fk->ne[1];
+    const int64_t F = m->ffn_dim;
+    char key[128];
+#define VEC(field, name, n)                                                   \
+    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
+    if (!(L->field = model_vector(m, err, key, (n)))) return -1;
+#define MAT(field, name, cols, rows)                                          \
+    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
+    if (model_matrix(m, err, key, (cols), (rows), &L->field) != 0) return -1;
+    for (int i = 0; i < m->n_layer; i++) {
+        layer * L = &m->layers[i];
+        VEC(ln1_w, "ln1.weight", C) VEC(ln1_b, "ln1.bias", C)
+        VEC(ln2_w, "ln2.weight", C) VEC(ln2_b, "ln2.bias", C)
+        snprintf(key, sizeof key, "blocks.%d.att.time_decay", i);
+        if (!(L->att_decay = per_channel(m, err, key))) return -1;
+        snprintf(key, sizeof key, "blocks.%d.att.%s", i, gated ? "time_faaaa" : "time_first");
+        if (!(L->att_first = per_channel(m, err, key))) return -1;
+        VEC(att_mix_k, "att.time_mix_k", C) VEC(att_mix_v, "att.time_mix_v", C) VEC(att_mix_r, "att.time_mix_r", C)
+        VEC(ln_x_w, "att.ln_x.weight", C) VEC(ln_x_b, "att.ln_x.bias", C)
+        MAT(att_k, "att.key.weight", C, C) MAT(att_v, "att.value.weight", C, C)
+        MAT(att_r, "att.receptance.weight", C, C) MAT(att_o, "att.output.weight", C, C)
+        if (gated) {
+            VEC(att_mix_g, "att.time_mix_g", C)
+            MAT(att_g, "att.gate.weight", C, C)
+        }
+        VEC(ffn_mix_k, "ffn.time_mix_k", C) VEC(ffn_mix_r, "ffn.time_mix_r", C)
+        MAT(ffn_k, "ffn.key.weight", C, F) MAT(ffn_v, "ffn.value.weight", F, C) MAT(ffn_r, "ffn.receptance.weight", C, C)
+    }
+#undef VEC
+#undef MAT
+    return 0;
+}
+
+static size_t v5_state_len(const model * m) { return (size_t)((2 + m->head_size) * m->n_embed * m->n_layer); }
+
+static void v5_init_state(const model * m, float * state) { memset(state, 0, v5_state_len(m) * sizeof(float)); }
+
+/* x, xx, xk, xv, xr, xg, k, v, r, g, y, out; the FFN hidden */
+static size_t v5_scratch_per_token(const model * m) { return (size_t)(12 * m->n_embed + m->ffn_dim); }
+
+/* out_t = x_t * mix + x_{t-1} * (1 - mix), where x_{-1} is the previous call's last token. */
+static void token_shift(float * out, const float * xx, const float * prev, const float * mix, int T, int64_t C) {
+    for (int t = 0; t < T; t++) {
+        const float * p = t == 0 ? prev : xx + (t - 1) * C;
+        const float * cur = xx + t * C;
+        float * o = out + t * C;
+        for (int64_t c = 0; c < C; c++) o[c] = cur[c] * mix[c] + p[c] * (1.0f - mix[c]);
+    }
+}
+
+/* One token through one head: K (N x N, key-major) updated in place, y written. */
+static void wkv5_head(float * K, const float * r, const float * k, const float * v, const float * w, const float * u, float * y,
+                      int64_t N) {
+    for (int64_t j = 0; j < N; j++) y[j] = 0.0f;
+    for (int64_t i = 0; i < N; i++) {
+        float * row = K + i * N;
+        const float ri = r[i], ki = k[i], wi = w[i], rui = r[i] * u[i];
+        for (int64_t j = 0; j < N; j++) {
+            const float kv = ki * v[j];
+            y[j] += ri * row[j] + rui * kv;
+            row[j] = wi * row[j] + kv;
+        }
+    }
+}
+
+static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
+    const model * m = ctx->m;
+    const int64_t C = m->n_embed, F = m->ffn_dim, N = ctx->chunk, H = m->n_head, S = m->head_size;
+    const int64_t TC = (int64_t)T * C;
+    const bool gated = m->arch == ARCH_V5_2;
+    float * x = ctx->work;
+    float * xx = x + N * C;
+    float * xk = xx + N * C;
+    float * xv = xk + N * C;
+    float * xr = xv + N * C;
+    float * xg = xr + N * C;
+    float * k = xg + N * C;
+    float * v = k + N * C;
+    float * r = v + N * C;
+    float * g = r + N * C;
+    float * y = g + N * C;
+    float * out = y + N * C;
+    float * hidden = out + N * C;
+
+    for (int t = 0; t < T; t++) {
+        ctx_embedding(ctx, tokens[t], x + t * C);
+        layer_norm(x + t * C, x + t * C, m->ln0_w, m->ln0_b, C, 1e-5f);
+    }
+    for (int64_t li = 0; li < m->n_layer; li++) {
+        const layer * L = &m->layers[li];
+        float * ffn_xx = state + li * (2 + S) * C;
+        float * att_xx = ffn_xx + C;
+        float * heads = att_xx + C;
+
+        /* ---- time mixing ---- */
+        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln1_w, L->ln1_b, C, 1e-5f);
+        token_shift(xk, xx, att_xx, L->att_mix_k, T, C);
+        token_shift(xv, xx, att_xx, L->att_mix_v, T, C);
+        token_shift(xr, xx, att_xx, L->att_mix_r, T, C);
+        if (gated) token_shift(xg, xx, att_xx, L->att_mix_g, T, C);
+        memcpy(att_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
+        ctx_matmul(ctx, &L->att_k, xk, T, k, C);
+        ctx_matmul(ctx, &L->att_v, xv, T, v, C);
+        ctx_matmul(ctx, &L->att_r, xr, T, r, C);
+        if (gated) ctx_matmul(ctx, &L->att_g, xg, T, g, C);
+
+        for (int t = 0; t < T; t++) {
+            const int64_t o = (int64_t)t * C;
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t hc = o + h * S;
+                wkv5_head(heads + h * S * S, r + hc, k + hc, v + hc, L->att_decay + h * S, L->att_first + h * S, y + hc, S);
+            }
+        }
+
+        for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
+        if (gated) {
+            for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * sigmoidf_(g[j]); /* SiLU gate */
+        }
+        ctx_matmul(ctx, &L->att_o, y, T, out, C);
+        for (int64_t j = 0; j < TC; j++) x[j] += out[j];
+
+        /* ---- channel mixing: as v4 ---- */
+        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln2_w, L->ln2_b, C, 1e-5f);
+        token_shift(xk, xx, ffn_xx, L->ffn_mix_k, T, C);
+        token_shift(xr, xx, ffn_xx, L->ffn_mix_r, T, C);
+        memcpy(ffn_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
+        ctx_matmul(ctx, &L->ffn_k, xk, T, hidden, F);
+        for (int64_t j = 0; j < T * F; j++) {
+            const float h = hidden[j] > 0.0f ? hidden[j] : 0.0f;
+            hidden[j] = h * h;
+        }
+        ctx_matmul(ctx, &L->ffn_v, hidden, T, out, C);
+        ctx_matmul(ctx, &L->ffn_r, xr, T, r, C);
+        for (int64_t j = 0; j < TC; j++) x[j] += sigmoidf_(r[j]) * out[j];
+    }
+    if (logits) {
+        layer_norm(xx, x + (T - 1) * C, m->ln_out_w, m->ln_out_b, C, 1e-5f);
+        ctx_head(ctx, xx, logits);
+    }
+}
+
+const arch_ops arch_v5_1 = {
+    .arch = ARCH_V5_1,
+    .version = "5.1",
+    .bind = v5_bind,
+    .forward = v5_forward,
+    .state_len = v5_state_len,
+    .init_state = v5_init_state,
+    .scratch_per_token = v5_scratch_per_token,
+};
+
+const arch_ops arch_v5_2 = {
+    .arch = ARCH_V5_2,
+    .version = "5.2",
+    .bind = v5_bind,
+    .forward = v5_forward,
+    .state_len = v5_state_len,
+    .init_state = v5_init_state,
+    .scratch_per_token = v5_scratch_per_token,
+};
