@@ -245,7 +245,9 @@ class _Planner:
 
     # -- the plan
 
-    def plan(self) -> tuple[Dimensions, list[PlannedTensor]]:
+    def plan(self, checkpoint_order: bool = True) -> tuple[Dimensions, list[PlannedTensor]]:
+        """Every output tensor, in the checkpoint's order or else in the architecture's own
+        (embedding, layers in turn, head), for containers whose order means nothing."""
         dims = self.dimensions()
         C, V, F = dims.n_embed, dims.n_vocab, dims.n_ffn
         H, N = dims.n_head, dims.head_size
@@ -274,9 +276,6 @@ class _Planner:
             add(second, (C, d), _transposed, raw_shape=(d, C))
 
         matrix("emb.weight", V, C)
-        vec("ln_out.weight")
-        vec("ln_out.bias")
-        matrix("head.weight", V, C)
         for i in range(dims.n_layer):
             b, att, ffn = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
             for name in ("ln1", "ln2") + (("ln0",) if i == 0 else ()):
@@ -342,6 +341,9 @@ class _Planner:
                 matrix(ffn + "receptance.weight", C, C)
             matrix(ffn + "key.weight", F, C)
             matrix(ffn + "value.weight", C, F)
+        vec("ln_out.weight")
+        vec("ln_out.bias")
+        matrix("head.weight", V, C)
 
         used = dropped | {s for spec in specs.values() for s in spec.sources}
         unknown = [k for k in self.order if k not in used]
@@ -351,7 +353,7 @@ class _Planner:
                 f"{self.path}: {len(unknown)} tensor(s) that {self.name} does not have: {shown}"
             )
         # checkpoint order; a tensor made of several sources sits where its first one was
-        planned = [specs[k] for k in self.order if k in specs]
+        planned = [specs[k] for k in (self.order if checkpoint_order else specs) if k in specs]
         return dims, planned
 
 
@@ -436,7 +438,8 @@ def convert(
     tensors = read_checkpoint(src)
     by_key = {t.key: t for t in tensors}
     planner = _Planner(src, tensors)
-    dims, planned = planner.plan()
+    # safetensors files order tensors by element type and name, not as the model has them
+    dims, planned = planner.plan(checkpoint_order=src.suffix != ".safetensors")
     itemsize = {True: 2 if data_type == "FP16" else 4, False: 4}
     total = sum(int(np.prod(p.shape)) * itemsize[p.float16] for p in planned)
     done = 0

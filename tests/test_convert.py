@@ -209,11 +209,18 @@ def test_v7_layer0_value_mix_is_dropped_whether_present_or_not(tmp_path):
     assert "blocks.0.att.x_r" not in keys and keys.count("blocks.0.att.x_rwkvag") == 1
 
 
-def test_safetensors_converts_to_the_same_file_as_pth(tmp_path):
-    raw = raw_checkpoint("6", seed=7)
+def test_safetensors_converts_to_the_same_tensors_as_pth_in_model_order(tmp_path):
+    raw = raw_checkpoint("6", Shape(n_layer=3), seed=7)
     convert(write_pth(tmp_path / "m.pth", raw, "BF16"), tmp_path / "a.bin")
-    convert(write_safetensors(tmp_path / "m.safetensors", raw, "BF16"), tmp_path / "b.bin")
-    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+    scrambled = OrderedDict(sorted(raw.items()))  # as the safetensors library orders them
+    convert(write_safetensors(tmp_path / "m.safetensors", scrambled, "BF16"), tmp_path / "b.bin")
+    a, b = modelfile.read_model(tmp_path / "a.bin"), modelfile.read_model(tmp_path / "b.bin")
+    assert a[0] == b[0] and a[1].keys() == b[1].keys()
+    for key in a[1]:
+        np.testing.assert_array_equal(a[1][key], b[1][key])
+    keys = [i.key for i in modelfile.list_tensors(tmp_path / "b.bin")]
+    layers = [int(k.split(".")[1]) for k in keys if k.startswith("blocks.")]
+    assert keys[0] == "emb.weight" and keys[-1] == "head.weight" and layers == sorted(layers)
 
 
 def test_progress_reports_bytes_up_to_the_total(tmp_path):
@@ -445,3 +452,20 @@ def test_peak_rss_stays_near_one_slice_not_the_checkpoint(tmp_path):
     print(f"\ncheckpoint {src.stat().st_size / 1e6:.1f} MB, largest tensor {largest / 1e6:.1f} MB "
           f"as float32; conversion raised the peak RSS by {(after - before) / 1e6:.1f} MB")
     assert after - before < largest
+
+
+_NO_TORCH_SCRIPT = r"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now fails, even where torch is installed
+sys.modules["safetensors"] = None
+from rwkv_cli.convert import convert
+print(convert(sys.argv[1], sys.argv[2])["arch"])
+"""
+
+
+def test_conversion_needs_neither_torch_nor_safetensors(tmp_path):
+    src = write_pth(tmp_path / "m.pth", raw_checkpoint("7"), "BF16")
+    run = subprocess.run([sys.executable, "-c", _NO_TORCH_SCRIPT, str(src), str(tmp_path / "o.bin")],
+                         check=False, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[-1] == "7"
