@@ -3,10 +3,13 @@
 Everything here works on whole arrays; nothing loops over the vocabulary in Python. With a
 65536-token vocabulary a full sort costs ~1.4 ms and a full cumulative sum ~0.2 ms, more than
 the whole per-token budget, so:
-- top-k and top-p first narrow the vocabulary with a threshold test (one vectorised compare),
-  widening the threshold until the set provably contains the answer, and sort only that set;
-- sampling from the full distribution finds the block of 256 ids holding the draw from block
-  sums, then searches inside that block only.
+- top-k narrows the vocabulary with a threshold test (one vectorised compare), widening it
+  until it holds k tokens, and selects among those only;
+- top-p sorts the few likely tokens when they hold the nucleus (trained models); on flat
+  distributions it draws from the whole distribution and accepts a token iff the tokens more
+  probable than it hold less than top_p of the mass (one masked dot product per try);
+- a draw from the whole distribution finds the block of 256 ids holding it from block sums,
+  then searches inside that block only.
 Temperature divides the logits before top-k/top-p (the usual definition: it also changes which
 tokens the nucleus holds).
 """
@@ -164,7 +167,7 @@ class Sampler:
         ids = np.arange(work.shape[0])
         return self._nucleus(ids, work.copy(), total)
 
-    def _blocked(self, weights: np.ndarray) -> "_BlockedDistribution":
+    def _blocked(self, weights: np.ndarray) -> _BlockedDistribution:
         return _BlockedDistribution(weights, self.rng)
 
     def _sample_top_k(self, logits: np.ndarray) -> int:
