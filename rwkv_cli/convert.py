@@ -428,8 +428,8 @@ def convert(
 ) -> dict:
     """Convert a checkpoint to an rwkv.cpp model file of type FP16 or FP32.
 
-    `progress(done, total)` is called after each tensor with output bytes written so far and
-    in all. Returns `{"arch", "arch_name", "n_layer", "n_embed", "n_vocab", "n_head",
+    `progress(done, total)` is called as data are written (after each tensor, and after each
+    slice of a large one) with the output bytes written so far and in all. Returns `{"arch", "arch_name", "n_layer", "n_embed", "n_vocab", "n_head",
     "data_type", "tensors", "bytes"}`. Raises ConversionError (a ValueError) for anything
     wrong with the checkpoint, before the destination is touched.
     """
@@ -443,13 +443,20 @@ def convert(
     itemsize = {True: 2 if data_type == "FP16" else 4, False: 4}
     total = sum(int(np.prod(p.shape)) * itemsize[p.float16] for p in planned)
     done = 0
+
+    def counted(chunks, element_bytes: int):
+        nonlocal done
+        for chunk in chunks:
+            yield chunk
+            done += chunk.size * element_bytes  # written once the writer asks for more
+            if progress is not None:
+                progress(done, total)
+
     with _StreamingWriter(dest, dims.n_vocab, dims.n_embed, dims.n_layer, data_type) as out:
         for p in planned:
             out_type = "FP16" if p.float16 and data_type == "FP16" else "FP32"
-            out.write_chunks(p.key, p.shape, out_type, _chunks(src, p, by_key))
-            done += int(np.prod(p.shape)) * itemsize[p.float16]
-            if progress is not None:
-                progress(done, total)
+            chunks = counted(_chunks(src, p, by_key), itemsize[p.float16])
+            out.write_chunks(p.key, p.shape, out_type, chunks)
     return {
         "arch": planner.arch,
         "arch_name": planner.name,
