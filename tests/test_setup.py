@@ -20,7 +20,7 @@ HF = "resolve/main"
 
 def run_cli(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "rwkv_cli", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "rwkv_cli", *args], check=False, env=env, capture_output=True, text=True,
         timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
