@@ -226,19 +226,19 @@ class _Planner:
         if len(ffn) != 2:
             raise ConversionError(f"{self.path}: blocks.0.ffn.key.weight is not a matrix")
         n_head, head_size = 0, 0
-        if self.arch == "5.1":
-            n_head = int(np.prod(self.need("blocks.0.att.time_decay")))
-        elif self.arch in ("5.2", "6"):
-            bonus = self.need("blocks.0.att.time_faaaa")
-            n_head = bonus[0] if len(bonus) == 2 else 0
-        elif self.arch == "7":
-            r_k = self.need("blocks.0.att.r_k")
-            n_head = r_k[0] if len(r_k) == 2 else 0
         if self.arch != "4":
+            # v5.1: one decay per head; later versions: (n_head, head_size) bonus or r_k
+            head_key = {"5.1": "time_decay", "5.2": "time_faaaa", "6": "time_faaaa", "7": "r_k"}
+            key = "blocks.0.att." + head_key[self.arch]
+            shape = self.need(key)
+            if self.arch == "5.1":
+                n_head = int(np.prod(shape))
+            elif len(shape) == 2 and shape[0] * shape[1] == n_embed:
+                n_head = shape[0]
             if n_head <= 0 or n_embed % n_head:
                 raise ConversionError(
-                    f"{self.path}: cannot derive the head count of {self.name} "
-                    f"(n_embed {n_embed}, head tensor shape {n_head})"
+                    f"{self.path}: cannot derive the heads of {self.name} from {key} of shape "
+                    f"{list(shape)} with n_embed {n_embed}"
                 )
             head_size = n_embed // n_head
         return Dimensions(n_vocab, n_embed, n_layer, ffn[0], n_head, head_size)
