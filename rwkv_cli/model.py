@@ -37,6 +37,8 @@ from .tokenizer import Tokenizer, check_tokenizer_name, load_tokenizer
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+__all__ = ["RWKV", "CompletionResult", "Perf", "Usage", "physical_cores"]
+
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_STATE_CACHE_SIZE = 50
 
@@ -99,9 +101,12 @@ class Perf(_CamelCaseFields):
 class CompletionResult:
     """What `completion` returns.
 
-    `state` is a copy of the model state after the prompt and every completion token that was
-    fed to the model (a token that ends the completion, by length, stop string or end of text,
-    is sampled but not fed); `tokens` are the sampled token ids.
+    `finish_reason`: "length" (max_tokens), "stop" (a stop string), "eos" (the end-of-text
+    token) or "cancelled" (stop_event / should_stop). `tokens` are the sampled token ids.
+    `state` is a copy of the model state after the prompt and the first `fed_tokens` of
+    `tokens`: the token that ends a completion (by length, stop string or end of text) is
+    sampled but never fed to the model, so `fed_tokens` is len(tokens) - 1 then, and
+    len(tokens) for a cancelled one.
     """
 
     completion: str
@@ -111,6 +116,7 @@ class CompletionResult:
     finish_reason: str = "length"
     tokens: list[int] = field(default_factory=list, repr=False)
     state: np.ndarray | None = field(default=None, repr=False)
+    fed_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -762,4 +768,5 @@ class RWKV:
             finish_reason=finish,
             tokens=generated,
             state=state.copy(),
+            fed_tokens=fed,
         )

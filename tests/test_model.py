@@ -272,6 +272,15 @@ def test_get_state_equals_the_state_of_a_prompt_only_completion(model):
     assert not np.array_equal(state, model.get_state(PROMPT + "!"))
 
 
+def test_result_state_holds_the_prompt_and_the_fed_tokens(model, v4_path):
+    result = model.completion(PROMPT, max_tokens=12, temperature=0)
+    assert result.fed_tokens == len(result.tokens) - 1 == 11
+    fed_text = model.tokenizer.decode(result.tokens[: result.fed_tokens])
+    with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=0) as fresh:
+        expected = fresh.get_state(PROMPT + fed_text)
+    assert np.allclose(result.state, expected, atol=1e-5)
+
+
 def test_result_state_is_a_copy(model):
     first = model.completion(PROMPT, max_tokens=3, temperature=0)
     kept = first.state.copy()
@@ -291,6 +300,7 @@ def test_should_stop_ends_the_completion_with_a_result(model):
     )
     assert result.finish_reason == "cancelled"
     assert result.usage.completionTokens == 5
+    assert result.fed_tokens == 5
     assert result.completion == "".join(seen)
 
 
