@@ -463,3 +463,24 @@ def test_20b_vocabulary_model_without_the_tokenizer(synthetic_models, tmp_path, 
     monkeypatch.setenv("RWKV_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="20B_tokenizer.json"):
         RWKV(synthetic_models["20B"], threads=1).setup()
+
+
+# ---- every architecture ----
+
+
+@pytest.mark.parametrize(
+    "version, dtype", [("5v1", "FP32"), ("5v2", "FP32"), ("6v0", "Q5_1"), ("7v0", "FP32")]
+)
+def test_cache_and_init_state_on_every_architecture(version, dtype):
+    path = tiny_model(version, dtype)
+    prefix, suffix = "\nThe dragon", " flew over the"
+    with RWKV(path, threads=1, tokenizer="bytes", state_cache_size=0) as fresh:
+        reference = fresh.completion(prefix + suffix, max_tokens=16, temperature=0)
+        state = fresh.get_state(prefix)
+        continued = fresh.completion(suffix, init_state=state, max_tokens=16, temperature=0)
+    assert continued.completion == reference.completion
+    with RWKV(path, threads=1, tokenizer="bytes") as cached:
+        cached.preload_prompt(prefix)
+        warm = cached.completion(prefix + suffix, max_tokens=16, temperature=0)
+    assert warm.usage.promptTokensCached == len(prefix)
+    assert warm.completion == reference.completion
