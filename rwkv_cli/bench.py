@@ -84,14 +84,18 @@ def dragon(
     gpu: int | str = 0,
     stream=None,
     console: Console | None = None,
+    on_loaded=None,
 ) -> dict[str, Any]:
-    """Run the benchmark; returns the JSON object. `stream(text)` receives the completion."""
+    """Run the benchmark; returns the JSON object. `stream(text)` receives the completion;
+    `on_loaded()` is called once the model is loaded, before the prompt is evaluated."""
     from .chat import load_model
 
     choice = _choose(model_path, model_name, console)
     quiet = console is None
     model = load_model(console or Console(stderr=True), choice, threads, gpu, quiet=quiet)
     try:
+        if on_loaded is not None:
+            on_loaded()
         result = model.completion(
             DRAGON_PROMPT,
             max_tokens=size,
@@ -131,11 +135,13 @@ def run_dragon(
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    if not json_output:
+    def show_prompt() -> None:
         console.print(f"[bold]{DRAGON_PROMPT}[/]", end="", soft_wrap=True)
-    status_console = None if json_output else console
+
+    quiet = json_output
     report = dragon(model_path, model_name, size, threads, gpu,
-                    stream=None if json_output else write, console=status_console)
+                    stream=None if quiet else write, console=None if quiet else console,
+                    on_loaded=None if quiet else show_prompt)
     if not json_output:
         write("\n\n")
     print(json.dumps(report), flush=True)

@@ -109,7 +109,13 @@ def convert_with_progress(console: Console, src: Path, dest: Path, data_type: st
         raise FileNotFoundError(f"checkpoint not found: {src}")
     with _work_progress(console) as progress:
         task = progress.add_task(f"Converting to {data_type}", total=None)
-        convert(src, dest, data_type=data_type, progress=_progress_callback(progress, task))
+        info = convert(src, dest, data_type=data_type,
+                       progress=_progress_callback(progress, task))
+    if isinstance(info, dict) and info.get("arch_name"):
+        console.print(
+            f"{info['arch_name']}: {info.get('n_layer')} layers x {info.get('n_embed')}, "
+            f"vocabulary {info.get('n_vocab')}"
+        )
     _report_file(console, "Wrote", dest, src)
     return Path(dest)
 

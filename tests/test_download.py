@@ -32,7 +32,7 @@ def served(tmp_path):
 
 
 def test_full_download_writes_the_exact_bytes_and_no_part_file(served, tmp_path):
-    server, payload, url = served
+    _server, payload, url = served
     seen = []
     dest = download(url, tmp_path / "out" / "model.bin", progress=lambda d, t: seen.append((d, t)))
     assert dest.read_bytes() == payload
@@ -75,7 +75,7 @@ def test_server_ignoring_range_restarts_from_zero(served, tmp_path):
 
 
 def test_wrong_checksum_leaves_nothing_installed(served, tmp_path):
-    _, payload, url = served
+    _, _payload, url = served
     dest = tmp_path / "model.bin"
     with pytest.raises(DownloadError, match="checksum mismatch"):
         download(url, dest, sha256="0" * 64)
