@@ -341,10 +341,11 @@ class RWKV:
             while len(self._free) < len(self._workers):
                 self._cond.wait()
             self._free = []
+            self._lib = None
+            self._cond.notify_all()  # completions still queued fail with a clear error
         if self._finalizer is not None:
             self._finalizer()  # frees the contexts exactly once
             self._finalizer = None
-        self._lib = None
         self._workers = []
         self._contexts = []
         if self._executor is not None:
@@ -528,10 +529,14 @@ class RWKV:
     async def acompletion(self, prompt: str = "", **kwargs: Any) -> CompletionResult:
         """`completion` for asyncio: runs on a worker thread; cancelling the task stops it."""
         self._loaded()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=max(8, 2 * self._concurrent), thread_name_prefix="rwkv"
-            )
+        with self._cond:
+            if self._executor is None:
+                # More threads than contexts: the surplus waits in our queue, where
+                # pending_work_count() sees it.
+                self._executor = ThreadPoolExecutor(
+                    max_workers=max(8, 2 * self._concurrent), thread_name_prefix="rwkv"
+                )
+            executor = self._executor
         cancel = threading.Event()
         user_stop = kwargs.pop("should_stop", None)
         user_event = kwargs.pop("stop_event", None)
@@ -544,7 +549,7 @@ class RWKV:
             )
 
         call = functools.partial(self.completion, prompt, should_stop=should_stop, **kwargs)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        future = asyncio.get_running_loop().run_in_executor(executor, call)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
