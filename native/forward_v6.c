@@ -1,0 +1,268 @@
+/*
+ * forward_v6.c: RWKV v6 "Finch" (World v6).
+ *
+ * v5.2's recurrence (state K key-major, K[i][j]: key i, value j) with two data-dependent parts:
+ * - the token shift ("ddlerp"): a first mix x + (x_prev - x) * maa_x feeds a low-rank MLP whose
+ *   five outputs shift the mixes of w, k, v, r and g token by token;
+ * - the decay: w_t = exp(-exp(time_decay + tanh(x_w D1) D2)), one per channel and token.
+ *     y_t[j] = sum_i r_t[i] (K[i][j] + u[i] k_t[i] v_t[j]),   K[i][j] = w_t[i] K[i][j] + k_t[i] v_t[j]
+ *
+ * Format facts (rwkv.cpp's converter): `time_decay` is kept raw, (n_head, head_size, 1), since
+ * the decay depends on the token; `time_faaaa` is the bonus u, same shape; the low-rank
+ * matrices are stored transposed into plain (out, in) matrices: `time_maa_w1` (5*D, C),
+ * `time_maa_w2` (5, C, D) (a 3-D tensor, never quantized: five D -> C matrices),
+ * `time_decay_w1` (D2, C), `time_decay_w2` (C, D2).
+ *
+ * State per layer, as rwkv.cpp lays it out: (2 + head_size) vectors of n_embed:
+ * [ffn_xx, att_xx, n_head matrices head_size x head_size, key-major]; fresh = zeros.
+ */
+#include <math.h>
+#include <stdio.h>
+
+#include "engine.h"
+
+/* The order of the five low-rank mixes in time_maa_w1's output and time_maa_w2. */
+enum { MIX_W, MIX_K, MIX_V, MIX_R, MIX_G, N_MIX };
+
+static int v6_bind_mix(model * m, error_slot * err, int i, layer * L) {
+    const int64_t C = m->n_embed;
+    char key[128];
+    snprintf(key, sizeof key, "blocks.%d.att.time_maa_w1", i);
+    if (model_matrix(m, err, key, C, -1, &L->maa_w1) != 0) return -1;
+    const int64_t D = L->maa_w1.ne[1] / N_MIX;
+    snprintf(key, sizeof key, "blocks.%d.att.time_maa_w2", i);
+    const tensor * w2 = model_find(m, key);
+    if (w2 && (L->maa_w1.ne[1] % N_MIX != 0 || w2->ne[0] != D || w2->ne[1] != C || w2->ne[2] != N_MIX || w2->ne[3] != 1)) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE,
+                  "tensor '%s' has shape [%lld, %lld, %lld] (file order), expected [%lld, %lld, 5] to match '%s'", key,
+                  (long long)w2->ne[0], (long long)w2->ne[1], (long long)w2->ne[2], (long long)D, (long long)C,
+                  L->maa_w1.key);
+        return -1;
+    }
+    const float * all = model_vector(m, err, key, N_MIX * C * D);
+    if (!all) return -1;
+    for (int j = 0; j < N_MIX; j++) L->maa_w2[j] = model_owned_matrix(all + j * C * D, D, C, w2->key);
+    return 0;
+}
+
+static int v6_bind(model * m, error_slot * err) {
+    const int64_t C = m->n_embed;
+    const tensor * bonus = model_find(m, "blocks.0.att.time_faaaa");
+    const tensor * fk = model_find(m, "blocks.0.ffn.key.weight");
+    if (!bonus || !fk) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v6)",
+                  bonus ? "blocks.0.ffn.key.weight" : "blocks.0.att.time_faaaa");
+        return -1;
+    }
+    /* (n_head, head_size, 1) in PyTorch order: the outermost dimension counts the heads */
+    m->n_head = bonus->ne[bonus->n_dims - 1];
+    if (m->n_head < 1 || C % m->n_head != 0) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE,
+                  "tensor 'blocks.0.att.time_faaaa' gives %lld heads, which do not divide n_embed %lld", (long long)m->n_head,
+                  (long long)C);
+        return -1;
+    }
+    m->head_size = C / m->n_head;
+    m->ffn_dim = fk->ne[1];
+    const int64_t F = m->ffn_dim;
+    char key[128];
+#define VEC(field, name, n)                                                   \
+    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
+    if (!(L->field = model_vector(m, err, key, (n)))) return -1;
+#define MAT(field, name, cols, rows)                                          \
+    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
+    if (model_matrix(m, err, key, (cols), (rows), &L->field) != 0) return -1;
+    for (int i = 0; i < m->n_layer; i++) {
+        layer * L = &m->layers[i];
+        VEC(ln1_w, "ln1.weight", C) VEC(ln1_b, "ln1.bias", C)
+        VEC(ln2_w, "ln2.weight", C) VEC(ln2_b, "ln2.bias", C)
+        VEC(maa_x, "att.time_maa_x", C) VEC(maa_w, "att.time_maa_w", C) VEC(maa_k, "att.time_maa_k", C)
+        VEC(maa_v, "att.time_maa_v", C) VEC(maa_r, "att.time_maa_r", C) VEC(maa_g, "att.time_maa_g", C)
+        if (v6_bind_mix(m, err, i, L) != 0) return -1;
+        VEC(att_decay, "att.time_decay", C) VEC(faaaa, "att.time_faaaa", C)
+        MAT(decay_w1, "att.time_decay_w1", C, -1)
+        MAT(decay_w2, "att.time_decay_w2", L->decay_w1.ne[1], C)
+        MAT(att_r, "att.receptance.weight", C, C) MAT(att_k, "att.key.weight", C, C)
+        MAT(att_v, "att.value.weight", C, C) MAT(att_o, "att.output.weight", C, C)
+        MAT(att_g, "att.gate.weight", C, C)
+        VEC(ln_x_w, "att.ln_x.weight", C) VEC(ln_x_b, "att.ln_x.bias", C)
+        VEC(ffn_mix_k, "ffn.time_maa_k", C) VEC(ffn_mix_r, "ffn.time_maa_r", C)
+        MAT(ffn_k, "ffn.key.weight", C, F) MAT(ffn_r, "ffn.receptance.weight", C, C) MAT(ffn_v, "ffn.value.weight", F, C)
+    }
+#undef VEC
+#undef MAT
+    return 0;
+}
+
+static size_t v6_state_len(const model * m) { return (size_t)((2 + m->head_size) * m->n_embed * m->n_layer); }
+
+static void v6_init_state(const model * m, float * state) { memset(state, 0, v6_state_len(m) * sizeof(float)); }
+
+/* the widest low-rank dimensions of any layer: token-shift D and decay D2 */
+static void v6_lora_widths(const model * m, int64_t * mix, int64_t * decay) {
+    *mix = *decay = 1;
+    for (int64_t i = 0; i < m->n_layer; i++) {
+        const layer * L = &m->layers[i];
+        if (L->maa_w2[0].ne[0] > *mix) *mix = L->maa_w2[0].ne[0];
+        if (L->decay_w1.ne[1] > *decay) *decay = L->decay_w1.ne[1];
+    }
+}
+
+/* x, xx, dx, xm, extra, w, k, v, r, g, y, out; the five token-shift hiddens and one gathered;
+ * the decay hidden; the FFN hidden */
+static size_t v6_scratch_per_token(const model * m) {
+    int64_t D, D2;
+    v6_lora_widths(m, &D, &D2);
+    return (size_t)(12 * m->n_embed + 6 * D + D2 + m->ffn_dim);
+}
+
+/* dx_t = x_{t-1} - x_t, where x_{-1} is the previous call's last token (from the state). */
+static void shift_delta(float * dx, const float * xx, const float * last, int T, int64_t C) {
+    for (int t = 0; t < T; t++) {
+        const float * prev = t == 0 ? last : xx + (t - 1) * C;
+        const float * cur = xx + t * C;
+        float * d = dx + t * C;
+        for (int64_t c = 0; c < C; c++) d[c] = prev[c] - cur[c];
+    }
+}
+
+/* out_t = x_t + dx_t * (mix + extra_t); extra may be NULL */
+static void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int T, int64_t C) {
+    for (int t = 0; t < T; t++) {
+        const float * cur = xx + t * C;
+        const float * d = dx + t * C;
+        float * o = out + t * C;
+        if (extra) {
+            const float * e = extra + t * C;
+            for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * (mix[c] + e[c]);
+        } else {
+            for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * mix[c];
+        }
+    }
+}
+
+/* One token through one head: K (N x N, key-major) updated in place, y written. */
+static void wkv6_head(float * K, const float * r, const float * k, const float * v, const float * w, const float * u, float * y,
+                      int64_t N) {
+    for (int64_t j = 0; j < N; j++) y[j] = 0.0f;
+    for (int64_t i = 0; i < N; i++) {
+        float * row = K + i * N;
+        const float ri = r[i], ki = k[i], wi = w[i], rui = r[i] * u[i];
+        for (int64_t j = 0; j < N; j++) {
+            const float kv = ki * v[j];
+            y[j] += ri * row[j] + rui * kv;
+            row[j] = wi * row[j] + kv;
+        }
+    }
+}
+
+static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
+    const model * m = ctx->m;
+    const int64_t C = m->n_embed, F = m->ffn_dim, N = ctx->chunk, H = m->n_head, S = m->head_size;
+    const int64_t TC = (int64_t)T * C;
+    int64_t Dmax, D2max;
+    v6_lora_widths(m, &Dmax, &D2max);
+    float * x = ctx->work;
+    float * xx = x + N * C;
+    float * dx = xx + N * C;
+    float * xm = dx + N * C;
+    float * extra = xm + N * C;
+    float * w = extra + N * C;
+    float * k = w + N * C;
+    float * v = k + N * C;
+    float * r = v + N * C;
+    float * g = r + N * C;
+    float * y = g + N * C;
+    float * out = y + N * C;
+    float * mix_hidden = out + N * C;           /* T x 5D */
+    float * one_hidden = mix_hidden + N * 5 * Dmax; /* T x D */
+    float * decay_hidden = one_hidden + N * Dmax;   /* T x D2 */
+    float * hidden = decay_hidden + N * D2max;
+
+    for (int t = 0; t < T; t++) {
+        ctx_embedding(ctx, tokens[t], x + t * C);
+        layer_norm(x + t * C, x + t * C, m->ln0_w, m->ln0_b, C, 1e-5f);
+    }
+    for (int64_t li = 0; li < m->n_layer; li++) {
+        const layer * L = &m->layers[li];
+        float * ffn_xx = state + li * (2 + S) * C;
+        float * att_xx = ffn_xx + C;
+        float * heads = att_xx + C;
+        const int64_t D = L->maa_w2[0].ne[0], D2 = L->decay_w1.ne[1];
+
+        /* ---- time mixing: ddlerp, then the five products ---- */
+        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln1_w, L->ln1_b, C, 1e-5f);
+        shift_delta(dx, xx, att_xx, T, C);
+        memcpy(att_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
+        mix_tokens(xm, xx, dx, L->maa_x, NULL, T, C);
+        ctx_matmul(ctx, &L->maa_w1, xm, T, mix_hidden, N_MIX * D);
+        for (int64_t j = 0; j < T * N_MIX * D; j++) mix_hidden[j] = tanhf(mix_hidden[j]);
+
+        const float * maa[N_MIX] = {L->maa_w, L->maa_k, L->maa_v, L->maa_r, L->maa_g};
+        for (int s = 0; s < N_MIX; s++) {
+            for (int t = 0; t < T; t++) {
+                memcpy(one_hidden + t * D, mix_hidden + (t * N_MIX + s) * D, (size_t)D * sizeof(float));
+            }
+            ctx_matmul(ctx, &L->maa_w2[s], one_hidden, T, extra, C);
+            mix_tokens(xm, xx, dx, maa[s], extra, T, C);
+            switch (s) {
+            case MIX_W:
+                ctx_matmul(ctx, &L->decay_w1, xm, T, decay_hidden, D2);
+                for (int64_t j = 0; j < T * D2; j++) decay_hidden[j] = tanhf(decay_hidden[j]);
+                ctx_matmul(ctx, &L->decay_w2, decay_hidden, T, w, C);
+                for (int t = 0; t < T; t++) {
+                    float * wt = w + t * C;
+                    for (int64_t c = 0; c < C; c++) wt[c] = expf(-expf(L->att_decay[c] + wt[c]));
+                }
+                break;
+            case MIX_K: ctx_matmul(ctx, &L->att_k, xm, T, k, C); break;
+            case MIX_V: ctx_matmul(ctx, &L->att_v, xm, T, v, C); break;
+            case MIX_R: ctx_matmul(ctx, &L->att_r, xm, T, r, C); break;
+            case MIX_G: ctx_matmul(ctx, &L->att_g, xm, T, g, C); break;
+            }
+        }
+
+        /* ---- the recurrence: the only serial part ---- */
+        for (int t = 0; t < T; t++) {
+            const int64_t o = (int64_t)t * C;
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t hc = o + h * S;
+                wkv6_head(heads + h * S * S, r + hc, k + hc, v + hc, w + hc, L->faaaa + h * S, y + hc, S);
+            }
+        }
+
+        for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
+        for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * sigmoidf_(g[j]); /* SiLU gate */
+        ctx_matmul(ctx, &L->att_o, y, T, out, C);
+        for (int64_t j = 0; j < TC; j++) x[j] += out[j];
+
+        /* ---- channel mixing: v4's, with the mix written x + (x_prev - x) * maa ---- */
+        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln2_w, L->ln2_b, C, 1e-5f);
+        shift_delta(dx, xx, ffn_xx, T, C);
+        memcpy(ffn_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
+        mix_tokens(xm, xx, dx, L->ffn_mix_k, NULL, T, C);
+        ctx_matmul(ctx, &L->ffn_k, xm, T, hidden, F);
+        for (int64_t j = 0; j < T * F; j++) {
+            const float h = hidden[j] > 0.0f ? hidden[j] : 0.0f;
+            hidden[j] = h * h;
+        }
+        ctx_matmul(ctx, &L->ffn_v, hidden, T, out, C);
+        mix_tokens(xm, xx, dx, L->ffn_mix_r, NULL, T, C);
+        ctx_matmul(ctx, &L->ffn_r, xm, T, r, C);
+        for (int64_t j = 0; j < TC; j++) x[j] += sigmoidf_(r[j]) * out[j];
+    }
+    if (logits) {
+        layer_norm(xx, x + (T - 1) * C, m->ln_out_w, m->ln_out_b, C, 1e-5f);
+        ctx_head(ctx, xx, logits);
+    }
+}
+
+const arch_ops arch_v6 = {
+    .arch = ARCH_V6,
+    .version = "6",
+    .bind = v6_bind,
+    .forward = v6_forward,
+    .state_len = v6_state_len,
+    .init_state = v6_init_state,
+    .scratch_per_token = v6_scratch_per_token,
+};
