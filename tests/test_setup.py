@@ -83,6 +83,10 @@ def test_non_interactive_setup_installs_verifies_and_registers(site):
     done = run_cli(site["env"], "complete", "hi", "--max-tokens", "3", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["model"] == "tiny-bin"
+    bench = run_cli(site["env"], "--dragon", "--size", "2", "--json")
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads(bench.stdout)["model"] == "tiny-bin"
+    assert json.loads(bench.stdout)["synthetic"] is False
 
 
 def test_setup_again_uses_the_installed_model_without_downloading(site):
@@ -173,3 +177,20 @@ def test_checkpoint_is_converted_and_quantized_and_intermediates_removed(site):
     assert (entry["arch"], entry["data_type"], entry["n_embed"]) == ("7", "Q5_1", 64)
     assert Path(entry["path"]).name == "tiny-pth-Q5_1.bin"
     assert list((site["home"] / "downloads").iterdir()) == []
+
+
+def test_interactive_picker_installs_the_chosen_model(site):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup"], env=site["env"],
+                          encoding="utf-8", timeout=30, dimensions=(30, 160))
+    child.expect_exact("Which model?")
+    child.expect_exact("Tiny, not on the server")  # the whole list is drawn
+    child.send("\x1b[B")  # arrow down: the second entry...
+    child.send("\x1b[A")  # ...and back up to the first, "tiny-bin"
+    child.send("\r")
+    child.expect_exact("Continue?")
+    child.send("\r")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert registry(site["home"])["last"] == "tiny-bin"
