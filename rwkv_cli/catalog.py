@@ -8,12 +8,17 @@ Overrides, for mirrors and tests:
 - `RWKV_CATALOG=/path/catalog.json` replaces the built-in catalog;
 - `RWKV_DOWNLOAD_BASE=https://mirror` (or `--base-url`) serves every file at
   `{base}/{repo}/resolve/main/{file}`, the Hugging Face layout.
+
+New checkpoints appear every few months: `discover()` lists the catalog's repositories through
+the Hugging Face API (`{base}/api/models/{repo}?blobs=true`) and offers `.pth` files the
+built-in list does not know yet; offline, the built-in list is all there is.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -224,3 +229,71 @@ def load_catalog(path: Path | None = None) -> Catalog:
     if "20B_tokenizer" not in assets and source != BUILTIN_CATALOG:
         assets.update(load_catalog(BUILTIN_CATALOG).assets)
     return Catalog(models=models, assets=assets, source=source)
+
+
+def _family_defaults(catalog: Catalog, repo: str) -> CatalogModel | None:
+    known = [m for m in catalog.models if m.repo == repo and m.is_checkpoint]
+    return known[-1] if known else None
+
+
+def _default_quantization(download_size: int) -> str:
+    # bf16 checkpoints: 2 bytes per parameter; Q8_0 up to ~2B parameters, Q5_1 above.
+    return "Q8_0" if download_size <= 4_500_000_000 else "Q5_1"
+
+
+def discover(catalog: Catalog, base_url: str | None = None, timeout: float = 4.0,
+             transport=None) -> list[CatalogModel]:
+    """Checkpoints in the catalog's repositories that the catalog does not list yet.
+
+    Never raises for network trouble: offline (or on any API error) the answer is [].
+    `RWKV_OFFLINE=1` skips the look-up.
+    """
+    import httpx
+
+    if os.environ.get("RWKV_OFFLINE", "") not in ("", "0"):
+        return []
+    base = (base_url or os.environ.get("RWKV_DOWNLOAD_BASE") or HF_BASE).rstrip("/")
+    repos = list(dict.fromkeys(m.repo for m in catalog.models if m.is_checkpoint))
+    known_files = {(m.repo, m.file) for m in catalog.models}
+    known_names = {m.name for m in catalog.models}
+    found: list[CatalogModel] = []
+    try:
+        client = httpx.Client(timeout=timeout, follow_redirects=True, transport=transport)
+    except Exception:  # noqa: BLE001 - discovery is optional by design
+        return []
+    with client:
+        for repo in repos:
+            try:
+                response = client.get(f"{base}/api/models/{repo}", params={"blobs": "true"})
+                if response.status_code != 200:
+                    continue
+                siblings = response.json().get("siblings", [])
+            except httpx.TransportError:
+                break  # offline or unreachable: the other repositories would be too
+            except (httpx.HTTPError, ValueError, AttributeError):
+                continue
+            family = _family_defaults(catalog, repo)
+            if family is None:
+                continue
+            for sibling in siblings:
+                file = sibling.get("rfilename", "") if isinstance(sibling, dict) else ""
+                size = sibling.get("size") if isinstance(sibling, dict) else None
+                if not file.endswith(".pth") or (repo, file) in known_files:
+                    continue
+                if not isinstance(size, int) or size <= 0 or "/" in file:
+                    continue
+                name = re.sub(r"[^a-z0-9.]+", "-", file[: -len(".pth")].lower()).strip("-")
+                if name in known_names:
+                    continue
+                lfs = sibling.get("lfs")
+                sha256 = lfs.get("sha256") if isinstance(lfs, dict) else None
+                found.append(CatalogModel(
+                    name=name, title=f"{file[: -len('.pth')]} (new)", arch=family.arch,
+                    tokenizer=family.tokenizer, repo=repo, file=file, format="pth",
+                    download_size=size, quantization=_default_quantization(size),
+                    prompt_format=family.prompt_format,
+                    notes=f"found on {repo}; not in the built-in catalog", size=size,
+                    sha256=sha256 if isinstance(sha256, str) and len(sha256) == 64 else None,
+                ))
+                known_names.add(name)
+    return found

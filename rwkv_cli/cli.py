@@ -192,7 +192,7 @@ def root(
         return
     if setup:
         ctx.invoke(setup_command, ctx=ctx, model=model, yes=yes, quant_type=quant_type,
-                   base_url=base_url, list_models=False)
+                   base_url=base_url, list_models=False, refresh=False)
     elif dragon:
         ctx.invoke(bench_command, ctx=ctx, size=size, json_output=json_output,
                    model_path=model_path, model=model, threads=threads, gpu=gpu)
@@ -293,13 +293,16 @@ def setup_command(
     ),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Download mirror."),
     list_models: bool = typer.Option(False, "--list", help="List the catalog and exit."),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="With --list: also ask Hugging Face for newer checkpoints."
+    ),
 ) -> None:
     """Pick a model from the catalog, download it (resumable), convert and install it."""
     from .setup_wizard import run_setup, show_catalog
 
     root = _root(ctx)
     if list_models:
-        show_catalog(_console())
+        show_catalog(_console(), refresh=refresh, base_url=base_url or root.values.get("base_url"))
         return
     run_setup(
         _console(),

@@ -27,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from . import home
-from .catalog import QUANT_TYPES, Catalog, CatalogModel, load_catalog
+from .catalog import QUANT_TYPES, Catalog, CatalogError, CatalogModel, discover, load_catalog
 from .download import (
     DownloadError,
     check_free_space,
@@ -142,8 +142,11 @@ def _report_file(console: Console, verb: str, dest: Path, src: Path) -> None:
 # ---- listings ----
 
 
-def show_catalog(console: Console, catalog: Catalog | None = None) -> None:
+def show_catalog(console: Console, catalog: Catalog | None = None, refresh: bool = False,
+                 base_url: str | None = None) -> None:
     catalog = catalog or load_catalog()
+    if refresh:
+        _add_discovered(console, catalog, base_url)
     installed = {m.name for m in home.installed_models() if m.exists}
     table = Table(title="Models rwkv-cpp can install", title_justify="left")
     for column, justify in (("name", "left"), ("model", "left"), ("arch", "center"),
@@ -192,6 +195,14 @@ def show_installed(console: Console, json_output: bool = False) -> None:
 
 
 # ---- the wizard ----
+
+
+def _add_discovered(console: Console, catalog: Catalog, base_url: str | None) -> int:
+    """Add checkpoints published since the catalog was written; how many were added."""
+    with console.status("Checking Hugging Face for new models...", spinner="dots"):
+        found = discover(catalog, base_url)
+    catalog.models.extend(found)
+    return len(found)
 
 
 def _interactive() -> bool:
@@ -302,9 +313,15 @@ def run_setup(
                 "no terminal to pick a model in: pass --model NAME --yes "
                 "(`rwkv-cpp setup --list` shows the names)"
             )
+        _add_discovered(console, catalog, base_url)
         model = _pick_model(catalog)
     else:
-        model = catalog.get(name)
+        try:
+            model = catalog.get(name)
+        except CatalogError:
+            if not _add_discovered(console, catalog, base_url):
+                raise
+            model = catalog.get(name)
 
     if model.is_checkpoint:
         if data_type is None:

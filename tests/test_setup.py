@@ -194,3 +194,37 @@ def test_interactive_picker_installs_the_chosen_model(site):
     child.close()
     assert child.exitstatus == 0
     assert registry(site["home"])["last"] == "tiny-bin"
+
+
+def test_checkpoints_newer_than_the_catalog_are_discovered_and_installable(site):
+    checkpoints = pytest.importorskip("checkpoints")
+    pytest.importorskip("rwkv_cli.convert")
+    shape = checkpoints.Shape(n_layer=1, n_embed=32, n_vocab=256, head_size=16)
+    folder = site["root"] / "test" / "tiny" / HF
+    checkpoints.write_pth(folder / "tiny-v7.pth", checkpoints.raw_checkpoint("7", shape))
+    new = folder / "rwkv7-tiny-new-20260101.pth"
+    checkpoints.write_pth(new, checkpoints.raw_checkpoint("7", shape, seed=5))
+    catalog = json.loads(site["catalog"].read_text())
+    catalog["models"].append(
+        {"name": "tiny-pth", "title": "Tiny v7", "arch": "7", "tokenizer": "bytes",
+         "repo": "test/tiny", "file": "tiny-v7.pth", "format": "pth", "download_size": 1,
+         "quantization": "Q8_0"}
+    )
+    site["catalog"].write_text(json.dumps(catalog))
+    api = site["root"] / "api" / "models" / "test"
+    api.mkdir(parents=True)
+    siblings = [{"rfilename": "tiny-v7.pth", "size": 1}, {"rfilename": "README.md", "size": 9},
+                {"rfilename": new.name, "size": new.stat().st_size,
+                 "lfs": {"sha256": hashlib.sha256(new.read_bytes()).hexdigest()}}]
+    (api / "tiny").write_text(json.dumps({"id": "test/tiny", "siblings": siblings}))
+
+    listed = run_cli(site["env"], "setup", "--list", "--refresh")
+    assert "rwkv7-tiny-new-20260101" in listed.stdout and "tiny-pth" in listed.stdout
+    assert "rwkv7-tiny-new" not in run_cli(site["env"], "setup", "--list").stdout
+    result = run_cli(site["env"], "--setup", "--model", "rwkv7-tiny-new-20260101", "--type",
+                     "fp16", "--yes")
+    assert result.returncode == 0, result.stderr
+    entry = registry(site["home"])["models"]["rwkv7-tiny-new-20260101-FP16"]
+    assert (entry["arch"], entry["data_type"]) == ("7", "FP16")
+    offline = dict(site["env"], RWKV_OFFLINE="1")
+    assert "rwkv7-tiny-new" not in run_cli(offline, "setup", "--list", "--refresh").stdout
