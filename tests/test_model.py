@@ -373,6 +373,32 @@ def test_acompletion_under_asyncio_gather(v4_path):
     assert [r.completion for r in results] == serial
 
 
+def test_cancelling_acompletion_stops_the_work(v4_path):
+    with RWKV(v4_path, threads=1, tokenizer="bytes") as single:
+        started = threading.Event()
+
+        async def cancel_midway():
+            task = asyncio.ensure_future(
+                single.acompletion(
+                    PROMPT, max_tokens=100_000, temperature=0,
+                    stream_callback=lambda text, so_far: started.set(),
+                )
+            )
+            while not started.is_set():
+                await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(cancel_midway())
+        deadline = time.monotonic() + 10
+        while single.active_work_count() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert single.active_work_count() == 0
+        # The context is free again for the next completion.
+        assert single.completion(PROMPT, max_tokens=2, temperature=0).usage.completionTokens == 2
+
+
 # ---- bad options ----
 
 
