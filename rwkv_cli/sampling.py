@@ -81,28 +81,37 @@ class Sampler:
         self.params = params.check()
         self.rng = np.random.default_rng(seed)
         self._work = np.empty(self.n_vocab, dtype=np.float32)
-        self._counts: dict[int, int] = {}
-        self._penalty_ids = np.empty(0, dtype=np.int64)
-        self._penalty_values = np.empty(0, dtype=np.float32)
-        self._penalties_stale = False
+        # Penalties: the distinct generated ids in order of first use, with their counts,
+        # grown in place so that applying them is two short vector operations per token.
+        self._slot: dict[int, int] = {}
+        self._penalty_ids = np.empty(64, dtype=np.int64)
+        self._penalty_counts = np.zeros(64, dtype=np.float32)
         self._use_penalties = params.presence_penalty != 0 or params.frequency_penalty != 0
 
     def accept(self, token: int) -> None:
         """Record a generated token (for the presence and frequency penalties)."""
-        if self._use_penalties:
-            self._counts[token] = self._counts.get(token, 0) + 1
-            self._penalties_stale = True
+        if not self._use_penalties:
+            return
+        slot = self._slot.get(token)
+        if slot is None:
+            slot = len(self._slot)
+            if slot == self._penalty_ids.shape[0]:
+                self._penalty_ids = np.concatenate([self._penalty_ids, np.empty_like(self._penalty_ids)])
+                self._penalty_counts = np.concatenate(
+                    [self._penalty_counts, np.zeros_like(self._penalty_counts)]
+                )
+            self._slot[token] = slot
+            self._penalty_ids[slot] = token
+        self._penalty_counts[slot] += 1
 
     def apply_penalties(self, logits: np.ndarray) -> None:
-        if not self._counts:
+        n = len(self._slot)
+        if n == 0:
             return
-        if self._penalties_stale:
-            p = self.params
-            self._penalty_ids = np.fromiter(self._counts.keys(), dtype=np.int64, count=len(self._counts))
-            counts = np.fromiter(self._counts.values(), dtype=np.float32, count=len(self._counts))
-            self._penalty_values = p.presence_penalty + p.frequency_penalty * counts
-            self._penalties_stale = False
-        logits[self._penalty_ids] -= self._penalty_values
+        p = self.params
+        penalty = self._penalty_counts[:n] * np.float32(p.frequency_penalty)
+        penalty += np.float32(p.presence_penalty)
+        logits[self._penalty_ids[:n]] -= penalty
 
     def sample(self, logits: np.ndarray) -> int:
         if logits.shape[0] != self.n_vocab:

@@ -158,3 +158,17 @@ def test_sample_logits_does_not_modify_the_input():
 def test_bad_parameters_raise_value_error(params, message):
     with pytest.raises(ValueError, match=message):
         params.check()
+
+
+def test_penalties_track_many_distinct_tokens():
+    # More distinct tokens than the initial capacity of the penalty arrays.
+    n = 300
+    sampler = Sampler(n, SamplingParams(temperature=0, presence_penalty=1.0, frequency_penalty=0.5))
+    for token in range(200):
+        sampler.accept(token)
+    sampler.accept(7)
+    logits = np.zeros(n, dtype=np.float32)
+    sampler.apply_penalties(logits)
+    assert logits[7] == pytest.approx(-2.0)
+    assert logits[199] == pytest.approx(-1.5)
+    assert np.all(logits[200:] == 0)
