@@ -229,7 +229,8 @@ class RWKV:
         batch_size: prompt tokens per sequence-mode chunk.
         state_cache_size: prompt states kept (0 or False disables the cache).
         tokenizer: "auto" (from n_vocab: 50277 -> 20B, 65536 -> World, 256 -> bytes), "20B",
-            "world", "bytes", or a tokenizer file (.json Hugging Face, .txt World vocabulary).
+            "world", "bytes", a tokenizer file (.json Hugging Face, .txt World vocabulary) or a
+            `rwkv_cli.tokenizer.Tokenizer` object.
         state_cache_bytes: byte cap of the state cache (None: no cap).
         library: a `native.Library` (e.g. an external rwkv.cpp) instead of the default one.
     """
@@ -242,7 +243,7 @@ class RWKV:
         concurrent: int = 1,
         batch_size: int = DEFAULT_BATCH_SIZE,
         state_cache_size: int | bool = DEFAULT_STATE_CACHE_SIZE,
-        tokenizer: str | os.PathLike = "auto",
+        tokenizer: str | os.PathLike | Tokenizer = "auto",
         state_cache_bytes: int | None = DEFAULT_MAX_BYTES,
         library: native.Library | None = None,
     ):

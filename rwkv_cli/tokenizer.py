@@ -249,8 +249,10 @@ def find_20b_tokenizer(search: Sequence[str | Path] = ()) -> Path:
     )
 
 
-def check_tokenizer_name(tokenizer: str | os.PathLike) -> None:
+def check_tokenizer_name(tokenizer: str | os.PathLike | Tokenizer) -> None:
     """Raise ValueError for a tokenizer that is neither a known name nor an existing file."""
+    if isinstance(tokenizer, Tokenizer):
+        return
     if isinstance(tokenizer, str) and tokenizer.lower() in {n.lower() for n in TOKENIZER_NAMES}:
         return
     if isinstance(tokenizer, (str, os.PathLike)) and Path(tokenizer).is_file():
@@ -262,16 +264,19 @@ def check_tokenizer_name(tokenizer: str | os.PathLike) -> None:
 
 
 def load_tokenizer(
-    tokenizer: str | os.PathLike = "auto",
+    tokenizer: str | os.PathLike | Tokenizer = "auto",
     n_vocab: int | None = None,
     model_path: str | os.PathLike | None = None,
 ) -> Tokenizer:
     """The tokenizer for a name ("auto", "20B", "world", "bytes") or a file path.
 
     "auto" picks from the model's n_vocab: 50277 -> 20B, 65536 -> World, 256 -> bytes. The 20B
-    JSON is looked up beside the model file, then in $RWKV_HOME.
+    JSON is looked up beside the model file, then in $RWKV_HOME. A `Tokenizer` object is
+    returned as it is.
     """
     check_tokenizer_name(tokenizer)
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
     kind = tokenizer.lower() if isinstance(tokenizer, str) else None
     if kind == "auto":
         if n_vocab not in AUTO_BY_N_VOCAB:

@@ -164,3 +164,8 @@ def test_names_are_case_insensitive():
     check_tokenizer_name("World")
     check_tokenizer_name("20b")
     assert load_tokenizer("BYTES").name == "bytes"
+
+
+def test_a_tokenizer_object_is_used_as_it_is():
+    tok = BytesTokenizer()
+    assert load_tokenizer(tok, 65536) is tok
