@@ -385,7 +385,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except SystemExit:
         raise
     except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted\n")
+        _console(stderr=True).print("\n[bold red]interrupted[/]")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place errors meet the user
         if debug:

@@ -96,6 +96,39 @@ def download(
     that made no progress; each waits `backoff * 2**n` seconds first. Raises DownloadError
     (DownloadInterrupted on Ctrl-C, with the `.part` kept).
     """
+    part = part_path(Path(dest))
+    try:
+        return _download(
+            url, Path(dest), expected_size=expected_size, sha256=sha256, progress=progress,
+            retries=retries, backoff=backoff, timeout=timeout, check_disk=check_disk,
+            transport=transport,
+        )
+    except KeyboardInterrupt:
+        have = part.stat().st_size if part.exists() else 0
+        if have == 0:
+            part.unlink(missing_ok=True)
+            raise DownloadInterrupted(
+                f"download of {Path(dest).name} interrupted before any data arrived"
+            ) from None
+        raise DownloadInterrupted(
+            f"download interrupted: {human_bytes(have)} kept in {part}; "
+            "run the same command again to resume"
+        ) from None
+
+
+def _download(
+    url: str,
+    dest: Path,
+    *,
+    expected_size: int | None = None,
+    sha256: str | None = None,
+    progress: ProgressCallback | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    check_disk: bool = True,
+    transport=None,
+) -> Path:
     import httpx
 
     dest = Path(dest)
@@ -112,11 +145,12 @@ def download(
     failures = 0
     last_error = ""
     timeouts = httpx.Timeout(timeout, connect=min(timeout, 15.0))
-    client = httpx.Client(
-        timeout=timeouts, follow_redirects=True, transport=transport,
-        headers={"User-Agent": "rwkv-cpp"},
-    )
+    client = None
     try:
+        client = httpx.Client(
+            timeout=timeouts, follow_redirects=True, transport=transport,
+            headers={"User-Agent": "rwkv-cpp"},
+        )
         while True:
             offset = part.stat().st_size if part.exists() else 0
             if total is not None and offset == total:
@@ -169,7 +203,9 @@ def download(
                     if progress:
                         progress(done, total)
                     with open(part, mode) as handle:
-                        for chunk in response.iter_bytes(CHUNK_SIZE):
+                        # No chunk size: write what arrives, so a slow link shows progress
+                        # and an interruption keeps every byte received.
+                        for chunk in response.iter_bytes():
                             handle.write(chunk)
                             done += len(chunk)
                             progressed = True
@@ -188,14 +224,9 @@ def download(
                 time.sleep(backoff * (2 ** max(failures - 1, 0)))
             except OSError as exc:
                 raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
-    except KeyboardInterrupt:
-        have = part.stat().st_size if part.exists() else 0
-        raise DownloadInterrupted(
-            f"download interrupted: {human_bytes(have)} kept in {part}; "
-            "run the same command again to resume"
-        ) from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
     have = part.stat().st_size if part.exists() else 0
     if total is not None and have != total:

@@ -3,13 +3,14 @@
 Files are served from a folder; behaviours a download must survive are switched per path:
 `drop_after[path] = n` sends the full Content-Length but closes the connection after n bytes
 (once; then `fail_after_drop[path]` more requests get HTTP 503), `ignore_range` answers every request with the whole file (200), `fail_times[path] =
-k` answers HTTP 503 k times first. Every request is logged as (method, path, Range header).
+k` answers HTTP 503 k times first; `throttle` slows every body down. Every request is logged as (method, path, Range header).
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +28,7 @@ class RangeServer(ThreadingHTTPServer):
         self.fail_times: dict[str, int] = {}
         self.fail_after_drop: dict[str, int] = {}
         self.ignore_range = False
+        self.throttle = 0.0  # seconds of sleep after each 8 KB of a body
         self.requests: list[tuple[str, str, str | None]] = []
 
     def handle_error(self, request, client_address) -> None:
@@ -90,6 +92,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload[:drop])
             self.wfile.flush()
             self.close_connection = True
+            return
+        if self.server.throttle:
+            for start in range(0, len(payload), 8192):
+                self.wfile.write(payload[start:start + 8192])
+                self.wfile.flush()
+                time.sleep(self.server.throttle)
             return
         self.wfile.write(payload)
 

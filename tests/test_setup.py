@@ -228,3 +228,26 @@ def test_checkpoints_newer_than_the_catalog_are_discovered_and_installable(site)
     assert (entry["arch"], entry["data_type"]) == ("7", "FP16")
     offline = dict(site["env"], RWKV_OFFLINE="1")
     assert "rwkv7-tiny-new" not in run_cli(offline, "setup", "--list", "--refresh").stdout
+
+
+def test_ctrl_c_during_the_download_keeps_the_part_and_setup_resumes(site):
+    pexpect = pytest.importorskip("pexpect")
+    site["server"].throttle = 0.2  # about 4 s for the whole file
+    child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup", "--model", "tiny-bin",
+                                           "--yes"], env=site["env"], encoding="utf-8",
+                          timeout=30, dimensions=(30, 160))
+    child.expect(r"[1-9]\d*\.\d/\d+\.\d kB")  # some bytes arrived
+    child.sendintr()
+    child.expect_exact("download interrupted")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    part = site["home"] / "models" / "tiny 4.bin.part"
+    assert 0 < part.stat().st_size < len(site["data"])
+    assert registry(site["home"])["models"] == {}
+
+    site["server"].throttle = 0.0
+    again = run_cli(site["env"], "--setup", "--model", "tiny-bin", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert "Resuming" in again.stdout
+    assert (site["home"] / "models" / "tiny 4.bin").read_bytes() == site["data"]
