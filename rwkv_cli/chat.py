@@ -237,6 +237,10 @@ def run_chat(
 
 
 def _repl(console: Console, session: ChatSession) -> None:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:  # not on every platform
+        pass
     while True:
         try:
             line = console.input(f"[bold green]{session.user}:[/] ")
