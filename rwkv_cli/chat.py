@@ -129,14 +129,12 @@ class ChatSession:
     def _advance(self, prompt: str, result: CompletionResult) -> None:
         """Move the state past this turn: prompt, reply, and the blank line that ends it.
 
-        The result's state already holds the prompt and the reply tokens the model was fed
-        (all but the one that ended the reply, unless the reply was cancelled); only the rest of
-        the turn's text is evaluated here.
+        The result's state already holds the prompt and the first `fed_tokens` reply tokens
+        (the token that ended the reply is sampled, never fed); only the rest of the turn's
+        text is evaluated here.
         """
         turn_end = (result.completion.rstrip() + "\n\n").encode("utf-8")
-        generated = result.tokens
-        fed = len(generated) if result.finish_reason == "cancelled" else max(len(generated) - 1, 0)
-        fed_bytes = self.model.tokenizer.decode_bytes(generated[:fed])
+        fed_bytes = self.model.tokenizer.decode_bytes(result.tokens[: result.fed_tokens])
         state = None
         if result.state is not None and turn_end.startswith(fed_bytes):
             try:

@@ -141,3 +141,23 @@ def test_the_chat_state_is_the_state_after_the_whole_conversation(tiny_rwkv):
     np.testing.assert_allclose(session.state, expected, rtol=1e-4, atol=1e-4)
     session.reset()
     np.testing.assert_allclose(session.state, tiny_rwkv.get_state(session.preamble), atol=1e-6)
+
+
+def test_a_turn_evaluates_only_what_the_reply_did_not_already_feed(tiny_rwkv, monkeypatch):
+    from rwkv_cli.chat import ChatSession
+
+    session = ChatSession(tiny_rwkv, "raven", sampling={"max_tokens": 40, "seed": 3})
+    prompts = []
+    original = tiny_rwkv.completion
+
+    def spy(prompt="", **kwargs):
+        prompts.append(prompt)
+        return original(prompt, **kwargs)
+
+    monkeypatch.setattr(tiny_rwkv, "completion", spy)
+    result = session.reply("Tell me about lanterns")
+    assert prompts[0] == "User: Tell me about lanterns\n\nBot:"
+    if result.completion == result.completion.rstrip():
+        # Only the last sampled token and the blank line that ends the turn are new.
+        assert len(prompts) == 2 and len(prompts[1].encode()) <= 2 + 1
+    np.testing.assert_allclose(session.state, tiny_rwkv.get_state(session.history), atol=1e-4)
