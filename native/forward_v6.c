@@ -142,8 +142,8 @@ static void mix_tokens(float * out, const float * xx, const float * dx, const fl
 }
 
 /* One token through one head: K (N x N, key-major) updated in place, y written. */
-static void wkv6_head(float * K, const float * r, const float * k, const float * v, const float * w, const float * u, float * y,
-                      int64_t N) {
+static void wkv6_head(float * restrict K, const float * restrict r, const float * restrict k, const float * restrict v,
+                      const float * restrict w, const float * restrict u, float * restrict y, int64_t N) {
     for (int64_t j = 0; j < N; j++) y[j] = 0.0f;
     for (int64_t i = 0; i < N; i++) {
         float * row = K + i * N;

@@ -139,8 +139,9 @@ static inline float dot(const float * a, const float * b, int64_t n) {
 }
 
 /* One token through one head: S (N x N, value-major) updated in place, y = S_t r. */
-static void wkv7_head(float * S, const float * r, const float * w, const float * k, const float * v, const float * kk,
-                      const float * b, float * y, int64_t N) {
+static void wkv7_head(float * restrict S, const float * restrict r, const float * restrict w, const float * restrict k,
+                      const float * restrict v, const float * restrict kk, const float * restrict b, float * restrict y,
+                      int64_t N) {
     for (int64_t i = 0; i < N; i++) {
         float * row = S + i * N;
         const float sa = dot(row, kk, N); /* how much of this value row lies along kk */
