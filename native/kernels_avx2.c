@@ -1,0 +1,256 @@
+/*
+ * kernels_avx2.c: AVX2 + FMA + F16C kernels (any x86-64 CPU since about 2013). Compiled with
+ * target attributes, so the package builds with plain flags; kernels.c selects this set
+ * only when the CPU reports the features.
+ *
+ * Quantized weights: a 32-value block is unpacked to 32 codes and multiplied with the int8
+ * activations by VPMADDUBSW (u8 x s8 -> pairs of s16) and VPMADDWD (-> s32). Codes of the 4-
+ * and 5-bit types are small unsigned numbers (< 32, so the s16 pairs cannot saturate);
+ * Q8_0 codes are signed, handled with the sign trick (|w| times x with w's sign). The tiles
+ * are 4 rows x 2 tokens: AVX2 has 16 vector registers.
+ */
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+#include "kernels_x86.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum {
+    ROWS = 4,
+    TOKS = 2,
+    Q_PAIRS_CHUNK = 64,
+    F_COLS_CHUNK = 1024,
+};
+
+static size_t avx2_prepared_bytes(int type, int64_t n, int T) { return x86_prepared_bytes(type, n, T, 0); }
+
+static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) { x86_prepare(type, x, n, T, dst, 0, 0); }
+
+/* ---- quantized weights ---- */
+
+INLINE size_t q_block_bytes(int type) {
+    switch (type) {
+    case TYPE_Q4_0: return 18;
+    case TYPE_Q4_1: return 20;
+    case TYPE_Q5_0: return 22;
+    case TYPE_Q5_1: return 24;
+    default: return 34;
+    }
+}
+
+/* The 32 codes of a block in value order (signed values for Q8_0). */
+INLINE __m256i q_codes(int type, const uint8_t * a) {
+    if (type == TYPE_Q8_0) return _mm256_loadu_si256((const __m256i *)(a + 2));
+    const size_t qs = type == TYPE_Q4_0 ? 2 : type == TYPE_Q4_1 ? 4 : type == TYPE_Q5_0 ? 6 : 8;
+    const __m128i q = _mm_loadu_si128((const __m128i *)(a + qs));
+    const __m128i nib = _mm_set1_epi8(0x0f);
+    __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, nib)),
+                                        _mm_and_si128(_mm_srli_epi16(q, 4), nib), 1);
+    if (type == TYPE_Q5_0 || type == TYPE_Q5_1) {
+        /* bit j of qh -> 0x10 in byte j: spread the 4 bytes over 8 bytes each, test one bit per byte */
+        const uint32_t qh = load_u32(a + (type == TYPE_Q5_0 ? 2 : 4));
+        __m256i bits = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
+                                           _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2,
+                                                            2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+        bits = _mm256_or_si256(bits, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL));
+        bits = _mm256_cmpeq_epi8(bits, _mm256_set1_epi8(-1));
+        v = _mm256_or_si256(v, _mm256_and_si256(bits, _mm256_set1_epi8(0x10)));
+    }
+    return v;
+}
+
+INLINE void q_block(int type, int R, int TT, const uint8_t * w, size_t row_bytes, int64_t b, const int8_t * xq,
+                    const xq_scale * xs, int64_t np, __m256 acc[ROWS][TOKS], int prefetch) {
+    const size_t bb = q_block_bytes(type);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i codes[ROWS], mags[ROWS];
+    __m256 dw[ROWS];
+    for (int i = 0; i < R; i++) {
+        const uint8_t * a = w + (size_t)i * row_bytes + (size_t)b * bb;
+        if (prefetch) _mm_prefetch((const char *)(a + 8 * bb), _MM_HINT_T0);
+        codes[i] = q_codes(type, a);
+        if (type == TYPE_Q8_0) mags[i] = _mm256_abs_epi8(codes[i]);
+        dw[i] = _mm256_set1_ps(_cvtsh_ss(load_u16(a)));
+    }
+    for (int j = 0; j < TT; j++) {
+        const xq_scale * sc = &xs[(size_t)j * np + b / 2];
+        const __m256 dx = _mm256_broadcast_ss(&sc->d[b & 1]);
+        const __m256i x = _mm256_load_si256((const __m256i *)(xq + (size_t)j * np * 64 + (size_t)b * 32));
+        const __m256i bias = _mm256_zextsi128_si256(_mm_cvtsi32_si128(sc->bias[b & 1]));
+        for (int i = 0; i < R; i++) {
+            __m256i dot;
+            if (type == TYPE_Q8_0) {
+                dot = _mm256_madd_epi16(_mm256_maddubs_epi16(mags[i], _mm256_sign_epi8(x, codes[i])), ones);
+            } else {
+                dot = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(codes[i], x), ones), bias);
+            }
+            acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[i], dx), acc[i][j]);
+        }
+    }
+}
+
+INLINE void q_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes, const xq_layout * L, const int8_t * xq,
+                   const xq_scale * xs, int64_t r, int t, int64_t b0, int64_t b1, int first, float * y, int64_t ldy) {
+    __m256 acc[ROWS][TOKS];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) acc[i][j] = _mm256_setzero_ps();
+    const uint8_t * wr = w + (size_t)r * row_bytes;
+    const int8_t * xt = xq + (size_t)t * L->np * 64;
+    const xq_scale * st = xs + (size_t)t * L->np;
+    for (int64_t b = b0; b < b1; b++) q_block(type, R, TT, wr, row_bytes, b, xt, st, L->np, acc, TT == 1);
+    for (int i = 0; i < R; i++) {
+        for (int j = 0; j < TT; j++) {
+            const float v = x86_hsum8(acc[i][j]);
+            float * out = y + (size_t)(t + j) * ldy + (size_t)(r + i);
+            *out = first ? v : *out + v;
+        }
+    }
+}
+
+INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                     int64_t ldy, int64_t r0, int64_t r1) {
+    const xq_layout L = xq_layout_of(n, T, 0);
+    const int8_t * xq = (const int8_t *)xp;
+    const xq_scale * xs = (const xq_scale *)((const uint8_t *)xp + L.sc_off);
+    const int64_t chunk = T > TOKS ? 2 * Q_PAIRS_CHUNK : L.nb;
+    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    for (int64_t b0 = 0; b0 < L.nb; b0 += chunk) {
+        const int64_t b1 = b0 + chunk < L.nb ? b0 + chunk : L.nb;
+        const int first = b0 == 0;
+        for (int64_t r = r0; r < r1;) {
+            const int R = T > 1 && r1 - r >= ROWS ? ROWS : 1; /* decode: one row stream at a time */
+            int t = 0;
+            if (R == ROWS) {
+                for (; t + 2 <= T; t += 2) q_tile(type, ROWS, 2, w, row_bytes, &L, xq, xs, r, t, b0, b1, first, y, ldy);
+                for (; t < T; t++) q_tile(type, ROWS, 1, w, row_bytes, &L, xq, xs, r, t, b0, b1, first, y, ldy);
+            } else {
+                for (; t + 2 <= T; t += 2) q_tile(type, 1, 2, w, row_bytes, &L, xq, xs, r, t, b0, b1, first, y, ldy);
+                for (; t < T; t++) q_tile(type, 1, 1, w, row_bytes, &L, xq, xs, r, t, b0, b1, first, y, ldy);
+            }
+            if (with_min) x86_add_min_term(type, w, row_bytes, r, r + R, b0, b1, xp, &L, T, y, ldy);
+            r += R;
+        }
+    }
+}
+
+#define Q_MATMUL(NAME, TYPE)                                                                                          \
+    static void NAME(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy, \
+                     int64_t r0, int64_t r1) {                                                                        \
+        q_matmul(TYPE, w, row_bytes, n, xp, T, y, ldy, r0, r1);                                                        \
+    }
+Q_MATMUL(matmul_q4_0, TYPE_Q4_0)
+Q_MATMUL(matmul_q4_1, TYPE_Q4_1)
+Q_MATMUL(matmul_q5_0, TYPE_Q5_0)
+Q_MATMUL(matmul_q5_1, TYPE_Q5_1)
+Q_MATMUL(matmul_q8_0, TYPE_Q8_0)
+
+/* ---- FP32 / FP16 weights ---- */
+
+INLINE __m256 f_load(int type, const uint8_t * row, int64_t k, int64_t left) {
+    if (type == TYPE_FP16) {
+        const uint8_t * p = row + (size_t)k * 2;
+        if (left >= 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        uint16_t tail[8] = {0};
+        memcpy(tail, p, (size_t)left * 2);
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)tail));
+    }
+    const float * p = (const float *)(row + (size_t)k * 4);
+    if (left >= 8) return _mm256_loadu_ps(p);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)left), lanes));
+}
+
+INLINE void f_step(int type, int R, int TT, const uint8_t * wr, size_t row_bytes, const float * x, int64_t ns,
+                   int64_t k, int64_t left, __m256 acc[ROWS][TOKS], int prefetch) {
+    __m256 wv[ROWS];
+    for (int i = 0; i < R; i++) {
+        const uint8_t * row = wr + (size_t)i * row_bytes;
+        if (prefetch) _mm_prefetch((const char *)(row + (size_t)(k + 128) * (type == TYPE_FP16 ? 2 : 4)), _MM_HINT_T0);
+        wv[i] = f_load(type, row, k, left);
+    }
+    for (int j = 0; j < TT; j++) {
+        const __m256 xv = _mm256_load_ps(x + (size_t)j * ns + k);
+        for (int i = 0; i < R; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+    }
+}
+
+INLINE void f_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes, const float * x, int64_t ns, int64_t r,
+                   int t, int64_t k0, int64_t k1, int first, float * y, int64_t ldy) {
+    __m256 acc[ROWS][TOKS];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) acc[i][j] = _mm256_setzero_ps();
+    const uint8_t * wr = w + (size_t)r * row_bytes;
+    const float * xt = x + (size_t)t * ns;
+    int64_t k = k0;
+    for (; k + 8 <= k1; k += 8) f_step(type, R, TT, wr, row_bytes, xt, ns, k, 8, acc, TT == 1);
+    if (k < k1) f_step(type, R, TT, wr, row_bytes, xt, ns, k, k1 - k, acc, 0);
+    for (int i = 0; i < R; i++) {
+        for (int j = 0; j < TT; j++) {
+            const float v = x86_hsum8(acc[i][j]);
+            float * out = y + (size_t)(t + j) * ldy + (size_t)(r + i);
+            *out = first ? v : *out + v;
+        }
+    }
+}
+
+INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                     int64_t ldy, int64_t r0, int64_t r1) {
+    const float * x = (const float *)xp;
+    const int64_t ns = x86_round16(n);
+    const int64_t chunk = T > TOKS ? F_COLS_CHUNK : n;
+    for (int64_t k0 = 0; k0 < n; k0 += chunk) {
+        const int64_t k1 = k0 + chunk < n ? k0 + chunk : n;
+        const int first = k0 == 0;
+        for (int64_t r = r0; r < r1;) {
+            const int R = T > 1 && r1 - r >= ROWS ? ROWS : 1; /* decode: one row stream at a time */
+            int t = 0;
+            if (R == ROWS) {
+                for (; t + 2 <= T; t += 2) f_tile(type, ROWS, 2, w, row_bytes, x, ns, r, t, k0, k1, first, y, ldy);
+                for (; t < T; t++) f_tile(type, ROWS, 1, w, row_bytes, x, ns, r, t, k0, k1, first, y, ldy);
+            } else {
+                for (; t + 2 <= T; t += 2) f_tile(type, 1, 2, w, row_bytes, x, ns, r, t, k0, k1, first, y, ldy);
+                for (; t < T; t++) f_tile(type, 1, 1, w, row_bytes, x, ns, r, t, k0, k1, first, y, ldy);
+            }
+            r += R;
+        }
+    }
+}
+
+static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
+    f_matmul(TYPE_FP32, w, row_bytes, n, xp, T, y, ldy, r0, r1);
+}
+
+static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
+    f_matmul(TYPE_FP16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
+}
+
+static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+    switch (type) {
+    case TYPE_FP32: matmul_fp32(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_FP16: matmul_fp16(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q4_0: matmul_q4_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q4_1: matmul_q4_1(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q5_0: matmul_q5_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q5_1: matmul_q5_1(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q8_0: matmul_q8_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    }
+}
+
+#pragma GCC pop_options
+
+const kernels kernels_avx2 = {
+    .name = "avx2",
+    .prepared_bytes = avx2_prepared_bytes,
+    .prepare = avx2_prepare,
+    .matmul = avx2_matmul,
+};
+
+#endif /* __x86_64__ */

@@ -1,0 +1,342 @@
+/*
+ * kernels_avx512.c: AVX-512 (F, BW, VL, DQ) + VNNI kernels. Compiled with target attributes,
+ * so the package builds with plain flags; kernels.c selects this set only when the CPU
+ * reports the features.
+ *
+ * Quantized weights: each pair of 32-value blocks of a row is unpacked to 64 unsigned codes
+ * in one register and multiplied with 64 int8 activations by VPDPBUSD (u8 x s8 -> s32);
+ * the code offset of the type comes in through the accumulator's start value (see
+ * kernels_x86.h). Rows are processed 4 at a time and tokens 4 at a time, so an unpacked
+ * weight vector serves 4 tokens and an activation vector 4 rows. FP32/FP16 weights use the
+ * same tiling with FMA (F16C conversion of the weights on the fly).
+ *
+ * Sequence mode walks the columns in chunks so the chunk's activations of all tokens stay in
+ * L2 while each group of rows is reused from L1; decode streams every row once.
+ */
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")
+
+#include "kernels_x86.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum {
+    ROWS = 4,         /* rows per tile */
+    TOKS = 4,         /* tokens per tile */
+    Q_PAIRS_CHUNK = 64, /* 4096 columns of int8 activations per chunk in sequence mode */
+    F_COLS_CHUNK = 1024, /* float activations per chunk in sequence mode */
+};
+
+static size_t avx512_prepared_bytes(int type, int64_t n, int T) { return x86_prepared_bytes(type, n, T, 1); }
+
+static void avx512_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+    x86_prepare(type, x, n, T, dst, 128, 1);
+}
+
+/* ---- quantized weights ---- */
+
+INLINE size_t q_block_bytes(int type) {
+    switch (type) {
+    case TYPE_Q4_0: return 18;
+    case TYPE_Q4_1: return 20;
+    case TYPE_Q5_0: return 22;
+    case TYPE_Q5_1: return 24;
+    default: return 34;
+    }
+}
+
+/* Byte tables for unpacking a pair of blocks with VPERMB from one 64-byte load of the pair.
+ * codes: output byte i (block i / 32, value i % 32) <- the byte holding that value's nibble;
+ * qh: output byte i <- the byte of qh holding bit i % 32 of block i / 32. */
+#define SEQ8(o) (o), (o) + 1, (o) + 2, (o) + 3, (o) + 4, (o) + 5, (o) + 6, (o) + 7
+#define SEQ16(o) SEQ8(o), SEQ8((o) + 8)
+#define REP8(o) (o), (o), (o), (o), (o), (o), (o), (o)
+#define CODES(qs, bb) {SEQ16(qs), SEQ16(qs), SEQ16((bb) + (qs)), SEQ16((bb) + (qs))}
+#define HIGHS(qh, bb) {REP8(qh), REP8((qh) + 1), REP8((qh) + 2), REP8((qh) + 3), \
+                       REP8((bb) + (qh)), REP8((bb) + (qh) + 1), REP8((bb) + (qh) + 2), REP8((bb) + (qh) + 3)}
+static const uint8_t CODES_Q4_0[64] __attribute__((aligned(64))) = CODES(2, 18);
+static const uint8_t CODES_Q4_1[64] __attribute__((aligned(64))) = CODES(4, 20);
+static const uint8_t CODES_Q5_0[64] __attribute__((aligned(64))) = CODES(6, 22);
+static const uint8_t CODES_Q5_1[64] __attribute__((aligned(64))) = CODES(8, 24);
+static const uint8_t HIGHS_Q5_0[64] __attribute__((aligned(64))) = HIGHS(2, 22);
+static const uint8_t HIGHS_Q5_1[64] __attribute__((aligned(64))) = HIGHS(4, 24);
+static const uint8_t BIT_OF_BYTE[64] __attribute__((aligned(64))) = {
+    1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
+    1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+
+INLINE __m512i table(const uint8_t * t) { return _mm512_load_si512((const void *)t); }
+
+/* Unpacks the pair of blocks at a (only the first when !both): 64 unsigned codes in value
+ * order and the block scales broadcast over each block's 8 lanes, [da x8, db x8]. */
+INLINE void q_unpack(int type, const uint8_t * a, int both, __m512i * codes, __m512 * scales) {
+    const size_t bb = q_block_bytes(type);
+    const __m512i scale_index = _mm512_setr_epi32(0, 0, 0, 0, (int)(bb / 2 * 0x10001), (int)(bb / 2 * 0x10001),
+                                                  (int)(bb / 2 * 0x10001), (int)(bb / 2 * 0x10001), 0, 0, 0, 0, 0, 0, 0, 0);
+    if (type == TYPE_Q8_0) {
+        /* a pair is 68 bytes: two loads of codes, one of the scales */
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(a + 2));
+        const __m256i hi = both ? _mm256_loadu_si256((const __m256i *)(a + bb + 2)) : _mm256_set1_epi8((char)0x80);
+        *codes = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8((char)0x80));
+        const __m512i head = _mm512_maskz_loadu_epi8(both ? (__mmask64)0xfffffffffULL : (__mmask64)0x3, a);
+        *scales = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(scale_index, head)));
+        return;
+    }
+    const __mmask64 span = both ? (((__mmask64)1 << (2 * bb)) - 1) : (((__mmask64)1 << bb) - 1);
+    const __m512i pair = _mm512_maskz_loadu_epi8(span, a);
+    const uint8_t * perm = type == TYPE_Q4_0 ? CODES_Q4_0 : type == TYPE_Q4_1 ? CODES_Q4_1 : type == TYPE_Q5_0 ? CODES_Q5_0 : CODES_Q5_1;
+    __m512i v = _mm512_permutexvar_epi8(table(perm), pair);
+    /* values 16..31 of each block are the high nibbles */
+    v = _mm512_srlv_epi16(v, _mm512_setr_epi32(0, 0, 0, 0, 0x40004, 0x40004, 0x40004, 0x40004, 0, 0, 0, 0, 0x40004, 0x40004,
+                                                0x40004, 0x40004));
+    v = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+    if (type == TYPE_Q5_0 || type == TYPE_Q5_1) {
+        const __m512i highs = _mm512_permutexvar_epi8(table(type == TYPE_Q5_0 ? HIGHS_Q5_0 : HIGHS_Q5_1), pair);
+        const __mmask64 bits = _mm512_test_epi8_mask(highs, table(BIT_OF_BYTE));
+        v = _mm512_mask_add_epi8(v, bits, v, _mm512_set1_epi8(16));
+    }
+    *codes = v;
+    *scales = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(scale_index, pair)));
+}
+
+/* One pair of blocks for a tile of R rows x TT tokens (sequence mode). */
+INLINE void q_pair(int type, int R, int TT, int both, const uint8_t * w, size_t row_bytes, int64_t p,
+                   const int8_t * xq, const xq_scale * xs, int64_t np, __m512 acc[ROWS][TOKS]) {
+    const size_t bb = q_block_bytes(type);
+    __m512i codes[ROWS];
+    __m512 dw[ROWS];
+    for (int i = 0; i < R; i++) q_unpack(type, w + (size_t)i * row_bytes + (size_t)(2 * p) * bb, both, &codes[i], &dw[i]);
+    for (int j = 0; j < TT; j++) {
+        const __m128 sc = _mm_load_ps((const float *)&xs[(size_t)j * np + p]); /* [da, db, bias a, bias b] */
+        const __m512 dx = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                                _mm512_castps128_ps512(sc));
+        const __m512i bias = _mm512_maskz_permutexvar_epi32(
+            0x0101, _mm512_setr_epi32(2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0), _mm512_castsi128_si512(_mm_castps_si128(sc)));
+        const __m512i x = _mm512_load_si512((const void *)(xq + ((size_t)j * np + p) * 64));
+        for (int i = 0; i < R; i++) {
+            const __m512i dot = _mm512_dpbusd_epi32(bias, codes[i], x);
+            acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[i], dx), acc[i][j]);
+        }
+    }
+}
+
+/* Decode: one row with one token, pairs [p0, p1), using the broadcast scales of x. */
+INLINE __m512 q_pair_decode(int type, const uint8_t * row, int64_t p, int both, const int8_t * xq, const __m512 * xe,
+                            __m512 acc) {
+    __m512i codes;
+    __m512 dw;
+    q_unpack(type, row + (size_t)(2 * p) * q_block_bytes(type), both, &codes, &dw);
+    const __m512i dot = _mm512_dpbusd_epi32(_mm512_castps_si512(xe[2 * p + 1]), codes, _mm512_load_si512((const void *)(xq + p * 64)));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, xe[2 * p]), acc);
+}
+
+INLINE float q_row_decode(int type, const uint8_t * row, const xq_layout * L, const int8_t * xq, const __m512 * xe) {
+    const int64_t full = L->nb / 2;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + 2 <= full; p += 2) {
+        a0 = q_pair_decode(type, row, p, 1, xq, xe, a0);
+        a1 = q_pair_decode(type, row, p + 1, 1, xq, xe, a1);
+    }
+    if (p < full) a0 = q_pair_decode(type, row, p, 1, xq, xe, a0);
+    if (L->np > full) a1 = q_pair_decode(type, row, full, 0, xq, xe, a1);
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+/* Rows [r, r + R) x tokens [t, t + TT) over pairs [p0, p1): y = (first ? 0 : y) + product. */
+INLINE void q_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes, const xq_layout * L, const int8_t * xq,
+                   const xq_scale * xs, int64_t r, int t, int64_t p0, int64_t p1, int first, float * y, int64_t ldy) {
+    __m512 acc[ROWS][TOKS];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();
+    const uint8_t * wr = w + (size_t)r * row_bytes;
+    const int8_t * xt = xq + (size_t)t * L->np * 64;
+    const xq_scale * st = xs + (size_t)t * L->np;
+    const int64_t full = L->nb / 2; /* pairs with two real blocks */
+    const int64_t pf = p1 < full ? p1 : full;
+    for (int64_t p = p0; p < pf; p++) q_pair(type, R, TT, 1, wr, row_bytes, p, xt, st, L->np, acc);
+    if (p1 > full && full >= p0) q_pair(type, R, TT, 0, wr, row_bytes, full, xt, st, L->np, acc);
+    for (int i = 0; i < R; i++) {
+        for (int j = 0; j < TT; j++) {
+            const float v = _mm512_reduce_add_ps(acc[i][j]);
+            float * out = y + (size_t)(t + j) * ldy + (size_t)(r + i);
+            *out = first ? v : *out + v;
+        }
+    }
+}
+
+INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                     int64_t ldy, int64_t r0, int64_t r1) {
+    const xq_layout L = xq_layout_of(n, T, 1);
+    const int8_t * xq = (const int8_t *)xp;
+    const xq_scale * xs = (const xq_scale *)((const uint8_t *)xp + L.sc_off);
+    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    if (L.xe_off) {
+        /* decode: one row at a time, so the hardware prefetcher sees a single stream */
+        const __m512 * xe = (const __m512 *)((const uint8_t *)xp + L.xe_off);
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t * row = w + (size_t)r * row_bytes;
+            for (int t = 0; t < T; t++) {
+                y[(size_t)t * ldy + r] = q_row_decode(type, row, &L, xq + (size_t)t * L.np * 64, xe + (size_t)t * L.np * 2);
+            }
+            if (with_min) x86_add_min_term(type, w, row_bytes, r, r + 1, 0, L.nb, xp, &L, T, y, ldy);
+        }
+        return;
+    }
+    const int64_t chunk = Q_PAIRS_CHUNK;
+    for (int64_t p0 = 0; p0 < L.np; p0 += chunk) {
+        const int64_t p1 = p0 + chunk < L.np ? p0 + chunk : L.np;
+        const int first = p0 == 0;
+        for (int64_t r = r0; r < r1;) {
+            const int R = r1 - r >= ROWS ? ROWS : 1;
+            int t = 0;
+            if (R == ROWS) {
+                for (; t + 4 <= T; t += 4) q_tile(type, ROWS, 4, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
+                for (; t + 2 <= T; t += 2) q_tile(type, ROWS, 2, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
+                for (; t < T; t++) q_tile(type, ROWS, 1, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
+            } else {
+                for (; t + 4 <= T; t += 4) q_tile(type, 1, 4, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
+                for (; t < T; t++) q_tile(type, 1, 1, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
+            }
+            if (with_min) {
+                const int64_t b1 = 2 * p1 < L.nb ? 2 * p1 : L.nb;
+                x86_add_min_term(type, w, row_bytes, r, r + R, 2 * p0, b1, xp, &L, T, y, ldy);
+            }
+            r += R;
+        }
+    }
+}
+
+#define Q_MATMUL(NAME, TYPE)                                                                                          \
+    static void NAME(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy, \
+                     int64_t r0, int64_t r1) {                                                                        \
+        q_matmul(TYPE, w, row_bytes, n, xp, T, y, ldy, r0, r1);                                                        \
+    }
+Q_MATMUL(matmul_q4_0, TYPE_Q4_0)
+Q_MATMUL(matmul_q4_1, TYPE_Q4_1)
+Q_MATMUL(matmul_q5_0, TYPE_Q5_0)
+Q_MATMUL(matmul_q5_1, TYPE_Q5_1)
+Q_MATMUL(matmul_q8_0, TYPE_Q8_0)
+
+/* ---- FP32 / FP16 weights ---- */
+
+INLINE __m512 f_load(int type, const uint8_t * row, int64_t k, __mmask16 mask, int masked) {
+    if (type == TYPE_FP16) {
+        const uint8_t * p = row + (size_t)k * 2;
+        return _mm512_cvtph_ps(masked ? _mm256_maskz_loadu_epi16(mask, p) : _mm256_loadu_si256((const __m256i *)p));
+    }
+    const float * p = (const float *)(row + (size_t)k * 4);
+    return masked ? _mm512_maskz_loadu_ps(mask, p) : _mm512_loadu_ps(p);
+}
+
+INLINE void f_step(int type, int R, int TT, const uint8_t * wr, size_t row_bytes, const float * x, int64_t ns,
+                   int64_t k, __mmask16 mask, int masked, __m512 acc[ROWS][TOKS]) {
+    __m512 wv[ROWS];
+    for (int i = 0; i < R; i++) wv[i] = f_load(type, wr + (size_t)i * row_bytes, k, mask, masked);
+    for (int j = 0; j < TT; j++) {
+        const __m512 xv = _mm512_load_ps(x + (size_t)j * ns + k);
+        for (int i = 0; i < R; i++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+    }
+}
+
+INLINE void f_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int64_t ns,
+                   int64_t r, int t, int64_t k0, int64_t k1, int first, float * y, int64_t ldy) {
+    __m512 acc[ROWS][TOKS];
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();
+    const uint8_t * wr = w + (size_t)r * row_bytes;
+    const float * xt = x + (size_t)t * ns;
+    int64_t k = k0;
+    for (; k + 16 <= k1; k += 16) f_step(type, R, TT, wr, row_bytes, xt, ns, k, 0xffff, 0, acc);
+    if (k < k1) f_step(type, R, TT, wr, row_bytes, xt, ns, k, (__mmask16)((1u << (k1 - k)) - 1), 1, acc);
+    for (int i = 0; i < R; i++) {
+        for (int j = 0; j < TT; j++) {
+            const float v = _mm512_reduce_add_ps(acc[i][j]);
+            float * out = y + (size_t)(t + j) * ldy + (size_t)(r + i);
+            *out = first ? v : *out + v;
+        }
+    }
+}
+
+/* Decode: one row with one token, 4 independent sums to cover the FMA latency. */
+INLINE float f_row_decode(int type, const uint8_t * row, int64_t n, const float * x) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= n; k += 64) {
+        a0 = _mm512_fmadd_ps(f_load(type, row, k, 0xffff, 0), _mm512_load_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(f_load(type, row, k + 16, 0xffff, 0), _mm512_load_ps(x + k + 16), a1);
+        a2 = _mm512_fmadd_ps(f_load(type, row, k + 32, 0xffff, 0), _mm512_load_ps(x + k + 32), a2);
+        a3 = _mm512_fmadd_ps(f_load(type, row, k + 48, 0xffff, 0), _mm512_load_ps(x + k + 48), a3);
+    }
+    for (; k + 16 <= n; k += 16) a0 = _mm512_fmadd_ps(f_load(type, row, k, 0xffff, 0), _mm512_load_ps(x + k), a0);
+    if (k < n) a1 = _mm512_fmadd_ps(f_load(type, row, k, (__mmask16)((1u << (n - k)) - 1), 1), _mm512_load_ps(x + k), a1);
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                     int64_t ldy, int64_t r0, int64_t r1) {
+    const float * x = (const float *)xp;
+    const int64_t ns = x86_round16(n);
+    if (T < TOKS) {
+        /* decode: one row at a time, so the hardware prefetcher sees a single stream */
+        for (int64_t r = r0; r < r1; r++) {
+            for (int t = 0; t < T; t++) y[(size_t)t * ldy + r] = f_row_decode(type, w + (size_t)r * row_bytes, n, x + (size_t)t * ns);
+        }
+        return;
+    }
+    const int64_t chunk = F_COLS_CHUNK;
+    for (int64_t k0 = 0; k0 < n; k0 += chunk) {
+        const int64_t k1 = k0 + chunk < n ? k0 + chunk : n;
+        const int first = k0 == 0;
+        for (int64_t r = r0; r < r1;) {
+            const int R = r1 - r >= ROWS ? ROWS : 1;
+            int t = 0;
+            if (R == ROWS) {
+                for (; t + 4 <= T; t += 4) f_tile(type, ROWS, 4, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
+                for (; t + 2 <= T; t += 2) f_tile(type, ROWS, 2, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
+                for (; t < T; t++) f_tile(type, ROWS, 1, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
+            } else {
+                for (; t + 4 <= T; t += 4) f_tile(type, 1, 4, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
+                for (; t < T; t++) f_tile(type, 1, 1, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
+            }
+            r += R;
+        }
+    }
+}
+
+static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
+    f_matmul(TYPE_FP32, w, row_bytes, n, xp, T, y, ldy, r0, r1);
+}
+
+static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
+    f_matmul(TYPE_FP16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
+}
+
+static void avx512_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                          int64_t ldy, int64_t r0, int64_t r1) {
+    switch (type) {
+    case TYPE_FP32: matmul_fp32(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_FP16: matmul_fp16(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q4_0: matmul_q4_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q4_1: matmul_q4_1(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q5_0: matmul_q5_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q5_1: matmul_q5_1(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_Q8_0: matmul_q8_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    }
+}
+
+#pragma GCC pop_options
+
+const kernels kernels_avx512 = {
+    .name = "avx512",
+    .prepared_bytes = avx512_prepared_bytes,
+    .prepare = avx512_prepare,
+    .matmul = avx512_matmul,
+};
+
+#endif /* __x86_64__ */

@@ -1,0 +1,199 @@
+/*
+ * kernels_x86.h: what the AVX2 and AVX-512 kernel files share: the layout of prepared
+ * activations and the code that prepares them. Included by kernels_avx2.c and
+ * kernels_avx512.c after their `#pragma GCC target`, so every function here is compiled
+ * for the including file's instruction set (AVX2 is the floor).
+ *
+ * Prepared activations
+ *   FP32 / FP16 weights: the T rows of x as float32, each padded with zeros to a multiple of
+ *   16 values (so the x side of a product never needs a masked load).
+ *   Quantized weights: x is quantized per 32-value block to int8 with a float scale
+ *   (d = max|x| / 127, q = round(x / d)). Blocks go in pairs (one 64-byte vector of codes
+ *   for AVX-512; AVX2 reads the halves). Per pair: float d[2] and int32 bias[2], where
+ *   bias = -offset * sum(q) folds the weight code offset (8 for Q4_0, 16 for Q5_0, 128 for
+ *   Q8_0 read as unsigned) into the integer dot product. Per block also
+ *   s = d * sum(q), which the _1 types need for their per-block minimum: sum_j (c_j dw + m) x_j
+ *   = dw dx sum_j c_j q_j + m s. A row with an odd number of blocks gets a zero block.
+ */
+#ifndef RWKV_KERNELS_X86_H
+#define RWKV_KERNELS_X86_H
+
+#include <immintrin.h>
+
+#include "engine.h"
+
+typedef struct xq_scale {
+    float d[2];
+    int32_t bias[2];
+} xq_scale;
+
+typedef struct xq_layout {
+    int64_t nb;  /* blocks per row */
+    int64_t np;  /* pairs of blocks per row */
+    int64_t nbs; /* stride (floats) of the per-block s array, a multiple of 16 */
+    size_t sc_off, s_off;
+    size_t xe_off; /* decode (T < XE_MAX_T, AVX-512): per pair the scales as [d x8 | bias x8] vectors; 0 = none */
+    size_t total;
+} xq_layout;
+
+enum { XE_MAX_T = 4 };
+
+static inline size_t x86_align64(size_t v) { return (v + 63) & ~(size_t)63; }
+static inline int64_t x86_round16(int64_t v) { return (v + 15) & ~(int64_t)15; }
+
+static inline xq_layout xq_layout_of(int64_t n, int T, int expand) {
+    xq_layout L;
+    L.nb = (n + QK - 1) / QK;
+    L.np = (L.nb + 1) / 2;
+    L.nbs = x86_round16(2 * L.np);
+    L.sc_off = x86_align64((size_t)T * (size_t)L.np * 64);
+    L.s_off = x86_align64(L.sc_off + (size_t)T * (size_t)L.np * sizeof(xq_scale));
+    L.xe_off = 0;
+    L.total = L.s_off + (size_t)T * (size_t)L.nbs * sizeof(float);
+    if (expand && T < XE_MAX_T) {
+        L.xe_off = x86_align64(L.total);
+        L.total = L.xe_off + (size_t)T * (size_t)L.np * 128;
+    }
+    L.total += 64;
+    return L;
+}
+
+static inline size_t x86_prepared_bytes(int type, int64_t n, int T, int expand) {
+    if (!type_is_quantized(type)) return (size_t)T * (size_t)x86_round16(n) * sizeof(float) + 64;
+    size_t bytes = xq_layout_of(n, T, expand).total;
+    /* a call with fewer tokens may use the decode layout */
+    for (int t = 1; t < XE_MAX_T && t < T; t++) {
+        const size_t b = xq_layout_of(n, t, expand).total;
+        bytes = b > bytes ? b : bytes;
+    }
+    return bytes;
+}
+
+/* The offset a kernel subtracts from stored weight codes (Q8_0 depends on the kernel). */
+static inline int x86_code_offset(int type, int q8_offset) {
+    switch (type) {
+    case TYPE_Q4_0: return 8;
+    case TYPE_Q5_0: return 16;
+    case TYPE_Q8_0: return q8_offset;
+    default: return 0;
+    }
+}
+
+static inline float x86_hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static inline float x86_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int32_t x86_hsum8_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Quantizes 32 floats to int8 codes q (round to nearest) with scale *d; returns sum(q).
+ * half_scale: the scale is rounded to half precision after the codes are chosen, which is
+ * what rwkv.cpp's activations for the _0 types do; matching it keeps our results on
+ * rwkv.cpp's side of the published fixture limits (measured on the tiny fixtures). */
+static inline int32_t x86_quantize_block(const float * x, int8_t * q, float * d, int half_scale) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    const float amax = x86_hmax8(a);
+    const float scale = amax / 127.0f;
+    *d = half_scale ? _cvtsh_ss(_cvtss_sh(scale, 0)) : scale;
+    const __m256 id = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, id)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, id));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, id)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, id));
+    const int32_t sum = x86_hsum8_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+    /* packs work within 128-bit lanes; the permute puts the 4-value groups back in order */
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, p);
+    return sum;
+}
+
+static inline void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int expand) {
+    uint8_t * base = (uint8_t *)dst;
+    if (!type_is_quantized(type)) {
+        const int64_t ns = x86_round16(n);
+        float * out = (float *)base;
+        for (int t = 0; t < T; t++) {
+            memcpy(out + (size_t)t * ns, x + (size_t)t * n, (size_t)n * sizeof(float));
+            for (int64_t c = n; c < ns; c++) out[(size_t)t * ns + c] = 0.0f;
+        }
+        return;
+    }
+    const xq_layout L = xq_layout_of(n, T, expand);
+    const int offset = x86_code_offset(type, q8_offset);
+    const int half_scale = type == TYPE_Q4_0 || type == TYPE_Q5_0 || type == TYPE_Q8_0;
+    int8_t * q = (int8_t *)base;
+    xq_scale * sc = (xq_scale *)(base + L.sc_off);
+    float * s = (float *)(base + L.s_off);
+    for (int t = 0; t < T; t++) {
+        const float * xt = x + (size_t)t * n;
+        int8_t * qt = q + (size_t)t * L.np * 64;
+        xq_scale * sct = sc + (size_t)t * L.np;
+        float * st = s + (size_t)t * L.nbs;
+        for (int64_t b = 0; b < L.nb; b++) {
+            float d;
+            const int32_t sum = x86_quantize_block(xt + b * QK, qt + b * QK, &d, half_scale);
+            sct[b / 2].d[b & 1] = d;
+            sct[b / 2].bias[b & 1] = -offset * sum;
+            st[b] = d * (float)sum;
+        }
+        for (int64_t b = L.nb; b < 2 * L.np; b++) {
+            memset(qt + b * QK, 0, QK);
+            sct[b / 2].d[b & 1] = 0.0f;
+            sct[b / 2].bias[b & 1] = 0;
+        }
+        for (int64_t b = L.nb; b < L.nbs; b++) st[b] = 0.0f;
+        if (L.xe_off) {
+            float * xe = (float *)(base + L.xe_off) + (size_t)t * L.np * 32;
+            for (int64_t p = 0; p < L.np; p++) {
+                for (int i = 0; i < 16; i++) {
+                    xe[p * 32 + i] = sct[p].d[i / 8];
+                    const int32_t bias = i % 8 == 0 ? sct[p].bias[i / 8] : 0;
+                    memcpy(&xe[p * 32 + 16 + i], &bias, 4);
+                }
+            }
+        }
+    }
+}
+
+/* Adds the per-block minimum term of the _1 types, sum_b m_b s_b, for rows [r0, r1), all
+ * T tokens, blocks [b0, b1); the rows are still in cache from the main product. */
+static inline void x86_add_min_term(int type, const uint8_t * w, size_t row_bytes, int64_t r0, int64_t r1, int64_t b0,
+                                    int64_t b1, const void * xp, const xq_layout * L, int T, float * y, int64_t ldy) {
+    const size_t bb = type_block_bytes(type);
+    const float * s = (const float *)((const uint8_t *)xp + L->s_off);
+    enum { CH = 128 };
+    float m[CH + 8];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t * row = w + (size_t)r * row_bytes;
+        for (int64_t c0 = b0; c0 < b1; c0 += CH) {
+            const int64_t c1 = c0 + CH < b1 ? c0 + CH : b1, len = c1 - c0, len8 = (len + 7) & ~(int64_t)7;
+            for (int64_t b = 0; b < len; b++) m[b] = _cvtsh_ss(load_u16(row + (size_t)(c0 + b) * bb + 2));
+            for (int64_t b = len; b < len8; b++) m[b] = 0.0f;
+            for (int t = 0; t < T; t++) {
+                const float * st = s + (size_t)t * L->nbs + c0;
+                __m256 acc = _mm256_setzero_ps();
+                for (int64_t b = 0; b < len8; b += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(m + b), _mm256_loadu_ps(st + b), acc);
+                y[(size_t)t * ldy + r] += x86_hsum8(acc);
+            }
+        }
+    }
+}
+
+#endif /* RWKV_KERNELS_X86_H */

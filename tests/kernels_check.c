@@ -1,0 +1,167 @@
+/*
+ * kernels_check.c: compares one kernel path with the scalar reference for one tensor type,
+ * built and run by tests/test_kernels.py (linked with native/kernels*.c and tensor.c).
+ *
+ *   kernels_check PATH TYPE      e.g. kernels_check avx512 Q4_1
+ *
+ * For a list of shapes (odd row and column counts, columns crossing the kernels' chunk
+ * sizes, 1..64 tokens) it prints one line per shape:
+ *   shape ROWS COLS T rel_err max_ratio
+ * rel_err = |y - y_ref| / |y_ref| over the whole product; max_ratio = the largest
+ * |y - y_ref| / (|w_r| |x_t|) of one element (a bound that does not depend on the
+ * product's own size). The weights lie at an odd address and end at most one byte before
+ * an unreadable page, so an over-read crashes the check. Exit status 2 = path not available here.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+#if defined(__x86_64__)
+extern const kernels kernels_avx2 __attribute__((weak));
+extern const kernels kernels_avx512 __attribute__((weak));
+#endif
+
+static const kernels * find_path(const char * name) {
+    if (strcmp(name, "scalar") == 0) return &kernels_scalar;
+    const char * available = kernels_available();
+    char padded[80];
+    snprintf(padded, sizeof padded, " %s ", available);
+    char needle[32];
+    snprintf(needle, sizeof needle, " %s ", name);
+    if (!strstr(padded, needle)) return NULL;
+#if defined(__x86_64__)
+    if (strcmp(name, "avx2") == 0 && &kernels_avx2) return &kernels_avx2;
+    if (strcmp(name, "avx512") == 0 && &kernels_avx512) return &kernels_avx512;
+#endif
+    return NULL;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float uniform(void) { /* in [-1, 1) */
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static void * aligned(size_t bytes) {
+    void * p = NULL;
+    if (posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63)) return NULL;
+    return p;
+}
+
+/* Runs one shape; returns 0 on success. */
+static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, int T) {
+    const size_t row_bytes = type_row_bytes(type, cols);
+    const size_t bytes = row_bytes * (size_t)rows;
+    /* weights end exactly where a PROT_NONE page begins, at an odd address */
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t span = ((bytes + 1 + page - 1) / page + 1) * page;
+    uint8_t * map = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) return 1;
+    mprotect(map + span - page, page, PROT_NONE);
+    /* end at the guard page; when that start is even, one byte earlier (an odd address) */
+    uint8_t * w = map + span - page - bytes;
+    if (((uintptr_t)w & 1) == 0) w -= 1;
+    float * wf = malloc(sizeof(float) * (size_t)(rows * cols));
+    float * x = malloc(sizeof(float) * (size_t)(T * cols));
+    for (int64_t i = 0; i < rows * cols; i++) wf[i] = uniform() * (1.0f + (float)(i % 7));
+    for (int64_t i = 0; i < T * cols; i++) x[i] = uniform() * ((i / 32) % 5 == 3 ? 0.0f : 1.0f + (float)(i % 3));
+    for (int64_t r = 0; r < rows; r++) {
+        uint8_t * dst = w + (size_t)r * row_bytes;
+        const float * src = wf + r * cols;
+        if (type == TYPE_FP32) memcpy(dst, src, (size_t)cols * 4);
+        else if (type == TYPE_FP16)
+            for (int64_t c = 0; c < cols; c++) {
+                uint16_t h = fp32_to_fp16(src[c]);
+                memcpy(dst + 2 * c, &h, 2);
+            }
+        else quantize_row(type, src, dst, cols);
+    }
+    mprotect(map, span - page, PROT_READ);
+
+    const size_t prep_ref = kernels_scalar.prepared_bytes(type, cols, T);
+    const size_t prep = k->prepared_bytes(type, cols, T);
+    void * xp_ref = aligned(prep_ref);
+    void * xp = aligned(prep);
+    const int64_t ldy = rows + 3;
+    float * y_ref = calloc((size_t)(T * ldy), sizeof(float));
+    float * y = calloc((size_t)(T * ldy), sizeof(float));
+    for (int64_t i = 0; i < T * ldy; i++) y[i] = y_ref[i] = 12345.0f; /* untouched padding keeps this */
+    kernels_scalar.prepare(type, x, cols, T, xp_ref);
+    kernels_scalar.matmul(type, w, row_bytes, cols, xp_ref, T, y_ref, ldy, 0, rows);
+    k->prepare(type, x, cols, T, xp);
+    /* two row ranges, as two threads would split them */
+    const int64_t split = rows > 16 ? 16 : rows / 2;
+    k->matmul(type, w, row_bytes, cols, xp, T, y, ldy, 0, split);
+    k->matmul(type, w, row_bytes, cols, xp, T, y, ldy, split, rows);
+
+    float * deq = malloc(sizeof(float) * (size_t)cols);
+    double diff2 = 0, ref2 = 0, max_ratio = 0;
+    int bad_padding = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        dequantize_row(type, w + (size_t)r * row_bytes, deq, cols);
+        double wn = 0;
+        for (int64_t c = 0; c < cols; c++) wn += (double)deq[c] * deq[c];
+        for (int t = 0; t < T; t++) {
+            double xn = 0;
+            for (int64_t c = 0; c < cols; c++) xn += (double)x[t * cols + c] * x[t * cols + c];
+            const double d = (double)y[t * ldy + r] - (double)y_ref[t * ldy + r];
+            diff2 += d * d;
+            ref2 += (double)y_ref[t * ldy + r] * y_ref[t * ldy + r];
+            const double bound = sqrt(wn * xn) + 1e-30;
+            if (!(fabs(d) / bound <= max_ratio)) max_ratio = isnan(d) ? INFINITY : fabs(d) / bound;
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int64_t r = rows; r < ldy; r++) bad_padding |= y[t * ldy + r] != 12345.0f;
+    printf("shape %lld %lld %d %.3e %.3e%s\n", (long long)rows, (long long)cols, T, sqrt(diff2 / (ref2 + 1e-30)), max_ratio,
+           bad_padding ? " wrote-outside-rows" : "");
+    free(deq);
+    free(y);
+    free(y_ref);
+    free(xp);
+    free(xp_ref);
+    free(x);
+    free(wf);
+    munmap(map, span);
+    return bad_padding;
+}
+
+int main(int argc, char ** argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s PATH TYPE\n", argv[0]);
+        return 1;
+    }
+    const kernels * k = find_path(argv[1]);
+    if (!k) {
+        printf("unavailable %s (available: %s)\n", argv[1], kernels_available());
+        return 2;
+    }
+    const int type = type_from_name(argv[2]);
+    if (type < 0) {
+        fprintf(stderr, "unknown type %s\n", argv[2]);
+        return 1;
+    }
+    const int quantized = type_is_quantized(type);
+    /* (rows, cols): odd everything; for quantized types columns are whole blocks, with an odd
+     * block count, and one width crossing the sequence-mode column chunks */
+    const int64_t shapes_f[][2] = {{13, 67}, {1, 5}, {9, 16}, {21, 1100}, {5, 2051}};
+    const int64_t shapes_q[][2] = {{13, 96}, {1, 32}, {7, 64}, {21, 160}, {5, 32 * 131}, {6, 32 * 128}};
+    const int Ts[] = {1, 2, 3, 4, 5, 7, 64};
+    int failures = 0;
+    const int n_shapes = 5 + quantized;
+    for (int s = 0; s < n_shapes; s++) {
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+            const int64_t rows = quantized ? shapes_q[s][0] : shapes_f[s][0];
+            const int64_t cols = quantized ? shapes_q[s][1] : shapes_f[s][1];
+            failures += check_shape(k, type, rows, cols, Ts[i]) != 0;
+        }
+    }
+    return failures ? 1 : 0;
+}
