@@ -1,0 +1,201 @@
+"""Kernel paths: every SIMD path against the scalar reference, per tensor type, both at the
+kernel level (odd shapes, unaligned weights, a C harness) and through the engine (random-
+weight models, forced paths); threads and sequence mode change nothing; no allocation per
+token."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_utils import run_sequence, run_serial
+
+from rwkv_cli import native
+from rwkv_cli.synthetic import write_random_model
+
+REPO = Path(__file__).resolve().parents[1]
+NATIVE = REPO / "native"
+TYPES = ["FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+QUANTIZED = TYPES[2:]
+SIMD_PATHS = ["avx2", "avx512"]
+
+# Bounds on a product's error against the scalar path. Float weights: only the order of the
+# sums differs. Quantized weights: the SIMD paths quantize activations to int8 per 32-value
+# block, an error of at most half a step (max|x| / 254) per value.
+REL_ERR = {"float": 1e-5, "quantized": 2e-2}  # |y - y_ref| / |y_ref| over a whole product
+ELEMENT_RATIO = {"float": 1e-6, "quantized": 5e-3}  # |y_rt - y_ref_rt| / (|w_r| |x_t|)
+
+
+def kind(dtype: str) -> str:
+    return "quantized" if dtype in QUANTIZED else "float"
+
+
+# ---- kernel level: the C harness ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory) -> Path:
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the kernel harness")
+    out = tmp_path_factory.mktemp("kernels") / "kernels_check"
+    sources = sorted(str(p) for p in NATIVE.glob("kernels*.c")) + [str(NATIVE / "tensor.c")]
+    subprocess.run(
+        [cc, "-std=gnu11", "-O2", "-pthread", f"-I{NATIVE}", "-o", str(out),
+         str(REPO / "tests" / "kernels_check.c"), *sources, "-lm"],
+        check=True,
+    )
+    return out
+
+
+def run_harness(harness: Path, path: str, dtype: str) -> list[tuple[int, int, int, float, float]]:
+    proc = subprocess.run(
+        [str(harness), path, dtype], check=False, capture_output=True, text=True, timeout=60
+    )
+    if proc.returncode == 2:
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = []
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        assert fields[0] == "shape" and len(fields) == 6, line
+        rows.append((int(fields[1]), int(fields[2]), int(fields[3]), float(fields[4]), float(fields[5])))
+    return rows
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("path", SIMD_PATHS)
+def test_simd_products_match_scalar(harness, path, dtype):
+    results = run_harness(harness, path, dtype)
+    assert {t for _, _, t, _, _ in results} >= {1, 3, 4, 5, 64}
+    for rows, cols, tokens, rel_err, ratio in results:
+        shape = f"{path} {dtype} rows={rows} cols={cols} tokens={tokens}"
+        assert rel_err < REL_ERR[kind(dtype)], shape
+        assert ratio < ELEMENT_RATIO[kind(dtype)], shape
+
+
+def test_harness_scalar_against_itself_is_exact(harness):
+    for *_, rel_err, ratio in run_harness(harness, "scalar", "Q5_1"):
+        assert rel_err == 0.0 and ratio == 0.0
+
+
+# ---- engine level: random-weight models -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lib() -> native.Library:
+    return native.default_library()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, lib) -> dict[str, Path]:
+    """Small v4 models of every type: FP32 with odd widths, quantized ones with an odd number
+    of blocks per row (96 = 3 blocks; ffn 384 = 12)."""
+    root = tmp_path_factory.mktemp("kernel-models")
+    paths = {
+        "FP32": write_random_model(root / "fp32.bin", "4", 2, 67, 101, "FP32", ffn_dim=203),
+        "FP16": write_random_model(root / "fp16.bin", "4", 2, 67, 101, "FP16", ffn_dim=203),
+    }
+    source = write_random_model(root / "source.bin", "4", 2, 96, 101, "FP32", ffn_dim=384)
+    for dtype in QUANTIZED:
+        paths[dtype] = root / f"{dtype}.bin"
+        lib.quantize_model_file(source, paths[dtype], dtype)
+    return paths
+
+
+def available_paths(lib) -> list[str]:
+    info = lib.get_system_info_string()
+    return info.split("kernels available: ")[1].split(" |")[0].split()
+
+
+def load(lib, path: Path, threads: int, kernel_path: str | None, monkeypatch):
+    if kernel_path is None:
+        monkeypatch.delenv("RWKV_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("RWKV_KERNELS", kernel_path)
+    ctx = lib.init_from_file(path, threads)
+    if kernel_path is not None:
+        assert lib.get_kernel_path(ctx) == kernel_path
+    return ctx
+
+
+TOKENS = [3, 99, 14, 15, 92, 65, 35, 89, 79, 32, 38]
+
+
+def logits_of(lib, path, threads, kernel_path, monkeypatch, mode="serial"):
+    ctx = load(lib, path, threads, kernel_path, monkeypatch)
+    try:
+        run = run_serial if mode == "serial" else run_sequence
+        logits, state = run(lib, ctx, TOKENS)
+    finally:
+        lib.free(ctx)
+    return logits, state
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_engine_paths_agree_with_scalar(lib, models, dtype, monkeypatch):
+    reference, _ = logits_of(lib, models[dtype], 2, "scalar", monkeypatch)
+    spread = float(np.std(reference))
+    # through 2 layers and the head: relative to the spread of the logits
+    tolerance = 1e-4 if kind(dtype) == "float" else 3e-2
+    checked = 0
+    for path in available_paths(lib):
+        if path == "scalar":
+            continue
+        for mode in ("serial", "sequence"):
+            logits, _ = logits_of(lib, models[dtype], 2, path, monkeypatch, mode)
+            assert np.max(np.abs(logits - reference)) < tolerance * spread, (path, mode)
+            checked += 1
+    if checked == 0:
+        pytest.skip("this CPU has no SIMD kernel path")
+
+
+@pytest.mark.parametrize("dtype", ["FP16", "Q4_1", "Q8_0"])
+def test_thread_counts_give_identical_logits(lib, models, dtype, monkeypatch):
+    for mode in ("serial", "sequence"):
+        one, state_one = logits_of(lib, models[dtype], 1, None, monkeypatch, mode)
+        for threads in (2, 3):
+            logits, state = logits_of(lib, models[dtype], threads, None, monkeypatch, mode)
+            np.testing.assert_array_equal(logits, one)
+            np.testing.assert_array_equal(state, state_one)
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+def test_sequence_mode_equals_serial_mode(lib, models, dtype, monkeypatch):
+    serial, serial_state = logits_of(lib, models[dtype], 2, None, monkeypatch, "serial")
+    sequence, sequence_state = logits_of(lib, models[dtype], 2, None, monkeypatch, "sequence")
+    # the same int8 activations either way; only the order of float sums differs
+    spread = float(np.std(serial))
+    assert np.max(np.abs(sequence - serial)) < 1e-4 * spread
+    assert np.allclose(sequence_state, serial_state, rtol=1e-4, atol=1e-4)
+
+
+def test_no_allocation_per_token(lib, models, monkeypatch):
+    ctx = load(lib, models["Q5_1"], 2, None, monkeypatch)
+    try:
+        before = lib.get_allocation_count(ctx)
+        if before < 0:
+            pytest.skip("the library has no allocation counter")
+        run_serial(lib, ctx, TOKENS)
+        run_sequence(lib, ctx, TOKENS * 7)  # more than one sequence-mode chunk
+        assert lib.get_allocation_count(ctx) == before
+    finally:
+        lib.free(ctx)
+
+
+def test_unknown_kernel_path_is_refused(lib, models, monkeypatch):
+    monkeypatch.setenv("RWKV_KERNELS", "sse9")
+    with pytest.raises(native.RWKVError, match="sse9"):
+        lib.init_from_file(models["FP32"], 1)
+
+
+def test_default_path_is_the_best_available(lib, models, monkeypatch):
+    ctx = load(lib, models["FP32"], 1, None, monkeypatch)
+    try:
+        assert lib.get_kernel_path(ctx) == available_paths(lib)[-1]
+    finally:
+        lib.free(ctx)
