@@ -17,7 +17,7 @@ PERF_KEYS = (
     "timePerFullPrompt", "promptPerSecond", "completionPerSecond", "fullPromptPerSecond",
 )
 USAGE_KEYS = ("promptTokens", "completionTokens", "totalTokens", "promptTokensCached")
-REPORT_KEYS = ("model", "threads", "engine", "synthetic", "arch", "dataType")
+REPORT_KEYS = ("model", "threads", "engine", "synthetic", "arch", "dataType", "warmupTime")
 
 
 def run_cli(home, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
