@@ -72,12 +72,15 @@ def load_model(
 
 @contextmanager
 def ctrl_c_stops(event: threading.Event):
-    """While active, Ctrl-C sets `event` (stopping a reply) instead of raising."""
+    """While active, Ctrl-C sets `event` (stopping a reply) instead of raising; a second
+    Ctrl-C before the reply has stopped raises KeyboardInterrupt as usual."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame) -> None:
+        if event.is_set():  # a second Ctrl-C: the user means it
+            raise KeyboardInterrupt
         event.set()
 
     previous = signal.signal(signal.SIGINT, handler)
@@ -220,10 +223,11 @@ def run_chat(
     model = load_model(console, choice, threads, gpu)
     try:
         fmt = prompt_format_for(model.n_vocab, choice.prompt_format)
-        session = ChatSession(
-            model, fmt, name=choice.name,
-            sampling={"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens},
-        )
+        with console.status("Reading the preamble...", spinner="dots"):
+            session = ChatSession(
+                model, fmt, name=choice.name,
+                sampling={"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens},
+            )
         console.print(
             f"[bold]rwkv-cpp chat[/] · {choice.name} (RWKV v{model.arch}, {model.data_type}, "
             f"{model.threads} threads) · /help for commands, Ctrl-D to quit",
