@@ -510,3 +510,137 @@ def test_cache_and_init_state_on_every_architecture(version, dtype):
         warm = cached.completion(prefix + suffix, max_tokens=16, temperature=0)
     assert warm.usage.promptTokensCached == len(prefix)
     assert warm.completion == reference.completion
+
+
+# ---- streaming and stop strings, scripted ----
+
+
+class ScriptedLibrary:
+    """A stand-in engine whose logits always point at the next byte of a script, so the
+    completion is known in advance: the streaming and stop logic can be checked exactly."""
+
+    name = "scripted"
+
+    def __init__(self, script: bytes):
+        self.script = script
+        self.position = {}
+
+    def init_from_file(self, path, n_threads, n_gpu_layers=0):
+        return "ctx"
+
+    def clone_context(self, ctx, n_threads):
+        return "clone"
+
+    def free(self, ctx):
+        pass
+
+    def gpu_offload_layers(self, ctx, n_layers):
+        raise native.RWKVError("no GPU")
+
+    def get_n_vocab(self, ctx):
+        return 256
+
+    get_logits_len = get_n_vocab
+
+    def get_n_layer(self, ctx):
+        return 1
+
+    def get_n_embed(self, ctx):
+        return 4
+
+    def get_state_len(self, ctx):
+        return 4
+
+    def get_arch_version(self, ctx):
+        return "4"
+
+    def get_data_type_name(self, ctx):
+        return "FP32"
+
+    def get_kernel_path(self, ctx):
+        return "scalar"
+
+    def _next(self, ctx, state_out, logits_out):
+        index = self.position.get(ctx, 0)
+        self.position[ctx] = index + 1
+        state_out[:] = index
+        if logits_out is not None:
+            logits_out[:] = 0
+            logits_out[self.script[index % len(self.script)]] = 1
+
+    def eval_sequence_in_chunks(self, ctx, tokens, chunk_size, state_in, state_out, logits_out):
+        self.position[ctx] = 0
+        self._next(ctx, state_out, logits_out)
+
+    def eval(self, ctx, token, state_in, state_out, logits_out):
+        self._next(ctx, state_out, logits_out)
+
+
+def scripted(v4_path, script: bytes, tokenizer="bytes") -> RWKV:
+    return RWKV(v4_path, tokenizer=tokenizer, state_cache_size=0, library=ScriptedLibrary(script))
+
+
+def run_scripted(v4_path, script: bytes, **kwargs):
+    chunks = []
+    with scripted(v4_path, script, kwargs.pop("tokenizer", "bytes")) as fake:
+        result = fake.completion(
+            "prompt", temperature=0, stream_callback=lambda text, so_far: chunks.append(text), **kwargs
+        )
+    assert "".join(chunks) == result.completion
+    return result, chunks
+
+
+def test_scripted_stop_string_is_cut_and_never_streamed(v4_path):
+    result, chunks = run_scripted(v4_path, b"hello world!", max_tokens=20, stop="world")
+    assert result.completion == "hello "
+    assert result.finish_reason == "stop"
+    assert not any("w" in c for c in chunks)
+    assert result.usage.completionTokens == len("hello world")
+
+
+def test_scripted_false_start_of_a_stop_string_is_released(v4_path):
+    result, chunks = run_scripted(v4_path, b"abx abc", max_tokens=20, stop=["abc"])
+    assert result.completion == "abx "
+    assert chunks[0] == "abx"  # "a", "ab" were held back until "x" ruled the stop out
+
+
+def test_scripted_earliest_of_several_stop_strings_wins(v4_path):
+    result, _ = run_scripted(v4_path, b"one two three", max_tokens=20, stop=["three", "two"])
+    assert result.completion == "one "
+
+
+def test_scripted_held_back_text_is_released_at_the_end(v4_path):
+    result, chunks = run_scripted(v4_path, b"the end", max_tokens=7, stop=["end!"])
+    assert result.completion == "the end"
+    assert result.finish_reason == "length"
+    assert chunks[-1].endswith("end")
+
+
+def test_scripted_multibyte_characters_arrive_whole(v4_path):
+    text = "é€🐉 ok"
+    result, chunks = run_scripted(v4_path, text.encode(), max_tokens=len(text.encode()))
+    assert result.completion == text
+    assert chunks[:3] == ["é", "€", "🐉"]
+
+
+def test_scripted_invalid_utf8_becomes_replacement_characters(v4_path):
+    result, _ = run_scripted(v4_path, b"a\xffb", max_tokens=3)
+    assert result.completion == "a\ufffdb"
+
+
+def test_scripted_unfinished_character_at_the_end_is_replaced(v4_path):
+    result, _ = run_scripted(v4_path, "a€".encode()[:3], max_tokens=3)
+    assert result.completion == "a\ufffd"
+
+
+def test_scripted_end_of_text_token_ends_the_completion(v4_path):
+    from rwkv_cli.tokenizer import BytesTokenizer
+
+    class BytesWithEnd(BytesTokenizer):
+        eos_token = 0
+
+    result, _ = run_scripted(v4_path, b"hi\x00more", max_tokens=20, tokenizer=BytesWithEnd())
+    assert result.completion == "hi"
+    assert result.finish_reason == "eos"
+    assert result.tokens == [104, 105, 0]
+    assert result.fed_tokens == 2
