@@ -217,9 +217,26 @@ def chat_command(
 ) -> None:
     """Chat in the terminal (the default command). /help lists the chat commands."""
     from .chat import run_chat
+    from .home import last_model
 
     options = _model_options(ctx, model_path, model, threads, gpu)
-    run_chat(_console(), **options, **_sampling(ctx, temperature, top_p, max_tokens, 250))
+    console = _console()
+    if options["model_path"] is None and options["model_name"] is None and last_model() is None:
+        _offer_setup(console)
+    run_chat(console, **options, **_sampling(ctx, temperature, top_p, max_tokens, 250))
+
+
+def _offer_setup(console) -> None:
+    """First run in a terminal: offer the setup instead of an error about a missing model."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return  # run_chat raises the one-line "no model installed" error
+    import questionary
+
+    from .setup_wizard import run_setup
+
+    console.print("No model is installed yet.")
+    if questionary.confirm("Pick and download one now?", default=True).ask():
+        run_setup(console)
 
 
 @app.command("complete")

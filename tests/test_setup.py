@@ -251,3 +251,23 @@ def test_ctrl_c_during_the_download_keeps_the_part_and_setup_resumes(site):
     assert again.returncode == 0, again.stderr
     assert "Resuming" in again.stdout
     assert (site["home"] / "models" / "tiny 4.bin").read_bytes() == site["data"]
+
+
+def test_first_run_in_a_terminal_offers_the_setup_then_chats(site):
+    pexpect = pytest.importorskip("pexpect")
+    child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli"], env=site["env"], encoding="utf-8",
+                          timeout=30, dimensions=(30, 160))
+    child.expect_exact("Pick and download one now?")
+    child.send("\r")
+    child.expect_exact("Which model?")
+    child.send("\r")  # the first entry, tiny-bin
+    child.expect_exact("Continue?")
+    child.send("\r")
+    child.expect_exact("Installed")
+    child.expect_exact("Ctrl-D to quit")  # ...and the chat starts with it
+    child.expect_exact("User:")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert registry(site["home"])["last"] == "tiny-bin"
