@@ -173,30 +173,31 @@ typedef struct matmul_job {
     int T;
     float * y;
     int64_t ldy;
+    int64_t chunk_rows; /* a multiple of 16, so SIMD kernels can work on row groups */
 } matmul_job;
 
-/* Row ranges start on multiples of 16 so SIMD kernels can work on row groups. */
-static void matmul_task(void * arg, int index, int n_threads) {
+static void matmul_chunk(void * arg, int64_t chunk) {
     const matmul_job * job = (const matmul_job *)arg;
     const int64_t rows = tensor_rows(job->W);
-    const int64_t groups = (rows + 15) / 16;
-    int64_t r0 = groups * index / n_threads * 16, r1 = groups * (index + 1) / n_threads * 16;
-    if (r1 > rows) r1 = rows;
-    if (r0 >= r1) return;
+    const int64_t r0 = chunk * job->chunk_rows;
+    const int64_t r1 = r0 + job->chunk_rows < rows ? r0 + job->chunk_rows : rows;
     job->kern->matmul(job->W->type, job->W->data, tensor_row_bytes(job->W), job->W->ne[0], job->xp, job->T, job->y,
                       job->ldy, r0, r1);
 }
 
 void ctx_matmul(context * ctx, const tensor * W, const float * x, int T, float * y, int64_t ldy) {
-    const int64_t n = W->ne[0];
+    const int64_t n = W->ne[0], rows = tensor_rows(W);
     ctx->kern->prepare(W->type, x, n, T, ctx->prepared);
-    matmul_job job = {ctx->kern, W, ctx->prepared, T, y, ldy};
+    matmul_job job = {ctx->kern, W, ctx->prepared, T, y, ldy, rows};
     /* small products are not worth waking the workers for */
-    if (ctx->n_threads == 1 || (double)tensor_rows(W) * (double)n * T < 32768.0) {
-        matmul_task(&job, 0, 1);
-    } else {
-        pool_run(ctx->pool, matmul_task, &job);
+    if (ctx->n_threads == 1 || (double)rows * (double)n * T < 32768.0) {
+        matmul_chunk(&job, 0);
+        return;
     }
+    /* a few chunks per thread: balance when a thread is slow or not scheduled */
+    int64_t per = (rows + 4 * ctx->n_threads - 1) / (4 * ctx->n_threads);
+    job.chunk_rows = (per + 15) / 16 * 16;
+    pool_for(ctx->pool, (rows + job.chunk_rows - 1) / job.chunk_rows, matmul_chunk, &job);
 }
 
 void ctx_embedding(context * ctx, uint32_t token, float * out) {

@@ -102,11 +102,13 @@ const char * kernels_available(void); /* e.g. "scalar avx2 avx512" */
 
 /* ---- thread pool ---- */
 
-typedef void (*pool_task)(void * arg, int thread_index, int n_threads);
+typedef void (*pool_chunk_task)(void * arg, int64_t chunk);
 typedef struct pool pool;
 
-pool * pool_create(int n_threads); /* n_threads - 1 workers; the caller is thread 0 */
-void pool_run(pool * p, pool_task task, void * arg);
+pool * pool_create(int n_threads); /* n_threads - 1 workers; the caller takes part too */
+/* Runs task(arg, c) for every c in [0, n_chunks) on the pool's threads; returns when all
+ * are done. Chunks must be independent. */
+void pool_for(pool * p, int64_t n_chunks, pool_chunk_task task, void * arg);
 int pool_size(const pool * p);
 void pool_free(pool * p);
 

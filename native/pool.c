@@ -1,8 +1,10 @@
 /*
  * pool.c: the thread pool of a context. n_threads - 1 workers are created with the context
- * (the calling thread is worker 0); a product hands each worker a share of its rows. Workers
- * spin briefly between tasks (decoding issues many small products per token), then sleep
- * on a condition variable so an idle context costs no CPU.
+ * (the calling thread takes part too). A parallel loop is cut into chunks that any thread
+ * claims with one compare-and-swap, so the caller never waits for a worker that the OS has
+ * not scheduled yet (on a busy machine it simply does the chunks itself); it only waits for
+ * chunks already in progress. Workers spin briefly between loops (decoding issues many small
+ * products per token), then sleep on a condition variable so an idle context costs no CPU.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -11,56 +13,79 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
 #else
 #define cpu_relax() ((void)0)
 #endif
 
 #include "engine.h"
 
-#define SPIN_ROUNDS (1 << 16)
+#define SPIN_ROUNDS (1 << 15)
+
+/* The loop of one generation. Two slots alternate, so the slot of generation g is never
+ * rewritten while a thread can still claim one of its chunks (that needs g + 2, which waits
+ * for all of g + 1, which waits for all of g). */
+typedef struct job {
+    pool_chunk_task task;
+    void * arg;
+    int64_t n_chunks;
+} job;
 
 typedef struct worker {
     pool * owner;
-    int index;
     pthread_t thread;
 } worker;
 
 struct pool {
     int n_threads;
     worker * workers;
-    pool_task task;
-    void * arg;
-    atomic_uint generation; /* bumped for each task */
-    atomic_int pending;     /* workers still running the current task */
+    job jobs[2];
+    uint32_t last_generation;  /* caller only */
+    _Atomic uint64_t claim;    /* generation << 32 | next chunk to claim */
+    atomic_llong done;         /* chunks finished in the current generation */
+    atomic_uint generation;    /* what sleeping workers wait for */
     atomic_int sleepers;
     atomic_bool quit;
     pthread_mutex_t lock;
     pthread_cond_t wake;
 };
 
-static void * worker_main(void * p) {
-    worker * w = (worker *)p;
-    pool * pl = w->owner;
+/* Claims and runs chunks of generation g until none are left (or g is over). */
+static void run_chunks(pool * p, uint32_t g) {
+    const job * j = &p->jobs[g & 1];
+    for (;;) {
+        uint64_t c = atomic_load(&p->claim);
+        if ((uint32_t)(c >> 32) != g) return;
+        const int64_t next = (int64_t)(c & 0xffffffffu);
+        if (next >= j->n_chunks) return;
+        if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1)) continue;
+        j->task(j->arg, next);
+        atomic_fetch_add(&p->done, 1);
+    }
+}
+
+static void * worker_main(void * arg) {
+    pool * p = ((worker *)arg)->owner;
     unsigned seen = 0;
     for (;;) {
-        unsigned g = atomic_load(&pl->generation);
+        unsigned g = atomic_load(&p->generation);
         for (int i = 0; g == seen && i < SPIN_ROUNDS; i++) {
             cpu_relax();
-            g = atomic_load(&pl->generation);
+            g = atomic_load(&p->generation);
         }
         if (g == seen) {
-            pthread_mutex_lock(&pl->lock);
-            atomic_fetch_add(&pl->sleepers, 1);
-            while ((g = atomic_load(&pl->generation)) == seen && !atomic_load(&pl->quit)) {
-                pthread_cond_wait(&pl->wake, &pl->lock);
+            pthread_mutex_lock(&p->lock);
+            atomic_fetch_add(&p->sleepers, 1);
+            while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->quit)) {
+                pthread_cond_wait(&p->wake, &p->lock);
             }
-            atomic_fetch_sub(&pl->sleepers, 1);
-            pthread_mutex_unlock(&pl->lock);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->lock);
         }
-        if (atomic_load(&pl->quit)) break;
+        if (atomic_load(&p->quit)) break;
         seen = g;
-        pl->task(pl->arg, w->index, pl->n_threads);
-        atomic_fetch_sub(&pl->pending, 1);
+        run_chunks(p, g);
     }
     return NULL;
 }
@@ -75,12 +100,11 @@ pool * pool_create(int n_threads) {
     if (n_threads > 1) {
         p->workers = calloc((size_t)n_threads, sizeof(worker));
         if (!p->workers) {
-            free(p);
+            pool_free(p);
             return NULL;
         }
         for (int i = 1; i < n_threads; i++) {
             p->workers[i].owner = p;
-            p->workers[i].index = i;
             if (pthread_create(&p->workers[i].thread, NULL, worker_main, &p->workers[i]) != 0) {
                 p->n_threads = i; /* run with the workers that started */
                 break;
@@ -92,24 +116,29 @@ pool * pool_create(int n_threads) {
 
 int pool_size(const pool * p) { return p->n_threads; }
 
-void pool_run(pool * p, pool_task task, void * arg) {
-    if (p->n_threads == 1) {
-        task(arg, 0, 1);
+void pool_for(pool * p, int64_t n_chunks, pool_chunk_task task, void * arg) {
+    if (n_chunks <= 0) return;
+    if (p->n_threads == 1 || n_chunks == 1) {
+        for (int64_t i = 0; i < n_chunks; i++) task(arg, i);
         return;
     }
-    p->task = task;
-    p->arg = arg;
-    atomic_store(&p->pending, p->n_threads - 1);
-    atomic_fetch_add(&p->generation, 1);
+    const uint32_t g = ++p->last_generation;
+    job * j = &p->jobs[g & 1];
+    j->task = task;
+    j->arg = arg;
+    j->n_chunks = n_chunks;
+    atomic_store(&p->done, 0);
+    atomic_store(&p->claim, (uint64_t)g << 32);
+    atomic_store(&p->generation, g);
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->lock);
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->lock);
     }
-    task(arg, 0, p->n_threads);
-    for (int i = 0; atomic_load(&p->pending) > 0; i++) {
+    run_chunks(p, g);
+    for (int i = 0; atomic_load(&p->done) < n_chunks; i++) {
         cpu_relax();
-        if (i > SPIN_ROUNDS) sched_yield();
+        if (i > 256) sched_yield(); /* a worker holding a chunk was descheduled */
     }
 }
 
