@@ -9,6 +9,7 @@ after its file has been verified and read back as an rwkv.cpp model.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -87,9 +88,19 @@ def _fetch(
         def update(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)
 
+        options = {"expected_size": size, "sha256": sha256, "progress": update,
+                   "backoff": _env_float("RWKV_DOWNLOAD_BACKOFF", 1.0)}
         if len(urls) == 1:
-            return download(urls[0], dest, expected_size=size, sha256=sha256, progress=update)
-        return download_first(urls, dest, expected_size=size, sha256=sha256, progress=update)
+            return download(urls[0], dest, **options)
+        return download_first(urls, dest, **options)
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise SetupError(f"{name} must be a number of seconds, not {value!r}") from None
 
 
 # ---- conversion (the converter lives in convert.py) ----

@@ -271,3 +271,13 @@ def test_first_run_in_a_terminal_offers_the_setup_then_chats(site):
     child.close()
     assert child.exitstatus == 0
     assert registry(site["home"])["last"] == "tiny-bin"
+
+
+def test_a_server_that_keeps_failing_gives_up_after_retries_with_one_line(site):
+    site["server"].fail_times["/test/tiny/resolve/main/tiny 4.bin"] = 1000
+    env = dict(site["env"], RWKV_DOWNLOAD_BACKOFF="0")
+    result = run_cli(env, "--setup", "--model", "tiny-bin", "--yes")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "after 6 attempts" in lines[0] and "503" in lines[0]
+    assert registry(site["home"])["models"] == {}
