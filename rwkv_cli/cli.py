@@ -29,6 +29,11 @@ app = typer.Typer(
         "[bold]rwkv-cpp --dragon --size 100[/] benchmarks it (offline, even with nothing "
         "installed)."
     ),
+    epilog=(
+        "Environment: RWKV_HOME (models, default ~/.rwkv) · RWKV_DOWNLOAD_BASE (mirror) · "
+        "RWKV_CATALOG (catalog file) · RWKV_OFFLINE=1 (no look-ups) · RWKV_DEBUG=1 (tracebacks) "
+        "· RWKV_CPP_LIB (an rwkv.cpp librwkv.so instead of the built-in engine)"
+    ),
     add_completion=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
