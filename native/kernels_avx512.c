@@ -123,14 +123,26 @@ INLINE void q_pair(int type, int R, int TT, int both, const uint8_t * w, size_t 
     }
 }
 
-/* Decode: one row with one token, pairs [p0, p1), using the broadcast scales of x. */
+/* Decode: one pair of blocks of a row with one token, using the broadcast scales of x. The
+ * _1 types add their minimum term here too: m * s / 8 in each of the block's 8 lanes. */
 INLINE __m512 q_pair_decode(int type, const uint8_t * row, int64_t p, int both, const int8_t * xq, const __m512 * xe,
                             __m512 acc) {
+    const uint8_t * a = row + (size_t)(2 * p) * q_block_bytes(type);
     __m512i codes;
     __m512 dw;
-    q_unpack(type, row + (size_t)(2 * p) * q_block_bytes(type), both, &codes, &dw);
-    const __m512i dot = _mm512_dpbusd_epi32(_mm512_castps_si512(xe[2 * p + 1]), codes, _mm512_load_si512((const void *)(xq + p * 64)));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, xe[2 * p]), acc);
+    q_unpack(type, a, both, &codes, &dw);
+    const __m512i dot = _mm512_dpbusd_epi32(_mm512_castps_si512(xe[3 * p + 1]), codes, _mm512_load_si512((const void *)(xq + p * 64)));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, xe[3 * p]), acc);
+    if (type == TYPE_Q4_1 || type == TYPE_Q5_1) {
+        const size_t bb = q_block_bytes(type);
+        const __m512i min_index = _mm512_setr_epi32(0x10001, 0x10001, 0x10001, 0x10001, (int)((bb / 2 + 1) * 0x10001),
+                                                    (int)((bb / 2 + 1) * 0x10001), (int)((bb / 2 + 1) * 0x10001),
+                                                    (int)((bb / 2 + 1) * 0x10001), 0, 0, 0, 0, 0, 0, 0, 0);
+        const __m512i head = _mm512_maskz_loadu_epi8(both ? (((__mmask64)1 << (bb + 4)) - 1) : (__mmask64)0xf, a);
+        const __m512 m = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(min_index, head)));
+        acc = _mm512_fmadd_ps(m, xe[3 * p + 2], acc);
+    }
+    return acc;
 }
 
 INLINE float q_row_decode(int type, const uint8_t * row, const xq_layout * L, const int8_t * xq, const __m512 * xe) {
@@ -180,9 +192,8 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t * row = w + (size_t)r * row_bytes;
             for (int t = 0; t < T; t++) {
-                y[(size_t)t * ldy + r] = q_row_decode(type, row, &L, xq + (size_t)t * L.np * 64, xe + (size_t)t * L.np * 2);
+                y[(size_t)t * ldy + r] = q_row_decode(type, row, &L, xq + (size_t)t * L.np * 64, xe + (size_t)t * L.np * 3);
             }
-            if (with_min) x86_add_min_term(type, w, row_bytes, r, r + 1, 0, L.nb, xp, &L, T, y, ldy);
         }
         return;
     }

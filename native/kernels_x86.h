@@ -32,7 +32,8 @@ typedef struct xq_layout {
     int64_t np;  /* pairs of blocks per row */
     int64_t nbs; /* stride (floats) of the per-block s array, a multiple of 16 */
     size_t sc_off, s_off;
-    size_t xe_off; /* decode (T < XE_MAX_T, AVX-512): per pair the scales as [d x8 | bias x8] vectors; 0 = none */
+    size_t xe_off; /* decode (T < XE_MAX_T, AVX-512): per pair 3 vectors of 16 lanes, 8 per block:
+                      d, bias (in the block's first lane), s / 8; 0 = none */
     size_t total;
 } xq_layout;
 
@@ -52,7 +53,7 @@ static inline xq_layout xq_layout_of(int64_t n, int T, int expand) {
     L.total = L.s_off + (size_t)T * (size_t)L.nbs * sizeof(float);
     if (expand && T < XE_MAX_T) {
         L.xe_off = x86_align64(L.total);
-        L.total = L.xe_off + (size_t)T * (size_t)L.np * 128;
+        L.total = L.xe_off + (size_t)T * (size_t)L.np * 192;
     }
     L.total += 64;
     return L;
@@ -160,12 +161,13 @@ static inline void x86_prepare(int type, const float * x, int64_t n, int T, void
         }
         for (int64_t b = L.nb; b < L.nbs; b++) st[b] = 0.0f;
         if (L.xe_off) {
-            float * xe = (float *)(base + L.xe_off) + (size_t)t * L.np * 32;
+            float * xe = (float *)(base + L.xe_off) + (size_t)t * L.np * 48;
             for (int64_t p = 0; p < L.np; p++) {
                 for (int i = 0; i < 16; i++) {
-                    xe[p * 32 + i] = sct[p].d[i / 8];
+                    xe[p * 48 + i] = sct[p].d[i / 8];
                     const int32_t bias = i % 8 == 0 ? sct[p].bias[i / 8] : 0;
-                    memcpy(&xe[p * 32 + 16 + i], &bias, 4);
+                    memcpy(&xe[p * 48 + 16 + i], &bias, 4);
+                    xe[p * 48 + 32 + i] = st[2 * p + i / 8] * 0.125f;
                 }
             }
         }
