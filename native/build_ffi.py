@@ -12,7 +12,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "rwkv_cli"))
-from _cdef import CDEF  # noqa: E402
+from _cdef import CDEF
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def bundled_library_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "librwkv.so")
 
 
-def _as_f32(array: Optional[np.ndarray], length: int, name: str, writable: bool) -> Optional[np.ndarray]:
+def _as_f32(array: np.ndarray | None, length: int, name: str, writable: bool) -> np.ndarray | None:
     if array is None:
         return None
     if not isinstance(array, np.ndarray) or array.dtype != np.float32:
@@ -85,7 +86,7 @@ def _as_f32(array: Optional[np.ndarray], length: int, name: str, writable: bool)
 class Library:
     """One loaded engine: ours (compiled in) or an external rwkv.cpp library."""
 
-    def __init__(self, path: Optional[str] = None):
+    def __init__(self, path: str | None = None):
         path = path or os.environ.get("RWKV_CPP_LIB") or None
         if path is None:
             from . import _rwkv_native  # type: ignore[attr-defined]
@@ -124,7 +125,7 @@ class Library:
 
     # ---- errors ----
 
-    def _raise(self, ctx: Optional[Context], what: str) -> None:
+    def _raise(self, ctx: Context | None, what: str) -> None:
         handle = ctx if ctx is not None else self.ffi.NULL
         message = ""
         if self._has_messages:
@@ -134,16 +135,16 @@ class Library:
         flags = int(self.lib.rwkv_get_last_error(handle))
         raise RWKVError(message or f"{what} failed: {describe_flags(flags)}", flags)
 
-    def set_print_errors(self, ctx: Optional[Context], print_errors: bool) -> None:
+    def set_print_errors(self, ctx: Context | None, print_errors: bool) -> None:
         self.lib.rwkv_set_print_errors(ctx if ctx is not None else self.ffi.NULL, bool(print_errors))
 
-    def get_print_errors(self, ctx: Optional[Context]) -> bool:
+    def get_print_errors(self, ctx: Context | None) -> bool:
         return bool(self.lib.rwkv_get_print_errors(ctx if ctx is not None else self.ffi.NULL))
 
-    def get_last_error(self, ctx: Optional[Context]) -> int:
+    def get_last_error(self, ctx: Context | None) -> int:
         return int(self.lib.rwkv_get_last_error(ctx if ctx is not None else self.ffi.NULL))
 
-    def get_last_error_message(self, ctx: Optional[Context]) -> str:
+    def get_last_error_message(self, ctx: Context | None) -> str:
         if not self._has_messages:
             return ""
         handle = ctx if ctx is not None else self.ffi.NULL
@@ -151,7 +152,7 @@ class Library:
 
     # ---- contexts ----
 
-    def init_from_file(self, path: Union[str, os.PathLike], n_threads: int, n_gpu_layers: int = 0) -> Context:
+    def init_from_file(self, path: str | os.PathLike, n_threads: int, n_gpu_layers: int = 0) -> Context:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
@@ -179,7 +180,7 @@ class Library:
 
     # ---- evaluation ----
 
-    def _ptr(self, array: Optional[np.ndarray]):
+    def _ptr(self, array: np.ndarray | None):
         if array is None:
             return self.ffi.NULL
         return self.ffi.from_buffer("float[]", array)
@@ -199,25 +200,25 @@ class Library:
         self,
         ctx: Context,
         token: int,
-        state_in: Optional[FloatArray],
+        state_in: FloatArray | None,
         state_out: FloatArray,
-        logits_out: Optional[FloatArray],
+        logits_out: FloatArray | None,
     ) -> None:
         ok = self.lib.rwkv_eval(ctx, int(token), *self._buffers(ctx, state_in, state_out, logits_out))
         if not ok:
             self._raise(ctx, "rwkv_eval")
 
-    def _tokens(self, tokens: Union[Sequence[int], np.ndarray]):
+    def _tokens(self, tokens: Sequence[int] | np.ndarray):
         array = np.ascontiguousarray(tokens, dtype=np.uint32)
         return array, self.ffi.from_buffer("uint32_t[]", array)
 
     def eval_sequence(
         self,
         ctx: Context,
-        tokens: Union[Sequence[int], np.ndarray],
-        state_in: Optional[FloatArray],
+        tokens: Sequence[int] | np.ndarray,
+        state_in: FloatArray | None,
         state_out: FloatArray,
-        logits_out: Optional[FloatArray],
+        logits_out: FloatArray | None,
     ) -> None:
         array, ptr = self._tokens(tokens)
         ok = self.lib.rwkv_eval_sequence(
@@ -229,11 +230,11 @@ class Library:
     def eval_sequence_in_chunks(
         self,
         ctx: Context,
-        tokens: Union[Sequence[int], np.ndarray],
+        tokens: Sequence[int] | np.ndarray,
         chunk_size: int,
-        state_in: Optional[FloatArray],
+        state_in: FloatArray | None,
         state_out: FloatArray,
-        logits_out: Optional[FloatArray],
+        logits_out: FloatArray | None,
     ) -> None:
         array, ptr = self._tokens(tokens)
         ok = self.lib.rwkv_eval_sequence_in_chunks(
@@ -271,10 +272,10 @@ class Library:
 
     def quantize_model_file(
         self,
-        path_in: Union[str, os.PathLike],
-        path_out: Union[str, os.PathLike],
+        path_in: str | os.PathLike,
+        path_out: str | os.PathLike,
         format_name: str,
-        progress: Optional[Callable[[int, int], None]] = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         src, dst = os.fspath(path_in).encode(), os.fspath(path_out).encode()
         if progress is not None and self._has("rwkv_quantize_model_file_with_progress"):
@@ -282,7 +283,7 @@ class Library:
             def on_progress(_user, done, total):
                 try:
                     progress(int(done), int(total))
-                except Exception:  # a failing display must not unwind through C
+                except Exception:  # noqa: BLE001, S110 - a failing display must not unwind through C
                     pass
 
             ok = self.lib.rwkv_quantize_model_file_with_progress(
@@ -321,7 +322,7 @@ class Library:
         return int(self.lib.rwkv_get_allocation_count(ctx))
 
 
-_default: Optional[Library] = None
+_default: Library | None = None
 _default_lock = threading.Lock()
 
 
@@ -334,7 +335,7 @@ def default_library() -> Library:
         return _default
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args == ["--lib-path"]:
         print(bundled_library_path())
