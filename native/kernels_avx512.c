@@ -28,6 +28,7 @@ enum {
     ROWS = 4,         /* rows per tile */
     TOKS = 4,         /* tokens per tile */
     Q_PAIRS_CHUNK = 64, /* 4096 columns of int8 activations per chunk in sequence mode */
+    PREFETCH = 3072,  /* bytes ahead in a decode row stream (measured: 2 threads gain 20-40%) */
     F_COLS_CHUNK = 1024, /* float activations per chunk in sequence mode */
 };
 
@@ -128,6 +129,7 @@ INLINE void q_pair(int type, int R, int TT, int both, const uint8_t * w, size_t 
 INLINE __m512 q_pair_decode(int type, const uint8_t * row, int64_t p, int both, const int8_t * xq, const __m512 * xe,
                             __m512 acc) {
     const uint8_t * a = row + (size_t)(2 * p) * q_block_bytes(type);
+    _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
     __m512i codes;
     __m512 dw;
     q_unpack(type, a, both, &codes, &dw);
