@@ -182,6 +182,113 @@ INLINE void q_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes,
     }
 }
 
+/* ---- sequence mode: weight panels ----
+ * A panel is 16 rows x PANEL_BLOCKS blocks, unpacked once and laid out so that one vector
+ * holds 4 codes of each of the 16 rows: VPDPBUSD with 4 bytes of one token broadcast then
+ * advances 16 row sums at once, and the block scales of the 16 rows form one vector. Per
+ * token and block that is 8 VPDPBUSD and 3 float operations for 512 multiply-adds, and the
+ * 16 sums of a token are 16 consecutive outputs (no horizontal sums). The panel (20 KB)
+ * stays in L1 while every token of the chunk passes over it. */
+enum { PANEL_BLOCKS = 32, PANEL_TOKENS = 8 };
+
+typedef struct q_panel {
+    __m512i codes[PANEL_BLOCKS][8]; /* [block][4-value group] -> dword i = row i */
+    __m512 scales[PANEL_BLOCKS];    /* lane i: d of row i */
+    __m512 mins[PANEL_BLOCKS];      /* lane i: m of row i (_1 types) */
+} q_panel;
+
+/* Unpacks rows [r, r + nr) (nr <= 16), blocks [b0, b1) into the panel. */
+INLINE void q_panel_fill(int type, q_panel * panel, const uint8_t * w, size_t row_bytes, int64_t r, int nr, int64_t b0,
+                         int64_t b1, int64_t nb) {
+    const size_t bb = q_block_bytes(type);
+    const int nblocks = (int)(b1 - b0);
+    if (nr < 16) {
+        for (int b = 0; b < nblocks; b++) {
+            for (int j = 0; j < 8; j++) panel->codes[b][j] = _mm512_setzero_si512();
+            panel->scales[b] = _mm512_setzero_ps();
+            panel->mins[b] = _mm512_setzero_ps();
+        }
+    }
+    const __m512i lanes = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
+    float * scales = (float *)panel->scales;
+    float * mins = (float *)panel->mins;
+    for (int i = 0; i < nr; i++) {
+        const uint8_t * row = w + (size_t)(r + i) * row_bytes;
+        for (int b = 0; b < nblocks; b += 2) {
+            const int64_t block = b0 + b;
+            const int both = block + 1 < nb && b + 1 < nblocks;
+            const uint8_t * a = row + (size_t)block * bb;
+            __m512i codes;
+            __m512 d;
+            q_unpack(type, a, both, &codes, &d);
+            /* dword g of the pair (block b + g / 8, group g % 8) goes to lane i of codes[b][g] */
+            _mm512_i32scatter_epi32((int *)&panel->codes[b][0] + i, lanes, codes, 4);
+            scales[b * 16 + i] = _mm512_cvtss_f32(d);
+            if (both) scales[(b + 1) * 16 + i] = _mm_cvtss_f32(_mm512_extractf32x4_ps(d, 2));
+            if (type == TYPE_Q4_1 || type == TYPE_Q5_1) {
+                mins[b * 16 + i] = _cvtsh_ss(load_u16(a + 2));
+                if (both) mins[(b + 1) * 16 + i] = _cvtsh_ss(load_u16(a + bb + 2));
+            }
+        }
+    }
+}
+
+/* y rows [r, r + nr) of tokens [t, t + TT) (+)= panel x activations of blocks [b0, b1). */
+INLINE void q_panel_apply(int type, int TT, const q_panel * panel, const xq_layout * L, const int8_t * xq,
+                          const xq_scale * xs, const float * s, int t, int64_t b0, int64_t b1, int64_t r, int nr,
+                          int first, float * y, int64_t ldy) {
+    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    const int with_bias = type == TYPE_Q4_0 || type == TYPE_Q5_0 || type == TYPE_Q8_0;
+    __m512 acc[PANEL_TOKENS];
+    for (int j = 0; j < TT; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = b0; b < b1; b++) {
+        const int pb = (int)(b - b0);
+        __m512i dot[PANEL_TOKENS];
+        for (int j = 0; j < TT; j++) {
+            dot[j] = with_bias ? _mm512_set1_epi32(xs[(size_t)(t + j) * L->np + b / 2].bias[b & 1]) : _mm512_setzero_si512();
+        }
+        for (int g = 0; g < 8; g++) {
+            const __m512i codes = panel->codes[pb][g];
+            for (int j = 0; j < TT; j++) {
+                const int32_t x4 = (int32_t)load_u32(xq + (size_t)(t + j) * L->np * 64 + (size_t)b * 32 + (size_t)g * 4);
+                dot[j] = _mm512_dpbusd_epi32(dot[j], codes, _mm512_set1_epi32(x4));
+            }
+        }
+        for (int j = 0; j < TT; j++) {
+            const __m512 dx = _mm512_set1_ps(xs[(size_t)(t + j) * L->np + b / 2].d[b & 1]);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_mul_ps(panel->scales[pb], dx), acc[j]);
+            if (with_min) acc[j] = _mm512_fmadd_ps(panel->mins[pb], _mm512_set1_ps(s[(size_t)(t + j) * L->nbs + b]), acc[j]);
+        }
+    }
+    const __mmask16 mask = (__mmask16)((1u << nr) - 1);
+    for (int j = 0; j < TT; j++) {
+        float * out = y + (size_t)(t + j) * ldy + r;
+        __m512 v = acc[j];
+        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
+        _mm512_mask_storeu_ps(out, mask, v);
+    }
+}
+
+INLINE void q_matmul_panels(int type, const uint8_t * w, size_t row_bytes, const xq_layout * L, const void * xp, int T,
+                            float * y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int8_t * xq = (const int8_t *)xp;
+    const xq_scale * xs = (const xq_scale *)((const uint8_t *)xp + L->sc_off);
+    const float * s = (const float *)((const uint8_t *)xp + L->s_off);
+    q_panel panel;
+    for (int64_t b0 = 0; b0 < L->nb; b0 += PANEL_BLOCKS) {
+        const int64_t b1 = b0 + PANEL_BLOCKS < L->nb ? b0 + PANEL_BLOCKS : L->nb;
+        const int first = b0 == 0;
+        for (int64_t r = r0; r < r1; r += 16) {
+            const int nr = r1 - r < 16 ? (int)(r1 - r) : 16;
+            q_panel_fill(type, &panel, w, row_bytes, r, nr, b0, b1, L->nb);
+            int t = 0;
+            for (; t + 8 <= T; t += 8) q_panel_apply(type, 8, &panel, L, xq, xs, s, t, b0, b1, r, nr, first, y, ldy);
+            for (; t + 4 <= T; t += 4) q_panel_apply(type, 4, &panel, L, xq, xs, s, t, b0, b1, r, nr, first, y, ldy);
+            for (; t < T; t++) q_panel_apply(type, 1, &panel, L, xq, xs, s, t, b0, b1, r, nr, first, y, ldy);
+        }
+    }
+}
+
 INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                      int64_t ldy, int64_t r0, int64_t r1) {
     const xq_layout L = xq_layout_of(n, T, 1);
@@ -197,6 +304,10 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
                 y[(size_t)t * ldy + r] = q_row_decode(type, row, &L, xq + (size_t)t * L.np * 64, xe + (size_t)t * L.np * 3);
             }
         }
+        return;
+    }
+    if (T >= TOKS) {
+        q_matmul_panels(type, w, row_bytes, &L, xp, T, y, ldy, r0, r1);
         return;
     }
     const int64_t chunk = Q_PAIRS_CHUNK;
