@@ -192,44 +192,65 @@ INLINE void q_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes,
 enum { PANEL_BLOCKS = 32, PANEL_TOKENS = 8 };
 
 typedef struct q_panel {
-    __m512i codes[PANEL_BLOCKS][8]; /* [block][4-value group] -> dword i = row i */
-    __m512 scales[PANEL_BLOCKS];    /* lane i: d of row i */
-    __m512 mins[PANEL_BLOCKS];      /* lane i: m of row i (_1 types) */
+    __m512i codes[PANEL_BLOCKS + 1][8]; /* [block][4-value group] -> dword i = row i (+1: odd tail) */
+    __m512 scales[PANEL_BLOCKS + 1];    /* lane i: d of row i */
+    __m512 mins[PANEL_BLOCKS + 1];      /* lane i: m of row i (_1 types) */
 } q_panel;
+
+/* Transposes 16 vectors of 16 dwords in place: out[j] lane i = in[i] lane j. */
+INLINE void transpose16(__m512i v[16]) {
+    __m512i a[16], b[16];
+    for (int i = 0; i < 8; i++) {
+        a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* b[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3 */
+        b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* a 4 x 4 transpose of 128-bit lanes */
+        const __m512i s0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44), s1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xee);
+        const __m512i s2 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44), s3 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xee);
+        v[c] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+        v[4 + c] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
+        v[8 + c] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+        v[12 + c] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
+    }
+}
 
 /* Unpacks rows [r, r + nr) (nr <= 16), blocks [b0, b1) into the panel. */
 INLINE void q_panel_fill(int type, q_panel * panel, const uint8_t * w, size_t row_bytes, int64_t r, int nr, int64_t b0,
                          int64_t b1, int64_t nb) {
     const size_t bb = q_block_bytes(type);
     const int nblocks = (int)(b1 - b0);
-    if (nr < 16) {
-        for (int b = 0; b < nblocks; b++) {
-            for (int j = 0; j < 8; j++) panel->codes[b][j] = _mm512_setzero_si512();
-            panel->scales[b] = _mm512_setzero_ps();
-            panel->mins[b] = _mm512_setzero_ps();
-        }
-    }
-    const __m512i lanes = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240);
     float * scales = (float *)panel->scales;
     float * mins = (float *)panel->mins;
-    for (int i = 0; i < nr; i++) {
-        const uint8_t * row = w + (size_t)(r + i) * row_bytes;
-        for (int b = 0; b < nblocks; b += 2) {
-            const int64_t block = b0 + b;
-            const int both = block + 1 < nb && b + 1 < nblocks;
-            const uint8_t * a = row + (size_t)block * bb;
-            __m512i codes;
+    for (int b = 0; b < nblocks; b += 2) {
+        const int64_t block = b0 + b;
+        const int both = block + 1 < nb && b + 1 < nblocks;
+        __m512i codes[16];
+        for (int i = 0; i < 16; i++) {
+            if (i >= nr) {
+                codes[i] = _mm512_setzero_si512();
+                scales[b * 16 + i] = scales[(b + 1) * 16 + i] = 0.0f;
+                mins[b * 16 + i] = mins[(b + 1) * 16 + i] = 0.0f;
+                continue;
+            }
+            const uint8_t * a = w + (size_t)(r + i) * row_bytes + (size_t)block * bb;
             __m512 d;
-            q_unpack(type, a, both, &codes, &d);
-            /* dword g of the pair (block b + g / 8, group g % 8) goes to lane i of codes[b][g] */
-            _mm512_i32scatter_epi32((int *)&panel->codes[b][0] + i, lanes, codes, 4);
-            scales[b * 16 + i] = _mm512_cvtss_f32(d);
-            if (both) scales[(b + 1) * 16 + i] = _mm_cvtss_f32(_mm512_extractf32x4_ps(d, 2));
+            q_unpack(type, a, both, &codes[i], &d);
+            scales[b * 16 + i] = _cvtsh_ss(load_u16(a));
+            scales[(b + 1) * 16 + i] = both ? _cvtsh_ss(load_u16(a + bb)) : 0.0f;
             if (type == TYPE_Q4_1 || type == TYPE_Q5_1) {
                 mins[b * 16 + i] = _cvtsh_ss(load_u16(a + 2));
-                if (both) mins[(b + 1) * 16 + i] = _cvtsh_ss(load_u16(a + bb + 2));
+                mins[(b + 1) * 16 + i] = both ? _cvtsh_ss(load_u16(a + bb + 2)) : 0.0f;
             }
         }
+        /* dword g of the pair is group g % 8 of block b + g / 8 */
+        transpose16(codes);
+        for (int g = 0; g < 16; g++) panel->codes[b + g / 8][g % 8] = codes[g];
     }
 }
 
