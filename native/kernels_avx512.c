@@ -406,6 +406,62 @@ INLINE void f_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes,
     }
 }
 
+/* Sequence mode for float weights: panels of 16 rows x F_PANEL_COLS columns as float32,
+ * transposed so that one vector holds column k of the 16 rows; each FMA then takes one
+ * activation broadcast from memory (no conversions or horizontal sums in the loop). */
+enum { F_PANEL_COLS = 256 };
+
+INLINE void f_panel_fill(int type, __m512 * panel, const uint8_t * w, size_t row_bytes, int64_t n, int64_t r, int nr,
+                         int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; k += 16) {
+        const int left = k1 - k < 16 ? (int)(k1 - k) : 16;
+        const __mmask16 mask = (__mmask16)((1u << left) - 1);
+        __m512i cols[16];
+        for (int i = 0; i < 16; i++) {
+            cols[i] = i < nr ? _mm512_castps_si512(f_load(type, w + (size_t)(r + i) * row_bytes, k, mask, left < 16))
+                             : _mm512_setzero_si512();
+        }
+        transpose16(cols);
+        for (int c = 0; c < 16; c++) panel[k - k0 + c] = _mm512_castsi512_ps(cols[c]);
+    }
+}
+
+INLINE void f_panel_apply(int TT, const __m512 * panel, const float * x, int64_t ns, int t, int64_t k0, int64_t k1,
+                          int64_t r, int nr, int first, float * y, int64_t ldy) {
+    __m512 acc[PANEL_TOKENS];
+    for (int j = 0; j < TT; j++) acc[j] = _mm512_setzero_ps();
+    const float * xt = x + (size_t)t * ns;
+    for (int64_t k = k0; k < k1; k++) {
+        const __m512 col = panel[k - k0];
+        for (int j = 0; j < TT; j++) acc[j] = _mm512_fmadd_ps(col, _mm512_set1_ps(xt[(size_t)j * ns + k]), acc[j]);
+    }
+    const __mmask16 mask = (__mmask16)((1u << nr) - 1);
+    for (int j = 0; j < TT; j++) {
+        float * out = y + (size_t)(t + j) * ldy + r;
+        __m512 v = acc[j];
+        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
+        _mm512_mask_storeu_ps(out, mask, v);
+    }
+}
+
+INLINE void f_matmul_panels(int type, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int T, float * y,
+                            int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t ns = x86_round16(n);
+    __m512 panel[F_PANEL_COLS];
+    for (int64_t k0 = 0; k0 < n; k0 += F_PANEL_COLS) {
+        const int64_t k1 = k0 + F_PANEL_COLS < n ? k0 + F_PANEL_COLS : n;
+        const int first = k0 == 0;
+        for (int64_t r = r0; r < r1; r += 16) {
+            const int nr = r1 - r < 16 ? (int)(r1 - r) : 16;
+            f_panel_fill(type, panel, w, row_bytes, n, r, nr, k0, k1);
+            int t = 0;
+            for (; t + 8 <= T; t += 8) f_panel_apply(8, panel, x, ns, t, k0, k1, r, nr, first, y, ldy);
+            for (; t + 4 <= T; t += 4) f_panel_apply(4, panel, x, ns, t, k0, k1, r, nr, first, y, ldy);
+            for (; t < T; t++) f_panel_apply(1, panel, x, ns, t, k0, k1, r, nr, first, y, ldy);
+        }
+    }
+}
+
 /* Decode: one row with one token, 4 independent sums to cover the FMA latency. */
 INLINE float f_row_decode(int type, const uint8_t * row, int64_t n, const float * x) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
@@ -430,6 +486,10 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
         for (int64_t r = r0; r < r1; r++) {
             for (int t = 0; t < T; t++) y[(size_t)t * ldy + r] = f_row_decode(type, w + (size_t)r * row_bytes, n, x + (size_t)t * ns);
         }
+        return;
+    }
+    if (T >= TOKS) {
+        f_matmul_panels(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
         return;
     }
     const int64_t chunk = F_COLS_CHUNK;
