@@ -73,7 +73,7 @@ INLINE __m512i table(const uint8_t * t) { return _mm512_load_si512((const void *
 
 /* Unpacks the pair of blocks at a (only the first when !both): 64 unsigned codes in value
  * order and the block scales broadcast over each block's 8 lanes, [da x8, db x8]. */
-INLINE void q_unpack(int type, const uint8_t * a, int both, __m512i * codes, __m512 * scales) {
+INLINE void q_unpack(int type, const uint8_t * a, int both, __m512i * codes, __m512 * scales, __m512 * mins) {
     const size_t bb = q_block_bytes(type);
     const __m512i scale_index = _mm512_setr_epi32(0, 0, 0, 0, (int)(bb / 2 * 0x10001), (int)(bb / 2 * 0x10001),
                                                   (int)(bb / 2 * 0x10001), (int)(bb / 2 * 0x10001), 0, 0, 0, 0, 0, 0, 0, 0);
@@ -101,6 +101,10 @@ INLINE void q_unpack(int type, const uint8_t * a, int both, __m512i * codes, __m
     }
     *codes = v;
     *scales = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(scale_index, pair)));
+    if (mins) { /* the _1 types: m follows d in each block */
+        const __m512i min_index = _mm512_add_epi16(scale_index, _mm512_set1_epi16(1));
+        *mins = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(min_index, pair)));
+    }
 }
 
 /* One pair of blocks for a tile of R rows x TT tokens (sequence mode). */
@@ -109,7 +113,7 @@ INLINE void q_pair(int type, int R, int TT, int both, const uint8_t * w, size_t 
     const size_t bb = q_block_bytes(type);
     __m512i codes[ROWS];
     __m512 dw[ROWS];
-    for (int i = 0; i < R; i++) q_unpack(type, w + (size_t)i * row_bytes + (size_t)(2 * p) * bb, both, &codes[i], &dw[i]);
+    for (int i = 0; i < R; i++) q_unpack(type, w + (size_t)i * row_bytes + (size_t)(2 * p) * bb, both, &codes[i], &dw[i], NULL);
     for (int j = 0; j < TT; j++) {
         const __m128 sc = _mm_load_ps((const float *)&xs[(size_t)j * np + p]); /* [da, db, bias a, bias b] */
         const __m512 dx = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
@@ -124,39 +128,70 @@ INLINE void q_pair(int type, int R, int TT, int both, const uint8_t * w, size_t 
     }
 }
 
-/* Decode: one pair of blocks of a row with one token, using the broadcast scales of x. The
- * _1 types add their minimum term here too: m * s / 8 in each of the block's 8 lanes. */
-INLINE __m512 q_pair_decode(int type, const uint8_t * row, int64_t p, int both, const int8_t * xq, const __m512 * xe,
-                            __m512 acc) {
-    const uint8_t * a = row + (size_t)(2 * p) * q_block_bytes(type);
-    _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
+/* Decode. The block scales of 8 pairs are gathered at once into one vector (lane = block),
+ * multiplied with the activations' scales, and each pair then takes its two lanes with one
+ * permute; the code-offset and minimum terms are per block too, so they cost one FMA per 16
+ * blocks. What remains per pair is unpacking, VPDPBUSD, a conversion and an FMA. */
+static const int32_t PAIR_LANES[8][16] __attribute__((aligned(64))) = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+
+/* 64 codes of the pair at a (both blocks, or only the first) for the decode loop. */
+INLINE __m512i q_codes_only(int type, const uint8_t * a, int both) {
     __m512i codes;
-    __m512 dw;
-    q_unpack(type, a, both, &codes, &dw);
-    const __m512i dot = _mm512_dpbusd_epi32(_mm512_castps_si512(xe[3 * p + 1]), codes, _mm512_load_si512((const void *)(xq + p * 64)));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, xe[3 * p]), acc);
-    if (type == TYPE_Q4_1 || type == TYPE_Q5_1) {
+    __m512 unused;
+    if (type == TYPE_Q8_0) {
         const size_t bb = q_block_bytes(type);
-        const __m512i min_index = _mm512_setr_epi32(0x10001, 0x10001, 0x10001, 0x10001, (int)((bb / 2 + 1) * 0x10001),
-                                                    (int)((bb / 2 + 1) * 0x10001), (int)((bb / 2 + 1) * 0x10001),
-                                                    (int)((bb / 2 + 1) * 0x10001), 0, 0, 0, 0, 0, 0, 0, 0);
-        const __m512i head = _mm512_maskz_loadu_epi8(both ? (((__mmask64)1 << (bb + 4)) - 1) : (__mmask64)0xf, a);
-        const __m512 m = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(min_index, head)));
-        acc = _mm512_fmadd_ps(m, xe[3 * p + 2], acc);
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(a + 2));
+        const __m256i hi = both ? _mm256_loadu_si256((const __m256i *)(a + bb + 2)) : _mm256_set1_epi8((char)0x80);
+        return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), _mm512_set1_epi8((char)0x80));
     }
-    return acc;
+    q_unpack(type, a, both, &codes, &unused, NULL); /* the unused scales are dropped by the compiler */
+    return codes;
 }
 
-INLINE float q_row_decode(int type, const uint8_t * row, const xq_layout * L, const int8_t * xq, const __m512 * xe) {
-    const int64_t full = L->nb / 2;
+INLINE __m512 q_pair_decode(int type, const uint8_t * a, int both, const int8_t * xq, __m512 scales16, int p, __m512 acc) {
+    _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
+    const __m512i codes = q_codes_only(type, a, both);
+    const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, _mm512_load_si512((const void *)xq));
+    const __m512 scale = _mm512_permutexvar_ps(_mm512_load_si512((const void *)PAIR_LANES[p]), scales16);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
+}
+
+INLINE float q_row_decode(int type, const uint8_t * row, const xq_layout * L, const int8_t * xq, const float * xd,
+                          const float * xbias, const float * xs) {
+    const size_t bb = q_block_bytes(type);
+    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    const int with_bias = !with_min;
+    const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32((int)bb));
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t p = 0;
-    for (; p + 2 <= full; p += 2) {
-        a0 = q_pair_decode(type, row, p, 1, xq, xe, a0);
-        a1 = q_pair_decode(type, row, p + 1, 1, xq, xe, a1);
+    for (int64_t g = 0; g < L->np; g += 8) {
+        const int64_t b0 = 2 * g;
+        const int64_t blocks = L->nb - b0 < 16 ? L->nb - b0 : 16;
+        const uint8_t * a = row + (size_t)b0 * bb;
+        /* the first 4 bytes of each block: d, then m (_1 types) */
+        const __m512i heads = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), (__mmask16)((1u << blocks) - 1), offsets, a, 1);
+        const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(heads));
+        const __m512 scales16 = _mm512_mul_ps(d, _mm512_load_ps(xd + b0));
+        if (with_bias) a1 = _mm512_fmadd_ps(scales16, _mm512_load_ps(xbias + b0), a1);
+        if (with_min) {
+            const __m512 m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16)));
+            a1 = _mm512_fmadd_ps(m, _mm512_load_ps(xs + b0), a1);
+        }
+        if (blocks == 16) {
+            for (int p = 0; p < 8; p += 2) {
+                a0 = q_pair_decode(type, a + (size_t)(2 * p) * bb, 1, xq + (g + p) * 64, scales16, p, a0);
+                a1 = q_pair_decode(type, a + (size_t)(2 * p + 2) * bb, 1, xq + (g + p + 1) * 64, scales16, p + 1, a1);
+            }
+        } else {
+            for (int p = 0; 2 * p < blocks; p++) {
+                a0 = q_pair_decode(type, a + (size_t)(2 * p) * bb, 2 * p + 1 < blocks, xq + (g + p) * 64, scales16, p, a0);
+            }
+        }
     }
-    if (p < full) a0 = q_pair_decode(type, row, p, 1, xq, xe, a0);
-    if (L->np > full) a1 = q_pair_decode(type, row, full, 0, xq, xe, a1);
     return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
@@ -240,7 +275,7 @@ INLINE void q_panel_fill(int type, q_panel * panel, const uint8_t * w, size_t ro
             }
             const uint8_t * a = w + (size_t)(r + i) * row_bytes + (size_t)block * bb;
             __m512 d;
-            q_unpack(type, a, both, &codes[i], &d);
+            q_unpack(type, a, both, &codes[i], &d, NULL);
             scales[b * 16 + i] = _cvtsh_ss(load_u16(a));
             scales[(b + 1) * 16 + i] = both ? _cvtsh_ss(load_u16(a + bb)) : 0.0f;
             if (type == TYPE_Q4_1 || type == TYPE_Q5_1) {
@@ -318,11 +353,13 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
     const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
     if (L.xe_off) {
         /* decode: one row at a time, so the hardware prefetcher sees a single stream */
-        const __m512 * xe = (const __m512 *)((const uint8_t *)xp + L.xe_off);
+        const float * xd = (const float *)((const uint8_t *)xp + L.xe_off);
+        const float * xs_min = (const float *)((const uint8_t *)xp + L.s_off);
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t * row = w + (size_t)r * row_bytes;
             for (int t = 0; t < T; t++) {
-                y[(size_t)t * ldy + r] = q_row_decode(type, row, &L, xq + (size_t)t * L.np * 64, xe + (size_t)t * L.np * 3);
+                const float * d = xd + (size_t)t * L.nbs * 2;
+                y[(size_t)t * ldy + r] = q_row_decode(type, row, &L, xq + (size_t)t * L.np * 64, d, d + L.nbs, xs_min + (size_t)t * L.nbs);
             }
         }
         return;

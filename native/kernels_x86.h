@@ -32,8 +32,7 @@ typedef struct xq_layout {
     int64_t np;  /* pairs of blocks per row */
     int64_t nbs; /* stride (floats) of the per-block s array, a multiple of 16 */
     size_t sc_off, s_off;
-    size_t xe_off; /* decode (T < XE_MAX_T, AVX-512): per pair 3 vectors of 16 lanes, 8 per block:
-                      d, bias (in the block's first lane), s / 8; 0 = none */
+    size_t xe_off; /* decode (T < XE_MAX_T, AVX-512): per token d[nbs] and (float) bias[nbs]; 0 = none */
     size_t total;
 } xq_layout;
 
@@ -53,7 +52,7 @@ static inline xq_layout xq_layout_of(int64_t n, int T, int expand) {
     L.total = L.s_off + (size_t)T * (size_t)L.nbs * sizeof(float);
     if (expand && T < XE_MAX_T) {
         L.xe_off = x86_align64(L.total);
-        L.total = L.xe_off + (size_t)T * (size_t)L.np * 192;
+        L.total = L.xe_off + (size_t)T * (size_t)L.nbs * 2 * sizeof(float);
     }
     L.total += 64;
     return L;
@@ -161,14 +160,11 @@ static inline void x86_prepare(int type, const float * x, int64_t n, int T, void
         }
         for (int64_t b = L.nb; b < L.nbs; b++) st[b] = 0.0f;
         if (L.xe_off) {
-            float * xe = (float *)(base + L.xe_off) + (size_t)t * L.np * 48;
-            for (int64_t p = 0; p < L.np; p++) {
-                for (int i = 0; i < 16; i++) {
-                    xe[p * 48 + i] = sct[p].d[i / 8];
-                    const int32_t bias = i % 8 == 0 ? sct[p].bias[i / 8] : 0;
-                    memcpy(&xe[p * 48 + 16 + i], &bias, 4);
-                    xe[p * 48 + 32 + i] = st[2 * p + i / 8] * 0.125f;
-                }
+            float * xd = (float *)(base + L.xe_off) + (size_t)t * L.nbs * 2;
+            float * xb = xd + L.nbs;
+            for (int64_t b = 0; b < L.nbs; b++) {
+                xd[b] = b < 2 * L.np ? sct[b / 2].d[b & 1] : 0.0f;
+                xb[b] = b < 2 * L.np ? (float)sct[b / 2].bias[b & 1] : 0.0f;
             }
         }
     }
