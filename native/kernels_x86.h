@@ -100,11 +100,12 @@ static inline int32_t x86_hsum8_epi32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* Quantizes 32 floats to int8 codes q (round to nearest) with scale *d; returns sum(q).
- * half_scale: the scale is rounded to half precision after the codes are chosen, which is
- * what rwkv.cpp's activations for the _0 types do; matching it keeps our results on
- * rwkv.cpp's side of the published fixture limits (measured on the tiny fixtures). */
-static inline int32_t x86_quantize_block(const float * x, int8_t * q, float * d, int half_scale) {
+/* Quantizes 32 floats to int8 codes q (round to nearest) with scale *d; returns sum(q);
+ * *exact is the scale before rounding. half_scale: the scale is rounded to half precision
+ * after the codes are chosen. rwkv.cpp's activations do that (and keep s = d * sum(q) in
+ * half precision too); matching its arithmetic keeps our results on its side of the
+ * published fixture limits (measured on the tiny fixtures: v7 Q4_1/Q5_1 failed otherwise). */
+static inline int32_t x86_quantize_block(const float * x, int8_t * q, float * d, float * exact, int half_scale) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
     __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
@@ -113,6 +114,7 @@ static inline int32_t x86_quantize_block(const float * x, int8_t * q, float * d,
     const float amax = x86_hmax8(a);
     const float scale = amax / 127.0f;
     *d = half_scale ? _cvtsh_ss(_cvtss_sh(scale, 0)) : scale;
+    *exact = scale;
     const __m256 id = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
     __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, id)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, id));
     __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, id)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, id));
@@ -137,7 +139,7 @@ static inline void x86_prepare(int type, const float * x, int64_t n, int T, void
     }
     const xq_layout L = xq_layout_of(n, T, expand);
     const int offset = x86_code_offset(type, q8_offset);
-    const int half_scale = type == TYPE_Q4_0 || type == TYPE_Q5_0 || type == TYPE_Q8_0;
+    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
     int8_t * q = (int8_t *)base;
     xq_scale * sc = (xq_scale *)(base + L.sc_off);
     float * s = (float *)(base + L.s_off);
@@ -147,11 +149,11 @@ static inline void x86_prepare(int type, const float * x, int64_t n, int T, void
         xq_scale * sct = sc + (size_t)t * L.np;
         float * st = s + (size_t)t * L.nbs;
         for (int64_t b = 0; b < L.nb; b++) {
-            float d;
-            const int32_t sum = x86_quantize_block(xt + b * QK, qt + b * QK, &d, half_scale);
+            float d, exact;
+            const int32_t sum = x86_quantize_block(xt + b * QK, qt + b * QK, &d, &exact, 1);
             sct[b / 2].d[b & 1] = d;
             sct[b / 2].bias[b & 1] = -offset * sum;
-            st[b] = d * (float)sum;
+            st[b] = with_min ? _cvtsh_ss(_cvtss_sh(exact * (float)sum, 0)) : d * (float)sum;
         }
         for (int64_t b = L.nb; b < 2 * L.np; b++) {
             memset(qt + b * QK, 0, QK);
