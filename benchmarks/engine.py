@@ -1,0 +1,212 @@
+"""Engine speed against the machine's own limits, as JSON lines.
+
+Decoding a token reads every weight once, so its floor is bytes of weights per token divided
+by the machine's read bandwidth; this measures that bandwidth in the same run (a streaming
+read of a 1 GiB buffer with the same thread count) and reports the engine's effective GB/s
+as a fraction of it. Prompt processing (sequence mode, 64-token chunks) is arithmetic: it
+is reported in GFLOP/s next to numpy's FP32 matrix products of the same shapes, measured in
+the same run with the same thread count.
+
+Models are random-weight files of the real shapes, written by our writer (FP16) and
+quantized by our quantizer, cached in --cache-dir.
+
+    python benchmarks/engine.py                                   # 169M, 4 types, 2 and 1 threads
+    python benchmarks/engine.py --shapes 1.5B --types Q5_1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rwkv_cli import modelfile, native
+from rwkv_cli.synthetic import write_random_model
+
+SHAPES = {"169M": (12, 768), "430M": (24, 1024), "1.5B": (24, 2048), "3B": (32, 2560)}
+TYPES = ["FP16", "Q8_0", "Q5_1", "Q4_0"]
+CHUNK = 64  # tokens per sequence-mode call, the engine's chunk
+
+
+def model_file(cache: Path, arch: str, shape: str, dtype: str, n_vocab: int) -> Path:
+    """The cached model file of one shape and type (written and quantized on first use)."""
+    n_layer, n_embed = SHAPES[shape]
+    stem = f"rwkv{arch}-{shape}-v{n_vocab}"
+    source = cache / f"{stem}-FP16.bin"
+    if not source.exists():
+        partial = source.with_suffix(".partial")
+        write_random_model(partial, arch, n_layer, n_embed, n_vocab, "FP16")
+        partial.rename(source)
+    if dtype == "FP16":
+        return source
+    target = cache / f"{stem}-{dtype}.bin"
+    if not target.exists():
+        partial = target.with_suffix(".partial")
+        native.default_library().quantize_model_file(source, partial, dtype)
+        partial.rename(target)
+    return target
+
+
+def product_shapes(path: Path) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """(rows, cols) of every matrix product of one token in the layers, and of the head."""
+    layers, head = [], (0, 0)
+    for info in modelfile.list_tensors(path):
+        dims = [d for d in info.shape if d > 1]
+        if len(dims) != 2:
+            continue
+        if info.key.startswith("blocks."):
+            layers.append((dims[0], dims[1]))
+        elif info.key == "head.weight":
+            head = (dims[0], dims[1])
+    return layers, head
+
+
+# ---- the machine's limits ---------------------------------------------------------------------
+
+
+class ReadBandwidth:
+    """Streaming read of a buffer far larger than the caches (numpy's OR-reduction runs at
+    memory speed and releases the GIL, so threads read their share in parallel)."""
+
+    def __init__(self, gib: float = 1.0):
+        self.words = np.ones(int(gib * (1 << 30)) // 8, dtype=np.uint64)
+
+    def measure(self, threads: int, runs: int = 5) -> float:
+        parts = np.array_split(self.words, threads)
+        rates = []
+        for _ in range(runs + 1):
+            workers = [threading.Thread(target=np.bitwise_or.reduce, args=(p,)) for p in parts]
+            start = time.perf_counter()
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            rates.append(self.words.nbytes / (time.perf_counter() - start) / 1e9)
+        return statistics.median(rates[1:])
+
+
+NUMPY_RATE = r"""
+import json, statistics, sys, time
+import numpy as np
+shapes, tokens, runs = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+mats = [rng.standard_normal((r, c), dtype=np.float32) for r, c in shapes]
+xs = {c: rng.standard_normal((c, tokens), dtype=np.float32) for _, c in shapes}
+flops = sum(2.0 * r * c * tokens for r, c in shapes)
+rates = []
+for _ in range(runs + 1):
+    start = time.perf_counter()
+    for w in mats:
+        w @ xs[w.shape[1]]
+    rates.append(flops / (time.perf_counter() - start) / 1e9)
+print(statistics.median(rates[1:]))
+"""
+
+
+def numpy_matmul_rate(shapes: list[tuple[int, int]], threads: int, runs: int) -> float:
+    """GFLOP/s of numpy FP32 products of the given shapes with `CHUNK` tokens, on `threads`
+    threads (a subprocess, since BLAS reads its thread count at import)."""
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    distinct = sorted(set(shapes))
+    out = subprocess.run(
+        [sys.executable, "-c", NUMPY_RATE, json.dumps(distinct), str(CHUNK), str(runs)],
+        check=True, capture_output=True, text=True, env=env,
+    )
+    return float(out.stdout.strip())
+
+
+# ---- the engine -------------------------------------------------------------------------------
+
+
+def measure_engine(lib: native.Library, path: Path, threads: int, runs: int, decode_tokens: int):
+    ctx = lib.init_from_file(path, threads)
+    try:
+        n_vocab = lib.get_n_vocab(ctx)
+        rng = np.random.default_rng(1)
+        tokens = rng.integers(0, n_vocab, size=max(CHUNK, decode_tokens)).tolist()
+        state = np.empty(lib.get_state_len(ctx), np.float32)
+        logits = np.empty(lib.get_logits_len(ctx), np.float32)
+        lib.eval_sequence(ctx, tokens[:CHUNK], None, state, logits)  # warm-up: page in, caches
+        decode, prompt = [], []
+        for _ in range(runs):
+            start = time.perf_counter()
+            for token in tokens[:decode_tokens]:
+                lib.eval(ctx, token, state, state, logits)
+            decode.append((time.perf_counter() - start) / decode_tokens)
+            start = time.perf_counter()
+            lib.eval_sequence(ctx, tokens[:CHUNK], None, state, logits)
+            prompt.append((time.perf_counter() - start) / CHUNK)
+        return {
+            "kernels": lib.get_kernel_path(ctx),
+            "weight_bytes_per_token": lib.get_weight_bytes_per_token(ctx),
+            "decode_s": statistics.median(decode),
+            "prompt_s": statistics.median(prompt),
+        }
+    finally:
+        lib.free(ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="169M", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--types", default=",".join(TYPES), help="comma list of tensor types")
+    parser.add_argument("--threads", default="2,1", help="comma list of thread counts")
+    parser.add_argument("--arch", default="4", help="architecture of the random models (4, 5.2, 6, 7)")
+    parser.add_argument("--vocab", type=int, default=50277)
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (the median is reported)")
+    parser.add_argument("--decode-tokens", type=int, default=16, help="tokens per decode run")
+    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "rwkv-bench-models"))
+    args = parser.parse_args(argv)
+
+    cache = Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    lib = native.default_library()
+    bandwidth = ReadBandwidth()
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    for shape in args.shapes.split(","):
+        if shape not in SHAPES:
+            parser.error(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+        numpy_rates: dict[int, float] = {}
+        for dtype in args.types.split(","):
+            path = model_file(cache, args.arch, shape, dtype, args.vocab)
+            layers, head = product_shapes(path)
+            flops_per_chunk = 2.0 * CHUNK * sum(r * c for r, c in layers) + 2.0 * head[0] * head[1]
+            for threads in thread_counts:
+                if threads not in numpy_rates:
+                    numpy_rates[threads] = numpy_matmul_rate(layers, threads, args.runs)
+                read_gbps = bandwidth.measure(threads)
+                engine = measure_engine(lib, path, threads, args.runs, args.decode_tokens)
+                weight_bytes = engine["weight_bytes_per_token"]
+                effective = weight_bytes / engine["decode_s"] / 1e9
+                prompt_gflops = flops_per_chunk / (engine["prompt_s"] * CHUNK) / 1e9
+                print(json.dumps({
+                    "shape": shape, "arch": args.arch, "type": dtype, "threads": threads,
+                    "kernels": engine["kernels"],
+                    "weight_bytes_per_token": weight_bytes,
+                    "decode_ms_per_token": round(engine["decode_s"] * 1e3, 3),
+                    "decode_floor_ms": round(weight_bytes / read_gbps / 1e6, 3),
+                    "effective_GBps": round(effective, 2),
+                    "read_bandwidth_GBps": round(read_gbps, 2),
+                    "bandwidth_ratio": round(effective / read_gbps, 3),
+                    "prompt_ms_per_token": round(engine["prompt_s"] * 1e3, 3),
+                    "prompt_GFLOPps": round(prompt_gflops, 1),
+                    "numpy_fp32_GFLOPps": round(numpy_rates[threads], 1),
+                    "prompt_vs_numpy": round(prompt_gflops / numpy_rates[threads], 3),
+                    "prompt_speedup_vs_decode": round(engine["decode_s"] / engine["prompt_s"], 2),
+                }), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
