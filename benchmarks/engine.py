@@ -5,20 +5,29 @@ by the machine's read bandwidth; this measures that bandwidth in the same run (a
 read of a 1 GiB buffer with the same thread count) and reports the engine's effective GB/s
 as a fraction of it. Prompt processing (sequence mode, 64-token chunks) is arithmetic: it
 is reported in GFLOP/s next to numpy's FP32 matrix products of the same shapes, measured in
-the same run with the same thread count.
+the same run with the same thread count. Both baselines are measured just before and just
+after each engine measurement and the better of the two is used (the machine is shared, so
+a busy moment during a baseline cannot flatter the engine).
 
 Models are random-weight files of the real shapes, written by our writer (FP16) and
 quantized by our quantizer, cached in --cache-dir.
 
     python benchmarks/engine.py                                   # 169M, 4 types, 2 and 1 threads
     python benchmarks/engine.py --shapes 1.5B --types Q5_1 --threads 2
+    python benchmarks/engine.py --table results.jsonl           # JSON lines -> markdown table
 """
 
 from __future__ import annotations
 
+import os
+
+# BLAS threads of this process would spin on the cores the engine measures on; numpy's own
+# rate is measured in a subprocess with its own thread count.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -157,6 +166,25 @@ def measure_engine(lib: native.Library, path: Path, threads: int, runs: int, dec
         lib.free(ctx)
 
 
+TABLE_COLUMNS = [
+    ("shape", "shape"), ("type", "type"), ("threads", "thr"),
+    ("decode_ms_per_token", "decode ms/tok"), ("decode_floor_ms", "floor ms"),
+    ("effective_GBps", "GB/s"), ("read_bandwidth_GBps", "read GB/s"), ("bandwidth_ratio", "of floor"),
+    ("prompt_ms_per_token", "prompt ms/tok"), ("prompt_GFLOPps", "GFLOP/s"),
+    ("numpy_fp32_GFLOPps", "numpy FP32 GFLOP/s"), ("prompt_vs_numpy", "vs numpy"),
+]
+
+
+def markdown_table(path: str) -> str:
+    """The JSON lines of a run as a markdown table (for benchmarks/README.md)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.startswith("{")]
+    lines = ["| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"]
+    lines.append("|" + "---|" * len(TABLE_COLUMNS))
+    for row in rows:
+        lines.append("| " + " | ".join(str(row[key]) for key, _ in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="169M", help=f"comma list of {', '.join(SHAPES)}")
@@ -167,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (the median is reported)")
     parser.add_argument("--decode-tokens", type=int, default=16, help="tokens per decode run")
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "rwkv-bench-models"))
+    parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a saved run and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(args.table))
+        return 0
 
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -177,16 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             parser.error(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
-        numpy_rates: dict[int, float] = {}
         for dtype in args.types.split(","):
             path = model_file(cache, args.arch, shape, dtype, args.vocab)
             layers, head = product_shapes(path)
             flops_per_chunk = 2.0 * CHUNK * sum(r * c for r, c in layers) + 2.0 * head[0] * head[1]
             for threads in thread_counts:
-                if threads not in numpy_rates:
-                    numpy_rates[threads] = numpy_matmul_rate(layers, threads, args.runs)
-                read_gbps = bandwidth.measure(threads)
+                read_before = bandwidth.measure(threads)
+                numpy_before = numpy_matmul_rate(layers, threads, args.runs)
                 engine = measure_engine(lib, path, threads, args.runs, args.decode_tokens)
+                read_gbps = max(read_before, bandwidth.measure(threads))
+                numpy_gflops = max(numpy_before, numpy_matmul_rate(layers, threads, args.runs))
                 weight_bytes = engine["weight_bytes_per_token"]
                 effective = weight_bytes / engine["decode_s"] / 1e9
                 prompt_gflops = flops_per_chunk / (engine["prompt_s"] * CHUNK) / 1e9
@@ -201,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                     "bandwidth_ratio": round(effective / read_gbps, 3),
                     "prompt_ms_per_token": round(engine["prompt_s"] * 1e3, 3),
                     "prompt_GFLOPps": round(prompt_gflops, 1),
-                    "numpy_fp32_GFLOPps": round(numpy_rates[threads], 1),
-                    "prompt_vs_numpy": round(prompt_gflops / numpy_rates[threads], 3),
+                    "numpy_fp32_GFLOPps": round(numpy_gflops, 1),
+                    "prompt_vs_numpy": round(prompt_gflops / numpy_gflops, 3),
                     "prompt_speedup_vs_decode": round(engine["decode_s"] / engine["prompt_s"], 2),
                 }), flush=True)
     return 0
