@@ -150,12 +150,12 @@ int main(int argc, char ** argv) {
     }
     const int quantized = type_is_quantized(type);
     /* (rows, cols): odd everything; for quantized types columns are whole blocks, with an odd
-     * block count, and one width crossing the sequence-mode column chunks */
-    const int64_t shapes_f[][2] = {{13, 67}, {1, 5}, {9, 16}, {21, 1100}, {5, 2051}};
+     * block count; widths crossing the sequence-mode column chunks and the decode strategies */
+    const int64_t shapes_f[][2] = {{13, 67}, {1, 5}, {9, 16}, {21, 1100}, {5, 2051}, {7, 4099}};
     const int64_t shapes_q[][2] = {{13, 96}, {1, 32}, {7, 64}, {21, 160}, {5, 32 * 131}, {6, 32 * 128}};
     const int Ts[] = {1, 2, 3, 4, 5, 7, 64};
     int failures = 0;
-    const int n_shapes = 5 + quantized;
+    const int n_shapes = 6;
     for (int s = 0; s < n_shapes; s++) {
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
             const int64_t rows = quantized ? shapes_q[s][0] : shapes_f[s][0];
