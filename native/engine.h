@@ -138,7 +138,6 @@ typedef struct layer {
     const float *x_rwkvag; /* 6 x n_embed: r, w, k, v, a, g */
     tensor w1, w2, a1, a2, v1, v2, g1, g2;
     const float *w0, *a0, *v0, *k_k, *k_a, *r_k;
-    const float *ffn_x_k;
     bool has_v_lora; /* layers after the first mix v with v_first */
 } layer;
 
@@ -234,6 +233,47 @@ void ctx_matmul(context * ctx, const tensor * W, const float * x, int T, float *
 void ctx_embedding(context * ctx, uint32_t token, float * out);
 /* The head on one normalized vector x into logits. */
 void ctx_head(context * ctx, const float * x, float * logits);
+
+/* ---- pieces shared by the forward passes (blocks.c); x, xx, dx are T rows of n_embed ---- */
+
+/* x = ln0(embedding of each token) */
+void embed_chunk(context * ctx, const uint32_t * tokens, int T, float * x);
+void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int T, int64_t C);
+/* The token shift: dx_t = xx_{t-1} - xx_t, where xx_{-1} is `last` (from the state), which
+ * then becomes xx_{T-1}. */
+void shift_delta(float * dx, const float * xx, float * last, int T, int64_t C);
+/* out_t = xx_t + dx_t * (mix + extra_t) (extra may be NULL): lerp toward the previous token. */
+void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int T, int64_t C);
+
+typedef struct channel_scratch {
+    float *xx, *dx, *xm, *r, *out; /* T x n_embed each */
+    float * hidden;                /* T x ffn_dim */
+} channel_scratch;
+/* The squared-ReLU channel mix (gated by receptance unless L->ffn_mix_r is NULL), added to x. */
+void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int T, const channel_scratch * s);
+/* logits = head(ln_out(x_{T-1})) when logits is not NULL; scratch holds n_embed floats. */
+void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits);
+
+/* v4/v5 store time_mix as the weight of the current token; the token shift above weights the
+ * previous one (as v6/v7 store it): this loads 1 - time_mix. */
+const float * model_mix_of_previous(model * m, error_slot * err, const char * key, int64_t n);
+#define BIND_MIX(field, name, n)                                      \
+    snprintf(key, sizeof key, "blocks.%d." name, i);                  \
+    if (!(L->field = model_mix_of_previous(m, err, key, (n)))) return -1;
+/* Head count and size from the outermost dimension of `key`. */
+int bind_heads(model * m, error_slot * err, const char * key);
+int bind_ffn_dim(model * m, error_slot * err);
+/* v5 and later: per layer [ffn_xx, att_xx, n_head matrices head_size x head_size], fresh = 0. */
+size_t heads_state_len(const model * m);
+void heads_init_state(const model * m, float * state);
+
+/* Binding helpers for `for (int i ...) { layer * L ...; char key[128]; }` loops. */
+#define BIND_VECTOR(field, name, n)                                   \
+    snprintf(key, sizeof key, "blocks.%d." name, i);                  \
+    if (!(L->field = model_vector(m, err, key, (n)))) return -1;
+#define BIND_MATRIX(field, name, cols, rows)                          \
+    snprintf(key, sizeof key, "blocks.%d." name, i);                  \
+    if (model_matrix(m, err, key, (cols), (rows), &L->field) != 0) return -1;
 
 /* ---- small vector math (ops.c) ---- */
 

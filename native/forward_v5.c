@@ -43,71 +43,33 @@ static const float * per_channel(model * m, error_slot * err, const char * key) 
 static int v5_bind(model * m, error_slot * err) {
     const int64_t C = m->n_embed;
     const bool gated = m->arch == ARCH_V5_2;
-    const tensor * decay = model_find(m, "blocks.0.att.time_decay");
-    const tensor * fk = model_find(m, "blocks.0.ffn.key.weight");
-    if (!decay || !fk) {
-        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v%s)",
-                  decay ? "blocks.0.ffn.key.weight" : "blocks.0.att.time_decay", m->ops->version);
-        return -1;
-    }
-    /* (n_head, 1 or head_size, 1) in PyTorch order: the outermost dimension counts the heads */
-    m->n_head = decay->ne[decay->n_dims - 1];
-    if (m->n_head < 1 || C % m->n_head != 0) {
-        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE,
-                  "tensor 'blocks.0.att.time_decay' gives %lld heads, which do not divide n_embed %lld", (long long)m->n_head,
-                  (long long)C);
-        return -1;
-    }
-    m->head_size = C / m->n_head;
-    m->ffn_dim = fk->ne[1];
+    if (bind_heads(m, err, "blocks.0.att.time_decay") != 0 || bind_ffn_dim(m, err) != 0) return -1;
     const int64_t F = m->ffn_dim;
     char key[128];
-#define VEC(field, name, n)                                                   \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
-    if (!(L->field = model_vector(m, err, key, (n)))) return -1;
-#define MAT(field, name, cols, rows)                                          \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
-    if (model_matrix(m, err, key, (cols), (rows), &L->field) != 0) return -1;
     for (int i = 0; i < m->n_layer; i++) {
         layer * L = &m->layers[i];
-        VEC(ln1_w, "ln1.weight", C) VEC(ln1_b, "ln1.bias", C)
-        VEC(ln2_w, "ln2.weight", C) VEC(ln2_b, "ln2.bias", C)
+        BIND_VECTOR(ln1_w, "ln1.weight", C) BIND_VECTOR(ln1_b, "ln1.bias", C)
+        BIND_VECTOR(ln2_w, "ln2.weight", C) BIND_VECTOR(ln2_b, "ln2.bias", C)
         snprintf(key, sizeof key, "blocks.%d.att.time_decay", i);
         if (!(L->att_decay = per_channel(m, err, key))) return -1;
         snprintf(key, sizeof key, "blocks.%d.att.%s", i, gated ? "time_faaaa" : "time_first");
         if (!(L->att_first = per_channel(m, err, key))) return -1;
-        VEC(att_mix_k, "att.time_mix_k", C) VEC(att_mix_v, "att.time_mix_v", C) VEC(att_mix_r, "att.time_mix_r", C)
-        VEC(ln_x_w, "att.ln_x.weight", C) VEC(ln_x_b, "att.ln_x.bias", C)
-        MAT(att_k, "att.key.weight", C, C) MAT(att_v, "att.value.weight", C, C)
-        MAT(att_r, "att.receptance.weight", C, C) MAT(att_o, "att.output.weight", C, C)
+        BIND_MIX(att_mix_k, "att.time_mix_k", C) BIND_MIX(att_mix_v, "att.time_mix_v", C) BIND_MIX(att_mix_r, "att.time_mix_r", C)
+        BIND_VECTOR(ln_x_w, "att.ln_x.weight", C) BIND_VECTOR(ln_x_b, "att.ln_x.bias", C)
+        BIND_MATRIX(att_k, "att.key.weight", C, C) BIND_MATRIX(att_v, "att.value.weight", C, C)
+        BIND_MATRIX(att_r, "att.receptance.weight", C, C) BIND_MATRIX(att_o, "att.output.weight", C, C)
         if (gated) {
-            VEC(att_mix_g, "att.time_mix_g", C)
-            MAT(att_g, "att.gate.weight", C, C)
+            BIND_MIX(att_mix_g, "att.time_mix_g", C)
+            BIND_MATRIX(att_g, "att.gate.weight", C, C)
         }
-        VEC(ffn_mix_k, "ffn.time_mix_k", C) VEC(ffn_mix_r, "ffn.time_mix_r", C)
-        MAT(ffn_k, "ffn.key.weight", C, F) MAT(ffn_v, "ffn.value.weight", F, C) MAT(ffn_r, "ffn.receptance.weight", C, C)
+        BIND_MIX(ffn_mix_k, "ffn.time_mix_k", C) BIND_MIX(ffn_mix_r, "ffn.time_mix_r", C)
+        BIND_MATRIX(ffn_k, "ffn.key.weight", C, F) BIND_MATRIX(ffn_v, "ffn.value.weight", F, C) BIND_MATRIX(ffn_r, "ffn.receptance.weight", C, C)
     }
-#undef VEC
-#undef MAT
     return 0;
 }
 
-static size_t v5_state_len(const model * m) { return (size_t)((2 + m->head_size) * m->n_embed * m->n_layer); }
-
-static void v5_init_state(const model * m, float * state) { memset(state, 0, v5_state_len(m) * sizeof(float)); }
-
-/* x, xx, xk, xv, xr, xg, k, v, r, g, y, out; the FFN hidden */
-static size_t v5_scratch_per_token(const model * m) { return (size_t)(12 * m->n_embed + m->ffn_dim); }
-
-/* out_t = x_t * mix + x_{t-1} * (1 - mix), where x_{-1} is the previous call's last token. */
-static void token_shift(float * out, const float * xx, const float * prev, const float * mix, int T, int64_t C) {
-    for (int t = 0; t < T; t++) {
-        const float * p = t == 0 ? prev : xx + (t - 1) * C;
-        const float * cur = xx + t * C;
-        float * o = out + t * C;
-        for (int64_t c = 0; c < C; c++) o[c] = cur[c] * mix[c] + p[c] * (1.0f - mix[c]);
-    }
-}
+/* x, xx, dx, xk, xv, xr, xg, k, v, r, g, y, out; the FFN hidden */
+static size_t v5_scratch_per_token(const model * m) { return (size_t)(13 * m->n_embed + m->ffn_dim); }
 
 /* One token through one head: K (N x N, key-major) updated in place, y written. */
 static void wkv5_head(float * restrict K, const float * restrict r, const float * restrict k, const float * restrict v,
@@ -126,12 +88,13 @@ static void wkv5_head(float * restrict K, const float * restrict r, const float 
 
 static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
-    const int64_t C = m->n_embed, F = m->ffn_dim, N = ctx->chunk, H = m->n_head, S = m->head_size;
+    const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
     const int64_t TC = (int64_t)T * C;
     const bool gated = m->arch == ARCH_V5_2;
     float * x = ctx->work;
     float * xx = x + N * C;
-    float * xk = xx + N * C;
+    float * dx = xx + N * C;
+    float * xk = dx + N * C;
     float * xv = xk + N * C;
     float * xr = xv + N * C;
     float * xg = xr + N * C;
@@ -142,11 +105,9 @@ static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * st
     float * y = g + N * C;
     float * out = y + N * C;
     float * hidden = out + N * C;
+    const channel_scratch ffn = {xx, dx, xk, r, out, hidden};
 
-    for (int t = 0; t < T; t++) {
-        ctx_embedding(ctx, tokens[t], x + t * C);
-        layer_norm(x + t * C, x + t * C, m->ln0_w, m->ln0_b, C, 1e-5f);
-    }
+    embed_chunk(ctx, tokens, T, x);
     for (int64_t li = 0; li < m->n_layer; li++) {
         const layer * L = &m->layers[li];
         float * ffn_xx = state + li * (2 + S) * C;
@@ -154,12 +115,12 @@ static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * st
         float * heads = att_xx + C;
 
         /* ---- time mixing ---- */
-        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln1_w, L->ln1_b, C, 1e-5f);
-        token_shift(xk, xx, att_xx, L->att_mix_k, T, C);
-        token_shift(xv, xx, att_xx, L->att_mix_v, T, C);
-        token_shift(xr, xx, att_xx, L->att_mix_r, T, C);
-        if (gated) token_shift(xg, xx, att_xx, L->att_mix_g, T, C);
-        memcpy(att_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
+        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C);
+        shift_delta(dx, xx, att_xx, T, C);
+        mix_tokens(xk, xx, dx, L->att_mix_k, NULL, T, C);
+        mix_tokens(xv, xx, dx, L->att_mix_v, NULL, T, C);
+        mix_tokens(xr, xx, dx, L->att_mix_r, NULL, T, C);
+        if (gated) mix_tokens(xg, xx, dx, L->att_mix_g, NULL, T, C);
         ctx_matmul(ctx, &L->att_k, xk, T, k, C);
         ctx_matmul(ctx, &L->att_v, xv, T, v, C);
         ctx_matmul(ctx, &L->att_r, xr, T, r, C);
@@ -180,24 +141,9 @@ static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * st
         ctx_matmul(ctx, &L->att_o, y, T, out, C);
         for (int64_t j = 0; j < TC; j++) x[j] += out[j];
 
-        /* ---- channel mixing: as v4 ---- */
-        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln2_w, L->ln2_b, C, 1e-5f);
-        token_shift(xk, xx, ffn_xx, L->ffn_mix_k, T, C);
-        token_shift(xr, xx, ffn_xx, L->ffn_mix_r, T, C);
-        memcpy(ffn_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
-        ctx_matmul(ctx, &L->ffn_k, xk, T, hidden, F);
-        for (int64_t j = 0; j < T * F; j++) {
-            const float h = hidden[j] > 0.0f ? hidden[j] : 0.0f;
-            hidden[j] = h * h;
-        }
-        ctx_matmul(ctx, &L->ffn_v, hidden, T, out, C);
-        ctx_matmul(ctx, &L->ffn_r, xr, T, r, C);
-        for (int64_t j = 0; j < TC; j++) x[j] += sigmoidf_(r[j]) * out[j];
+        channel_mix(ctx, L, x, ffn_xx, T, &ffn);
     }
-    if (logits) {
-        layer_norm(xx, x + (T - 1) * C, m->ln_out_w, m->ln_out_b, C, 1e-5f);
-        ctx_head(ctx, xx, logits);
-    }
+    output_logits(ctx, x, T, xx, logits);
 }
 
 const arch_ops arch_v5_1 = {
@@ -205,8 +151,8 @@ const arch_ops arch_v5_1 = {
     .version = "5.1",
     .bind = v5_bind,
     .forward = v5_forward,
-    .state_len = v5_state_len,
-    .init_state = v5_init_state,
+    .state_len = heads_state_len,
+    .init_state = heads_init_state,
     .scratch_per_token = v5_scratch_per_token,
 };
 
@@ -215,7 +161,7 @@ const arch_ops arch_v5_2 = {
     .version = "5.2",
     .bind = v5_bind,
     .forward = v5_forward,
-    .state_len = v5_state_len,
-    .init_state = v5_init_state,
+    .state_len = heads_state_len,
+    .init_state = heads_init_state,
     .scratch_per_token = v5_scratch_per_token,
 };

@@ -47,56 +47,28 @@ static int v6_bind_mix(model * m, error_slot * err, int i, layer * L) {
 
 static int v6_bind(model * m, error_slot * err) {
     const int64_t C = m->n_embed;
-    const tensor * bonus = model_find(m, "blocks.0.att.time_faaaa");
-    const tensor * fk = model_find(m, "blocks.0.ffn.key.weight");
-    if (!bonus || !fk) {
-        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v6)",
-                  bonus ? "blocks.0.ffn.key.weight" : "blocks.0.att.time_faaaa");
-        return -1;
-    }
-    /* (n_head, head_size, 1) in PyTorch order: the outermost dimension counts the heads */
-    m->n_head = bonus->ne[bonus->n_dims - 1];
-    if (m->n_head < 1 || C % m->n_head != 0) {
-        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE,
-                  "tensor 'blocks.0.att.time_faaaa' gives %lld heads, which do not divide n_embed %lld", (long long)m->n_head,
-                  (long long)C);
-        return -1;
-    }
-    m->head_size = C / m->n_head;
-    m->ffn_dim = fk->ne[1];
+    if (bind_heads(m, err, "blocks.0.att.time_faaaa") != 0 || bind_ffn_dim(m, err) != 0) return -1;
     const int64_t F = m->ffn_dim;
     char key[128];
-#define VEC(field, name, n)                                                   \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
-    if (!(L->field = model_vector(m, err, key, (n)))) return -1;
-#define MAT(field, name, cols, rows)                                          \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
-    if (model_matrix(m, err, key, (cols), (rows), &L->field) != 0) return -1;
     for (int i = 0; i < m->n_layer; i++) {
         layer * L = &m->layers[i];
-        VEC(ln1_w, "ln1.weight", C) VEC(ln1_b, "ln1.bias", C)
-        VEC(ln2_w, "ln2.weight", C) VEC(ln2_b, "ln2.bias", C)
-        VEC(maa_x, "att.time_maa_x", C) VEC(maa_w, "att.time_maa_w", C) VEC(maa_k, "att.time_maa_k", C)
-        VEC(maa_v, "att.time_maa_v", C) VEC(maa_r, "att.time_maa_r", C) VEC(maa_g, "att.time_maa_g", C)
+        BIND_VECTOR(ln1_w, "ln1.weight", C) BIND_VECTOR(ln1_b, "ln1.bias", C)
+        BIND_VECTOR(ln2_w, "ln2.weight", C) BIND_VECTOR(ln2_b, "ln2.bias", C)
+        BIND_VECTOR(maa_x, "att.time_maa_x", C) BIND_VECTOR(maa_w, "att.time_maa_w", C) BIND_VECTOR(maa_k, "att.time_maa_k", C)
+        BIND_VECTOR(maa_v, "att.time_maa_v", C) BIND_VECTOR(maa_r, "att.time_maa_r", C) BIND_VECTOR(maa_g, "att.time_maa_g", C)
         if (v6_bind_mix(m, err, i, L) != 0) return -1;
-        VEC(att_decay, "att.time_decay", C) VEC(faaaa, "att.time_faaaa", C)
-        MAT(decay_w1, "att.time_decay_w1", C, -1)
-        MAT(decay_w2, "att.time_decay_w2", L->decay_w1.ne[1], C)
-        MAT(att_r, "att.receptance.weight", C, C) MAT(att_k, "att.key.weight", C, C)
-        MAT(att_v, "att.value.weight", C, C) MAT(att_o, "att.output.weight", C, C)
-        MAT(att_g, "att.gate.weight", C, C)
-        VEC(ln_x_w, "att.ln_x.weight", C) VEC(ln_x_b, "att.ln_x.bias", C)
-        VEC(ffn_mix_k, "ffn.time_maa_k", C) VEC(ffn_mix_r, "ffn.time_maa_r", C)
-        MAT(ffn_k, "ffn.key.weight", C, F) MAT(ffn_r, "ffn.receptance.weight", C, C) MAT(ffn_v, "ffn.value.weight", F, C)
+        BIND_VECTOR(att_decay, "att.time_decay", C) BIND_VECTOR(faaaa, "att.time_faaaa", C)
+        BIND_MATRIX(decay_w1, "att.time_decay_w1", C, -1)
+        BIND_MATRIX(decay_w2, "att.time_decay_w2", L->decay_w1.ne[1], C)
+        BIND_MATRIX(att_r, "att.receptance.weight", C, C) BIND_MATRIX(att_k, "att.key.weight", C, C)
+        BIND_MATRIX(att_v, "att.value.weight", C, C) BIND_MATRIX(att_o, "att.output.weight", C, C)
+        BIND_MATRIX(att_g, "att.gate.weight", C, C)
+        BIND_VECTOR(ln_x_w, "att.ln_x.weight", C) BIND_VECTOR(ln_x_b, "att.ln_x.bias", C)
+        BIND_VECTOR(ffn_mix_k, "ffn.time_maa_k", C) BIND_VECTOR(ffn_mix_r, "ffn.time_maa_r", C)
+        BIND_MATRIX(ffn_k, "ffn.key.weight", C, F) BIND_MATRIX(ffn_r, "ffn.receptance.weight", C, C) BIND_MATRIX(ffn_v, "ffn.value.weight", F, C)
     }
-#undef VEC
-#undef MAT
     return 0;
 }
-
-static size_t v6_state_len(const model * m) { return (size_t)((2 + m->head_size) * m->n_embed * m->n_layer); }
-
-static void v6_init_state(const model * m, float * state) { memset(state, 0, v6_state_len(m) * sizeof(float)); }
 
 /* the widest low-rank dimensions of any layer: token-shift D and decay D2 */
 static void v6_lora_widths(const model * m, int64_t * mix, int64_t * decay) {
@@ -116,31 +88,6 @@ static size_t v6_scratch_per_token(const model * m) {
     return (size_t)(12 * m->n_embed + 6 * D + D2 + m->ffn_dim);
 }
 
-/* dx_t = x_{t-1} - x_t, where x_{-1} is the previous call's last token (from the state). */
-static void shift_delta(float * dx, const float * xx, const float * last, int T, int64_t C) {
-    for (int t = 0; t < T; t++) {
-        const float * prev = t == 0 ? last : xx + (t - 1) * C;
-        const float * cur = xx + t * C;
-        float * d = dx + t * C;
-        for (int64_t c = 0; c < C; c++) d[c] = prev[c] - cur[c];
-    }
-}
-
-/* out_t = x_t + dx_t * (mix + extra_t); extra may be NULL */
-static void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int T, int64_t C) {
-    for (int t = 0; t < T; t++) {
-        const float * cur = xx + t * C;
-        const float * d = dx + t * C;
-        float * o = out + t * C;
-        if (extra) {
-            const float * e = extra + t * C;
-            for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * (mix[c] + e[c]);
-        } else {
-            for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * mix[c];
-        }
-    }
-}
-
 /* One token through one head: K (N x N, key-major) updated in place, y written. */
 static void wkv6_head(float * restrict K, const float * restrict r, const float * restrict k, const float * restrict v,
                       const float * restrict w, const float * restrict u, float * restrict y, int64_t N) {
@@ -158,7 +105,7 @@ static void wkv6_head(float * restrict K, const float * restrict r, const float 
 
 static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
-    const int64_t C = m->n_embed, F = m->ffn_dim, N = ctx->chunk, H = m->n_head, S = m->head_size;
+    const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
     const int64_t TC = (int64_t)T * C;
     int64_t Dmax, D2max;
     v6_lora_widths(m, &Dmax, &D2max);
@@ -179,10 +126,9 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
     float * decay_hidden = one_hidden + N * Dmax;   /* T x D2 */
     float * hidden = decay_hidden + N * D2max;
 
-    for (int t = 0; t < T; t++) {
-        ctx_embedding(ctx, tokens[t], x + t * C);
-        layer_norm(x + t * C, x + t * C, m->ln0_w, m->ln0_b, C, 1e-5f);
-    }
+    const channel_scratch ffn = {xx, dx, xm, r, out, hidden};
+
+    embed_chunk(ctx, tokens, T, x);
     for (int64_t li = 0; li < m->n_layer; li++) {
         const layer * L = &m->layers[li];
         float * ffn_xx = state + li * (2 + S) * C;
@@ -191,9 +137,8 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
         const int64_t D = L->maa_w2[0].ne[0], D2 = L->decay_w1.ne[1];
 
         /* ---- time mixing: ddlerp, then the five products ---- */
-        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln1_w, L->ln1_b, C, 1e-5f);
+        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C);
         shift_delta(dx, xx, att_xx, T, C);
-        memcpy(att_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
         mix_tokens(xm, xx, dx, L->maa_x, NULL, T, C);
         ctx_matmul(ctx, &L->maa_w1, xm, T, mix_hidden, N_MIX * D);
         for (int64_t j = 0; j < T * N_MIX * D; j++) mix_hidden[j] = tanhf(mix_hidden[j]);
@@ -236,25 +181,9 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
         ctx_matmul(ctx, &L->att_o, y, T, out, C);
         for (int64_t j = 0; j < TC; j++) x[j] += out[j];
 
-        /* ---- channel mixing: v4's, with the mix written x + (x_prev - x) * maa ---- */
-        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln2_w, L->ln2_b, C, 1e-5f);
-        shift_delta(dx, xx, ffn_xx, T, C);
-        memcpy(ffn_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
-        mix_tokens(xm, xx, dx, L->ffn_mix_k, NULL, T, C);
-        ctx_matmul(ctx, &L->ffn_k, xm, T, hidden, F);
-        for (int64_t j = 0; j < T * F; j++) {
-            const float h = hidden[j] > 0.0f ? hidden[j] : 0.0f;
-            hidden[j] = h * h;
-        }
-        ctx_matmul(ctx, &L->ffn_v, hidden, T, out, C);
-        mix_tokens(xm, xx, dx, L->ffn_mix_r, NULL, T, C);
-        ctx_matmul(ctx, &L->ffn_r, xm, T, r, C);
-        for (int64_t j = 0; j < TC; j++) x[j] += sigmoidf_(r[j]) * out[j];
+        channel_mix(ctx, L, x, ffn_xx, T, &ffn);
     }
-    if (logits) {
-        layer_norm(xx, x + (T - 1) * C, m->ln_out_w, m->ln_out_b, C, 1e-5f);
-        ctx_head(ctx, xx, logits);
-    }
+    output_logits(ctx, x, T, xx, logits);
 }
 
 const arch_ops arch_v6 = {
@@ -262,7 +191,7 @@ const arch_ops arch_v6 = {
     .version = "6",
     .bind = v6_bind,
     .forward = v6_forward,
-    .state_len = v6_state_len,
-    .init_state = v6_init_state,
+    .state_len = heads_state_len,
+    .init_state = heads_init_state,
     .scratch_per_token = v6_scratch_per_token,
 };

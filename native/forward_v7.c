@@ -37,10 +37,8 @@ static int v7_lora(model * m, error_slot * err, int i, const char * name1, const
 static int v7_bind(model * m, error_slot * err) {
     const int64_t C = m->n_embed;
     const tensor * r_k = model_find(m, "blocks.0.att.r_k");
-    const tensor * fk = model_find(m, "blocks.0.ffn.key.weight");
-    if (!r_k || !fk) {
-        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v7)",
-                  r_k ? "blocks.0.ffn.key.weight" : "blocks.0.att.r_k");
+    if (!r_k) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor 'blocks.0.att.r_k' (architecture v7)");
         return -1;
     }
     /* r_k is (n_head, head_size) in PyTorch order */
@@ -52,45 +50,33 @@ static int v7_bind(model * m, error_slot * err) {
                   (long long)m->n_head, (long long)m->head_size, (long long)C);
         return -1;
     }
-    m->ffn_dim = fk->ne[1];
+    if (bind_ffn_dim(m, err) != 0) return -1;
     const int64_t F = m->ffn_dim;
     char key[128];
-#define VEC(field, name, n)                                                   \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
-    if (!(L->field = model_vector(m, err, key, (n)))) return -1;
-#define MAT(field, name, cols, rows)                                          \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                          \
-    if (model_matrix(m, err, key, (cols), (rows), &L->field) != 0) return -1;
     for (int i = 0; i < m->n_layer; i++) {
         layer * L = &m->layers[i];
-        VEC(ln1_w, "ln1.weight", C) VEC(ln1_b, "ln1.bias", C)
-        VEC(ln2_w, "ln2.weight", C) VEC(ln2_b, "ln2.bias", C)
-        VEC(x_rwkvag, "att.x_rwkvag", 6 * C)
-        VEC(w0, "att.w0", C) VEC(a0, "att.a0", C)
-        VEC(k_k, "att.k_k", C) VEC(k_a, "att.k_a", C) VEC(r_k, "att.r_k", C)
+        BIND_VECTOR(ln1_w, "ln1.weight", C) BIND_VECTOR(ln1_b, "ln1.bias", C)
+        BIND_VECTOR(ln2_w, "ln2.weight", C) BIND_VECTOR(ln2_b, "ln2.bias", C)
+        BIND_VECTOR(x_rwkvag, "att.x_rwkvag", 6 * C)
+        BIND_VECTOR(w0, "att.w0", C) BIND_VECTOR(a0, "att.a0", C)
+        BIND_VECTOR(k_k, "att.k_k", C) BIND_VECTOR(k_a, "att.k_a", C) BIND_VECTOR(r_k, "att.r_k", C)
         if (v7_lora(m, err, i, "w1", "w2", &L->w1, &L->w2) != 0) return -1;
         if (v7_lora(m, err, i, "a1", "a2", &L->a1, &L->a2) != 0) return -1;
         if (v7_lora(m, err, i, "g1", "g2", &L->g1, &L->g2) != 0) return -1;
         /* layer 0's value is v_first itself: its v0/v1/v2, if present, are not used */
         L->has_v_lora = i > 0;
         if (L->has_v_lora) {
-            VEC(v0, "att.v0", C)
+            BIND_VECTOR(v0, "att.v0", C)
             if (v7_lora(m, err, i, "v1", "v2", &L->v1, &L->v2) != 0) return -1;
         }
-        MAT(att_r, "att.receptance.weight", C, C) MAT(att_k, "att.key.weight", C, C)
-        MAT(att_v, "att.value.weight", C, C) MAT(att_o, "att.output.weight", C, C)
-        VEC(ln_x_w, "att.ln_x.weight", C) VEC(ln_x_b, "att.ln_x.bias", C)
-        VEC(ffn_x_k, "ffn.x_k", C)
-        MAT(ffn_k, "ffn.key.weight", C, F) MAT(ffn_v, "ffn.value.weight", F, C)
+        BIND_MATRIX(att_r, "att.receptance.weight", C, C) BIND_MATRIX(att_k, "att.key.weight", C, C)
+        BIND_MATRIX(att_v, "att.value.weight", C, C) BIND_MATRIX(att_o, "att.output.weight", C, C)
+        BIND_VECTOR(ln_x_w, "att.ln_x.weight", C) BIND_VECTOR(ln_x_b, "att.ln_x.bias", C)
+        BIND_VECTOR(ffn_mix_k, "ffn.x_k", C)
+        BIND_MATRIX(ffn_k, "ffn.key.weight", C, F) BIND_MATRIX(ffn_v, "ffn.value.weight", F, C)
     }
-#undef VEC
-#undef MAT
     return 0;
 }
-
-static size_t v7_state_len(const model * m) { return (size_t)((2 + m->head_size) * m->n_embed * m->n_layer); }
-
-static void v7_init_state(const model * m, float * state) { memset(state, 0, v7_state_len(m) * sizeof(float)); }
 
 /* the widest low-rank dimension of any layer */
 static int64_t v7_lora_width(const model * m) {
@@ -105,26 +91,6 @@ static int64_t v7_lora_width(const model * m) {
 
 /* x, xx, dx, xm, r, w, k, v, a, g, kk, v_first, y, out; the low-rank hidden; the FFN hidden */
 static size_t v7_scratch_per_token(const model * m) { return (size_t)(14 * m->n_embed + v7_lora_width(m) + m->ffn_dim); }
-
-/* dx_t = x_{t-1} - x_t, where x_{-1} is the previous call's last token (from the state). */
-static void shift_delta(float * dx, const float * xx, const float * last, int T, int64_t C) {
-    for (int t = 0; t < T; t++) {
-        const float * prev = t == 0 ? last : xx + (t - 1) * C;
-        const float * cur = xx + t * C;
-        float * d = dx + t * C;
-        for (int64_t c = 0; c < C; c++) d[c] = prev[c] - cur[c];
-    }
-}
-
-/* out_t = x_t + dx_t * mix */
-static void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, int T, int64_t C) {
-    for (int t = 0; t < T; t++) {
-        const float * cur = xx + t * C;
-        const float * d = dx + t * C;
-        float * o = out + t * C;
-        for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * mix[c];
-    }
-}
 
 /* Dot product with eight independent partial sums: the compiler may vectorize these without
  * reassociating a single sum (which -O3 alone does not allow for floats). */
@@ -166,7 +132,7 @@ static void wkv7_head(float * restrict S, const float * restrict r, const float 
 
 static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
-    const int64_t C = m->n_embed, F = m->ffn_dim, N = ctx->chunk, H = m->n_head, S = m->head_size;
+    const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
     const int64_t TC = (int64_t)T * C;
     float * x = ctx->work;
     float * xx = x + N * C;
@@ -185,10 +151,9 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
     float * lora = out + N * C;
     float * hidden = lora + N * v7_lora_width(m);
 
-    for (int t = 0; t < T; t++) {
-        ctx_embedding(ctx, tokens[t], x + t * C);
-        layer_norm(x + t * C, x + t * C, m->ln0_w, m->ln0_b, C, 1e-5f);
-    }
+    const channel_scratch ffn = {xx, dx, xm, NULL, out, hidden}; /* v7 has no receptance gate */
+
+    embed_chunk(ctx, tokens, T, x);
     for (int64_t li = 0; li < m->n_layer; li++) {
         const layer * L = &m->layers[li];
         float * ffn_xx = state + li * (2 + S) * C;
@@ -196,15 +161,14 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
         float * heads = att_xx + C;
 
         /* ---- time mixing: the products over the whole chunk ---- */
-        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln1_w, L->ln1_b, C, 1e-5f);
+        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C);
         shift_delta(dx, xx, att_xx, T, C);
-        memcpy(att_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
         const float * mix = L->x_rwkvag;
 
-        mix_tokens(xm, xx, dx, mix + 0 * C, T, C);
+        mix_tokens(xm, xx, dx, mix + 0 * C, NULL, T, C);
         ctx_matmul(ctx, &L->att_r, xm, T, r, C);
 
-        mix_tokens(xm, xx, dx, mix + 1 * C, T, C);
+        mix_tokens(xm, xx, dx, mix + 1 * C, NULL, T, C);
         ctx_matmul(ctx, &L->w1, xm, T, lora, L->w1.ne[1]);
         for (int64_t j = 0; j < T * L->w1.ne[1]; j++) lora[j] = tanhf(lora[j]);
         ctx_matmul(ctx, &L->w2, lora, T, w, C);
@@ -213,10 +177,10 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
             for (int64_t c = 0; c < C; c++) wt[c] = expf(-V7_DECAY_SCALE * sigmoidf_(L->w0[c] + wt[c]));
         }
 
-        mix_tokens(xm, xx, dx, mix + 2 * C, T, C);
+        mix_tokens(xm, xx, dx, mix + 2 * C, NULL, T, C);
         ctx_matmul(ctx, &L->att_k, xm, T, k, C);
 
-        mix_tokens(xm, xx, dx, mix + 3 * C, T, C);
+        mix_tokens(xm, xx, dx, mix + 3 * C, NULL, T, C);
         ctx_matmul(ctx, &L->att_v, xm, T, v, C);
         if (!L->has_v_lora) {
             memcpy(v_first, v, (size_t)TC * sizeof(float));
@@ -232,7 +196,7 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
             }
         }
 
-        mix_tokens(xm, xx, dx, mix + 4 * C, T, C);
+        mix_tokens(xm, xx, dx, mix + 4 * C, NULL, T, C);
         ctx_matmul(ctx, &L->a1, xm, T, lora, L->a1.ne[1]);
         ctx_matmul(ctx, &L->a2, lora, T, a, C);
         for (int64_t t = 0; t < T; t++) {
@@ -240,7 +204,7 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
             for (int64_t c = 0; c < C; c++) at[c] = sigmoidf_(L->a0[c] + at[c]);
         }
 
-        mix_tokens(xm, xx, dx, mix + 5 * C, T, C);
+        mix_tokens(xm, xx, dx, mix + 5 * C, NULL, T, C);
         ctx_matmul(ctx, &L->g1, xm, T, lora, L->g1.ne[1]);
         for (int64_t j = 0; j < T * L->g1.ne[1]; j++) lora[j] = sigmoidf_(lora[j]);
         ctx_matmul(ctx, &L->g2, lora, T, g, C);
@@ -294,23 +258,9 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
         ctx_matmul(ctx, &L->att_o, y, T, out, C);
         for (int64_t j = 0; j < TC; j++) x[j] += out[j];
 
-        /* ---- channel mixing: squared-ReLU MLP, no receptance gate in v7 ---- */
-        for (int t = 0; t < T; t++) layer_norm(xx + t * C, x + t * C, L->ln2_w, L->ln2_b, C, 1e-5f);
-        shift_delta(dx, xx, ffn_xx, T, C);
-        memcpy(ffn_xx, xx + (T - 1) * C, (size_t)C * sizeof(float));
-        mix_tokens(xm, xx, dx, L->ffn_x_k, T, C);
-        ctx_matmul(ctx, &L->ffn_k, xm, T, hidden, F);
-        for (int64_t j = 0; j < T * F; j++) {
-            const float h = hidden[j] > 0.0f ? hidden[j] : 0.0f;
-            hidden[j] = h * h;
-        }
-        ctx_matmul(ctx, &L->ffn_v, hidden, T, out, C);
-        for (int64_t j = 0; j < TC; j++) x[j] += out[j];
+        channel_mix(ctx, L, x, ffn_xx, T, &ffn);
     }
-    if (logits) {
-        layer_norm(xx, x + (T - 1) * C, m->ln_out_w, m->ln_out_b, C, 1e-5f);
-        ctx_head(ctx, xx, logits);
-    }
+    output_logits(ctx, x, T, xx, logits);
 }
 
 const arch_ops arch_v7 = {
@@ -318,7 +268,7 @@ const arch_ops arch_v7 = {
     .version = "7",
     .bind = v7_bind,
     .forward = v7_forward,
-    .state_len = v7_state_len,
-    .init_state = v7_init_state,
+    .state_len = heads_state_len,
+    .init_state = heads_init_state,
     .scratch_per_token = v7_scratch_per_token,
 };

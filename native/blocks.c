@@ -1,0 +1,114 @@
+/*
+ * blocks.c: the pieces every RWKV version shares: the embedding and ln0, the token shift,
+ * the squared-ReLU channel mix, the output head, and the head-state layout of v5 and later.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine.h"
+
+void embed_chunk(context * ctx, const uint32_t * tokens, int T, float * x) {
+    const model * m = ctx->m;
+    const int64_t C = m->n_embed;
+    for (int t = 0; t < T; t++) {
+        ctx_embedding(ctx, tokens[t], x + t * C);
+        layer_norm(x + t * C, x + t * C, m->ln0_w, m->ln0_b, C, 1e-5f);
+    }
+}
+
+void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int T, int64_t C) {
+    for (int t = 0; t < T; t++) layer_norm(out + t * C, x + t * C, w, b, C, 1e-5f);
+}
+
+void shift_delta(float * dx, const float * xx, float * last, int T, int64_t C) {
+    for (int t = 0; t < T; t++) {
+        const float * prev = t == 0 ? last : xx + (t - 1) * C;
+        const float * cur = xx + t * C;
+        float * d = dx + t * C;
+        for (int64_t c = 0; c < C; c++) d[c] = prev[c] - cur[c];
+    }
+    memcpy(last, xx + (int64_t)(T - 1) * C, (size_t)C * sizeof(float));
+}
+
+void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int T, int64_t C) {
+    for (int t = 0; t < T; t++) {
+        const float * cur = xx + t * C;
+        const float * d = dx + t * C;
+        float * o = out + t * C;
+        if (extra) {
+            const float * e = extra + t * C;
+            for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * (mix[c] + e[c]);
+        } else {
+            for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * mix[c];
+        }
+    }
+}
+
+void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int T, const channel_scratch * s) {
+    const int64_t C = ctx->m->n_embed, F = L->ffn_k.ne[1], TC = (int64_t)T * C;
+    layer_norm_rows(s->xx, x, L->ln2_w, L->ln2_b, T, C);
+    shift_delta(s->dx, s->xx, ffn_xx, T, C);
+    mix_tokens(s->xm, s->xx, s->dx, L->ffn_mix_k, NULL, T, C);
+    ctx_matmul(ctx, &L->ffn_k, s->xm, T, s->hidden, F);
+    for (int64_t j = 0; j < (int64_t)T * F; j++) {
+        const float h = s->hidden[j] > 0.0f ? s->hidden[j] : 0.0f;
+        s->hidden[j] = h * h;
+    }
+    ctx_matmul(ctx, &L->ffn_v, s->hidden, T, s->out, C);
+    if (!L->ffn_mix_r) { /* v7: no receptance gate */
+        for (int64_t j = 0; j < TC; j++) x[j] += s->out[j];
+        return;
+    }
+    mix_tokens(s->xm, s->xx, s->dx, L->ffn_mix_r, NULL, T, C);
+    ctx_matmul(ctx, &L->ffn_r, s->xm, T, s->r, C);
+    for (int64_t j = 0; j < TC; j++) x[j] += sigmoidf_(s->r[j]) * s->out[j];
+}
+
+void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits) {
+    const model * m = ctx->m;
+    if (!logits) return;
+    layer_norm(scratch, x + (int64_t)(T - 1) * m->n_embed, m->ln_out_w, m->ln_out_b, m->n_embed, 1e-5f);
+    ctx_head(ctx, scratch, logits);
+}
+
+const float * model_mix_of_previous(model * m, error_slot * err, const char * key, int64_t n) {
+    float * v = (float *)model_vector(m, err, key, n); /* our own copy, so it may be rewritten */
+    if (v) {
+        for (int64_t c = 0; c < n; c++) v[c] = 1.0f - v[c];
+    }
+    return v;
+}
+
+int bind_heads(model * m, error_slot * err, const char * key) {
+    const tensor * t = model_find(m, key);
+    if (!t) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v%s)", key,
+                  m->ops->version);
+        return -1;
+    }
+    /* (n_head, 1 or head_size, ...) in PyTorch order: the outermost dimension counts the heads */
+    m->n_head = t->ne[t->n_dims - 1];
+    if (m->n_head < 1 || m->n_embed % m->n_head != 0) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "tensor '%s' gives %lld heads, which do not divide n_embed %lld",
+                  key, (long long)m->n_head, (long long)m->n_embed);
+        return -1;
+    }
+    m->head_size = m->n_embed / m->n_head;
+    return 0;
+}
+
+int bind_ffn_dim(model * m, error_slot * err) {
+    const tensor * fk = model_find(m, "blocks.0.ffn.key.weight");
+    if (!fk) {
+        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor 'blocks.0.ffn.key.weight' (architecture v%s)",
+                  m->ops->version);
+        return -1;
+    }
+    m->ffn_dim = fk->ne[1];
+    return 0;
+}
+
+size_t heads_state_len(const model * m) { return (size_t)((2 + m->head_size) * m->n_embed * m->n_layer); }
+
+void heads_init_state(const model * m, float * state) { memset(state, 0, heads_state_len(m) * sizeof(float)); }
