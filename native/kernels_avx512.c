@@ -1,17 +1,19 @@
 /*
- * kernels_avx512.c: AVX-512 (F, BW, VL, DQ) + VNNI kernels. Compiled with target attributes,
- * so the package builds with plain flags; kernels.c selects this set only when the CPU
- * reports the features.
+ * kernels_avx512.c: AVX-512 (F, BW, VL, DQ, VBMI) + VNNI kernels. Compiled with target
+ * attributes, so the package builds with plain flags; kernels.c selects this set only when
+ * the CPU reports the features (Zen 4, Ice Lake and later).
  *
- * Quantized weights: each pair of 32-value blocks of a row is unpacked to 64 unsigned codes
- * in one register and multiplied with 64 int8 activations by VPDPBUSD (u8 x s8 -> s32);
- * the code offset of the type comes in through the accumulator's start value (see
- * kernels_x86.h). Rows are processed 4 at a time and tokens 4 at a time, so an unpacked
- * weight vector serves 4 tokens and an activation vector 4 rows. FP32/FP16 weights use the
- * same tiling with FMA (F16C conversion of the weights on the fly).
+ * Decode (fewer than XE_MAX_T tokens) is bound by memory: each weight row is streamed once,
+ * one row at a time with a software prefetch ahead (interleaved row streams measured 2x
+ * slower). A pair of quantized 32-value blocks is unpacked by one masked load and VPERMB to
+ * 64 unsigned codes and multiplied with int8 activations by VPDPBUSD; block scales come 16 at
+ * a time from one gather, so the code offset and the _1 types' minimum cost one FMA per 16
+ * blocks.
  *
- * Sequence mode walks the columns in chunks so the chunk's activations of all tokens stay in
- * L2 while each group of rows is reused from L1; decode streams every row once.
+ * Sequence mode (XE_MAX_T tokens and more) is bound by arithmetic: rows are unpacked once into
+ * 16-row panels laid out so that one vector holds 4 codes (quantized) or 1 value (float) of
+ * each of the 16 rows; every token then advances 16 row sums per instruction with its
+ * activations broadcast, and the panel stays in L1 while the chunk's tokens pass over it.
  */
 #if defined(__x86_64__)
 
@@ -25,11 +27,7 @@
 #define INLINE static inline __attribute__((always_inline))
 
 enum {
-    ROWS = 4,         /* rows per tile */
-    TOKS = 4,         /* tokens per tile */
-    Q_PAIRS_CHUNK = 64, /* 4096 columns of int8 activations per chunk in sequence mode */
-    PREFETCH = 3072,  /* bytes ahead in a decode row stream (measured: 2 threads gain 20-40%) */
-    F_COLS_CHUNK = 1024, /* float activations per chunk in sequence mode */
+    PREFETCH = 3072,           /* bytes ahead in a decode row stream (2 threads: +20-40%) */
     F_DECODE_PAIR_COLS = 4096, /* float decode: wider rows go two at a time (measured both ways) */
 };
 
@@ -108,27 +106,6 @@ INLINE void q_unpack(int type, const uint8_t * a, int both, __m512i * codes, __m
     }
 }
 
-/* One pair of blocks for a tile of R rows x TT tokens (sequence mode). */
-INLINE void q_pair(int type, int R, int TT, int both, const uint8_t * w, size_t row_bytes, int64_t p,
-                   const int8_t * xq, const xq_scale * xs, int64_t np, __m512 acc[ROWS][TOKS]) {
-    const size_t bb = q_block_bytes(type);
-    __m512i codes[ROWS];
-    __m512 dw[ROWS];
-    for (int i = 0; i < R; i++) q_unpack(type, w + (size_t)i * row_bytes + (size_t)(2 * p) * bb, both, &codes[i], &dw[i], NULL);
-    for (int j = 0; j < TT; j++) {
-        const __m128 sc = _mm_load_ps((const float *)&xs[(size_t)j * np + p]); /* [da, db, bias a, bias b] */
-        const __m512 dx = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-                                                _mm512_castps128_ps512(sc));
-        const __m512i bias = _mm512_maskz_permutexvar_epi32(
-            0x0101, _mm512_setr_epi32(2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0), _mm512_castsi128_si512(_mm_castps_si128(sc)));
-        const __m512i x = _mm512_load_si512((const void *)(xq + ((size_t)j * np + p) * 64));
-        for (int i = 0; i < R; i++) {
-            const __m512i dot = _mm512_dpbusd_epi32(bias, codes[i], x);
-            acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[i], dx), acc[i][j]);
-        }
-    }
-}
-
 /* Decode. The block scales of 8 pairs are gathered at once into one vector (lane = block),
  * multiplied with the activations' scales, and each pair then takes its two lanes with one
  * permute; the code-offset and minimum terms are per block too, so they cost one FMA per 16
@@ -194,28 +171,6 @@ INLINE float q_row_decode(int type, const uint8_t * row, const xq_layout * L, co
         }
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-
-/* Rows [r, r + R) x tokens [t, t + TT) over pairs [p0, p1): y = (first ? 0 : y) + product. */
-INLINE void q_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes, const xq_layout * L, const int8_t * xq,
-                   const xq_scale * xs, int64_t r, int t, int64_t p0, int64_t p1, int first, float * y, int64_t ldy) {
-    __m512 acc[ROWS][TOKS];
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();
-    const uint8_t * wr = w + (size_t)r * row_bytes;
-    const int8_t * xt = xq + (size_t)t * L->np * 64;
-    const xq_scale * st = xs + (size_t)t * L->np;
-    const int64_t full = L->nb / 2; /* pairs with two real blocks */
-    const int64_t pf = p1 < full ? p1 : full;
-    for (int64_t p = p0; p < pf; p++) q_pair(type, R, TT, 1, wr, row_bytes, p, xt, st, L->np, acc);
-    if (p1 > full && full >= p0) q_pair(type, R, TT, 0, wr, row_bytes, full, xt, st, L->np, acc);
-    for (int i = 0; i < R; i++) {
-        for (int j = 0; j < TT; j++) {
-            const float v = _mm512_reduce_add_ps(acc[i][j]);
-            float * out = y + (size_t)(t + j) * ldy + (size_t)(r + i);
-            *out = first ? v : *out + v;
-        }
-    }
 }
 
 /* ---- sequence mode: weight panels ----
@@ -350,8 +305,6 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
                      int64_t ldy, int64_t r0, int64_t r1) {
     const xq_layout L = xq_layout_of(n, T, 1);
     const int8_t * xq = (const int8_t *)xp;
-    const xq_scale * xs = (const xq_scale *)((const uint8_t *)xp + L.sc_off);
-    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
     if (L.xe_off) {
         /* decode: one row at a time, so the hardware prefetcher sees a single stream */
         const float * xd = (const float *)((const uint8_t *)xp + L.xe_off);
@@ -365,32 +318,7 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
         }
         return;
     }
-    if (T >= TOKS) {
-        q_matmul_panels(type, w, row_bytes, &L, xp, T, y, ldy, r0, r1);
-        return;
-    }
-    const int64_t chunk = Q_PAIRS_CHUNK;
-    for (int64_t p0 = 0; p0 < L.np; p0 += chunk) {
-        const int64_t p1 = p0 + chunk < L.np ? p0 + chunk : L.np;
-        const int first = p0 == 0;
-        for (int64_t r = r0; r < r1;) {
-            const int R = r1 - r >= ROWS ? ROWS : 1;
-            int t = 0;
-            if (R == ROWS) {
-                for (; t + 4 <= T; t += 4) q_tile(type, ROWS, 4, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
-                for (; t + 2 <= T; t += 2) q_tile(type, ROWS, 2, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
-                for (; t < T; t++) q_tile(type, ROWS, 1, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
-            } else {
-                for (; t + 4 <= T; t += 4) q_tile(type, 1, 4, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
-                for (; t < T; t++) q_tile(type, 1, 1, w, row_bytes, &L, xq, xs, r, t, p0, p1, first, y, ldy);
-            }
-            if (with_min) {
-                const int64_t b1 = 2 * p1 < L.nb ? 2 * p1 : L.nb;
-                x86_add_min_term(type, w, row_bytes, r, r + R, 2 * p0, b1, xp, &L, T, y, ldy);
-            }
-            r += R;
-        }
-    }
+    q_matmul_panels(type, w, row_bytes, &L, xp, T, y, ldy, r0, r1);
 }
 
 #define Q_MATMUL(NAME, TYPE)                                                                                          \
@@ -413,35 +341,6 @@ INLINE __m512 f_load(int type, const uint8_t * row, int64_t k, __mmask16 mask, i
     }
     const float * p = (const float *)(row + (size_t)k * 4);
     return masked ? _mm512_maskz_loadu_ps(mask, p) : _mm512_loadu_ps(p);
-}
-
-INLINE void f_step(int type, int R, int TT, const uint8_t * wr, size_t row_bytes, const float * x, int64_t ns,
-                   int64_t k, __mmask16 mask, int masked, __m512 acc[ROWS][TOKS]) {
-    __m512 wv[ROWS];
-    for (int i = 0; i < R; i++) wv[i] = f_load(type, wr + (size_t)i * row_bytes, k, mask, masked);
-    for (int j = 0; j < TT; j++) {
-        const __m512 xv = _mm512_load_ps(x + (size_t)j * ns + k);
-        for (int i = 0; i < R; i++) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
-    }
-}
-
-INLINE void f_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int64_t ns,
-                   int64_t r, int t, int64_t k0, int64_t k1, int first, float * y, int64_t ldy) {
-    __m512 acc[ROWS][TOKS];
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();
-    const uint8_t * wr = w + (size_t)r * row_bytes;
-    const float * xt = x + (size_t)t * ns;
-    int64_t k = k0;
-    for (; k + 16 <= k1; k += 16) f_step(type, R, TT, wr, row_bytes, xt, ns, k, 0xffff, 0, acc);
-    if (k < k1) f_step(type, R, TT, wr, row_bytes, xt, ns, k, (__mmask16)((1u << (k1 - k)) - 1), 1, acc);
-    for (int i = 0; i < R; i++) {
-        for (int j = 0; j < TT; j++) {
-            const float v = _mm512_reduce_add_ps(acc[i][j]);
-            float * out = y + (size_t)(t + j) * ldy + (size_t)(r + i);
-            *out = first ? v : *out + v;
-        }
-    }
 }
 
 /* Sequence mode for float weights: panels of 16 rows x F_PANEL_COLS columns as float32,
@@ -545,7 +444,7 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
                      int64_t ldy, int64_t r0, int64_t r1) {
     const float * x = (const float *)xp;
     const int64_t ns = x86_round16(n);
-    if (T < TOKS) {
+    if (T < XE_MAX_T) {
         /* decode: one row at a time, so the hardware prefetcher sees a single stream */
         int64_t r = r0;
         if (n > F_DECODE_PAIR_COLS) {
@@ -561,28 +460,7 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
         }
         return;
     }
-    if (T >= TOKS) {
-        f_matmul_panels(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
-        return;
-    }
-    const int64_t chunk = F_COLS_CHUNK;
-    for (int64_t k0 = 0; k0 < n; k0 += chunk) {
-        const int64_t k1 = k0 + chunk < n ? k0 + chunk : n;
-        const int first = k0 == 0;
-        for (int64_t r = r0; r < r1;) {
-            const int R = r1 - r >= ROWS ? ROWS : 1;
-            int t = 0;
-            if (R == ROWS) {
-                for (; t + 4 <= T; t += 4) f_tile(type, ROWS, 4, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
-                for (; t + 2 <= T; t += 2) f_tile(type, ROWS, 2, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
-                for (; t < T; t++) f_tile(type, ROWS, 1, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
-            } else {
-                for (; t + 4 <= T; t += 4) f_tile(type, 1, 4, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
-                for (; t < T; t++) f_tile(type, 1, 1, w, row_bytes, n, x, ns, r, t, k0, k1, first, y, ldy);
-            }
-            r += R;
-        }
-    }
+    f_matmul_panels(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
 }
 
 static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
