@@ -6,8 +6,10 @@
  * Quantized weights: a 32-value block is unpacked to 32 codes and multiplied with the int8
  * activations by VPMADDUBSW (u8 x s8 -> pairs of s16) and VPMADDWD (-> s32). Codes of the 4-
  * and 5-bit types are small unsigned numbers (< 32, so the s16 pairs cannot saturate);
- * Q8_0 codes are signed, handled with the sign trick (|w| times x with w's sign). The tiles
- * are 4 rows x 2 tokens: AVX2 has 16 vector registers.
+ * Q8_0 codes are signed, handled with the sign trick (|w| times x with w's sign). Decode
+ * streams one row at a time; up to 3 tokens use tiles of 4 rows x 2 tokens (AVX2 has 16
+ * vector registers); 4 tokens and more use 8-row panels (see q_panel8). Float weights use
+ * 4 x 2 tiles with FMA, F16C converting FP16 on the fly.
  */
 #if defined(__x86_64__)
 
@@ -24,6 +26,7 @@ enum {
     ROWS = 4,
     TOKS = 2,
     Q_PAIRS_CHUNK = 64,
+    P2_MIN_T = 4, /* tokens from which the panels pay */
     F_COLS_CHUNK = 1024,
 };
 
@@ -112,11 +115,147 @@ INLINE void q_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes,
     }
 }
 
+/* ---- sequence mode: 8-row panels ----
+ * As in the AVX-512 file: rows are unpacked once into panels where one vector holds 4 codes of
+ * each of 8 rows, so VPMADDUBSW with one token's 4 activations broadcast advances 8 row sums.
+ * The 4- and 5-bit codes (< 32) let 4 of those 16-bit products add up before widening (4 x 2 x
+ * 31 x 127 < 32768); Q8_0 uses the sign trick, |w| times x with w's sign, widened each time. */
+enum { P2_BLOCKS = 32, P2_TOKENS = 4 };
+
+typedef struct q_panel8 {
+    __m256i codes[P2_BLOCKS + 1][8]; /* [block][4-value group] -> dword i = row i */
+    __m256i mags[P2_BLOCKS + 1][8];  /* Q8_0: |codes| */
+    __m256 scales[P2_BLOCKS + 1];
+    __m256 mins[P2_BLOCKS + 1];
+} q_panel8;
+
+/* 8 x 8 transpose of dwords: out[j] lane i = in[i] lane j. */
+INLINE void transpose8(__m256i v[8]) {
+    __m256i a[8], b[8];
+    for (int i = 0; i < 4; i++) {
+        a[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) { /* b[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3 */
+        b[4 * i] = _mm256_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 1] = _mm256_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+        b[4 * i + 2] = _mm256_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+        b[4 * i + 3] = _mm256_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        v[c] = _mm256_permute2x128_si256(b[c], b[4 + c], 0x20);
+        v[4 + c] = _mm256_permute2x128_si256(b[c], b[4 + c], 0x31);
+    }
+}
+
+INLINE void q_panel8_fill(int type, q_panel8 * panel, const uint8_t * w, size_t row_bytes, int64_t r, int nr, int64_t b0,
+                          int64_t b1) {
+    const size_t bb = q_block_bytes(type);
+    float * scales = (float *)panel->scales;
+    float * mins = (float *)panel->mins;
+    for (int b = 0; b < (int)(b1 - b0); b++) {
+        __m256i codes[8];
+        for (int i = 0; i < 8; i++) {
+            if (i >= nr) {
+                codes[i] = _mm256_setzero_si256();
+                scales[b * 8 + i] = mins[b * 8 + i] = 0.0f;
+                continue;
+            }
+            const uint8_t * a = w + (size_t)(r + i) * row_bytes + (size_t)(b0 + b) * bb;
+            codes[i] = q_codes(type, a);
+            scales[b * 8 + i] = _cvtsh_ss(load_u16(a));
+            mins[b * 8 + i] = type == TYPE_Q4_1 || type == TYPE_Q5_1 ? _cvtsh_ss(load_u16(a + 2)) : 0.0f;
+        }
+        transpose8(codes);
+        for (int g = 0; g < 8; g++) {
+            panel->codes[b][g] = codes[g];
+            if (type == TYPE_Q8_0) panel->mags[b][g] = _mm256_abs_epi8(codes[g]);
+        }
+    }
+}
+
+INLINE void q_panel8_apply(int type, int TT, const q_panel8 * panel, const xq_layout * L, const int8_t * xq,
+                           const xq_scale * xs, const float * s, int t, int64_t b0, int64_t b1, int64_t r, int nr,
+                           int first, float * y, int64_t ldy) {
+    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    const int with_bias = type == TYPE_Q4_0 || type == TYPE_Q5_0;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[P2_TOKENS];
+    for (int j = 0; j < TT; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = b0; b < b1; b++) {
+        const int pb = (int)(b - b0);
+        __m256i dot[P2_TOKENS];
+        for (int j = 0; j < TT; j++) {
+            dot[j] = with_bias ? _mm256_set1_epi32(xs[(size_t)(t + j) * L->np + b / 2].bias[b & 1]) : _mm256_setzero_si256();
+        }
+        const int8_t * xb = xq + (size_t)t * L->np * 64 + (size_t)b * 32;
+        if (type == TYPE_Q8_0) {
+            for (int g = 0; g < 8; g++) {
+                const __m256i codes = panel->codes[pb][g], mags = panel->mags[pb][g];
+                for (int j = 0; j < TT; j++) {
+                    const __m256i x4 = _mm256_set1_epi32((int32_t)load_u32(xb + (size_t)j * L->np * 64 + (size_t)g * 4));
+                    const __m256i p = _mm256_maddubs_epi16(mags, _mm256_sign_epi8(x4, codes));
+                    dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(p, ones));
+                }
+            }
+        } else {
+            for (int h = 0; h < 8; h += 4) {
+                __m256i sum16[P2_TOKENS];
+                for (int j = 0; j < TT; j++) sum16[j] = _mm256_setzero_si256();
+                for (int g = h; g < h + 4; g++) {
+                    const __m256i codes = panel->codes[pb][g];
+                    for (int j = 0; j < TT; j++) {
+                        const __m256i x4 = _mm256_set1_epi32((int32_t)load_u32(xb + (size_t)j * L->np * 64 + (size_t)g * 4));
+                        const __m256i p = _mm256_maddubs_epi16(codes, x4);
+                        sum16[j] = g == h ? p : _mm256_add_epi16(sum16[j], p);
+                    }
+                }
+                for (int j = 0; j < TT; j++) dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(sum16[j], ones));
+            }
+        }
+        for (int j = 0; j < TT; j++) {
+            const __m256 dx = _mm256_set1_ps(xs[(size_t)(t + j) * L->np + b / 2].d[b & 1]);
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[j]), _mm256_mul_ps(panel->scales[pb], dx), acc[j]);
+            if (with_min) acc[j] = _mm256_fmadd_ps(panel->mins[pb], _mm256_set1_ps(s[(size_t)(t + j) * L->nbs + b]), acc[j]);
+        }
+    }
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int j = 0; j < TT; j++) {
+        float * out = y + (size_t)(t + j) * ldy + r;
+        __m256 v = acc[j];
+        if (!first) v = _mm256_add_ps(v, _mm256_maskload_ps(out, mask));
+        _mm256_maskstore_ps(out, mask, v);
+    }
+}
+
+INLINE void q_matmul_panels8(int type, const uint8_t * w, size_t row_bytes, const xq_layout * L, const void * xp, int T,
+                             float * y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int8_t * xq = (const int8_t *)xp;
+    const xq_scale * xs = (const xq_scale *)((const uint8_t *)xp + L->sc_off);
+    const float * s = (const float *)((const uint8_t *)xp + L->s_off);
+    q_panel8 panel;
+    for (int64_t b0 = 0; b0 < L->nb; b0 += P2_BLOCKS) {
+        const int64_t b1 = b0 + P2_BLOCKS < L->nb ? b0 + P2_BLOCKS : L->nb;
+        const int first = b0 == 0;
+        for (int64_t r = r0; r < r1; r += 8) {
+            const int nr = r1 - r < 8 ? (int)(r1 - r) : 8;
+            q_panel8_fill(type, &panel, w, row_bytes, r, nr, b0, b1);
+            int t = 0;
+            for (; t + 4 <= T; t += 4) q_panel8_apply(type, 4, &panel, L, xq, xs, s, t, b0, b1, r, nr, first, y, ldy);
+            for (; t < T; t++) q_panel8_apply(type, 1, &panel, L, xq, xs, s, t, b0, b1, r, nr, first, y, ldy);
+        }
+    }
+}
+
 INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                      int64_t ldy, int64_t r0, int64_t r1) {
     const xq_layout L = xq_layout_of(n, T, 0);
     const int8_t * xq = (const int8_t *)xp;
     const xq_scale * xs = (const xq_scale *)((const uint8_t *)xp + L.sc_off);
+    if (T >= P2_MIN_T) {
+        q_matmul_panels8(type, w, row_bytes, &L, xp, T, y, ldy, r0, r1);
+        return;
+    }
     const int64_t chunk = T > TOKS ? 2 * Q_PAIRS_CHUNK : L.nb;
     const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
     for (int64_t b0 = 0; b0 < L.nb; b0 += chunk) {
