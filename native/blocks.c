@@ -112,3 +112,45 @@ int bind_ffn_dim(model * m, error_slot * err) {
 size_t heads_state_len(const model * m) { return (size_t)((2 + m->head_size) * m->n_embed * m->n_layer); }
 
 void heads_init_state(const model * m, float * state) { memset(state, 0, heads_state_len(m) * sizeof(float)); }
+
+/* ---- parallel loops outside the products ---- */
+
+typedef struct range_job {
+    range_task fn;
+    void * arg;
+    int64_t n, step;
+} range_job;
+
+static void range_chunk(void * arg, int64_t chunk) {
+    const range_job * job = (const range_job *)arg;
+    const int64_t begin = chunk * job->step;
+    const int64_t end = begin + job->step < job->n ? begin + job->step : job->n;
+    job->fn(job->arg, begin, end);
+}
+
+/* Below this many operations a loop is not worth waking the workers for. */
+#define PARALLEL_MIN_WORK 65536.0
+
+void ctx_parallel_range(context * ctx, int64_t n, int64_t align, double work, range_task fn, void * arg) {
+    if (ctx->n_threads == 1 || work < PARALLEL_MIN_WORK || n <= align) {
+        fn(arg, 0, n);
+        return;
+    }
+    const int64_t pieces = 2 * (int64_t)ctx->n_threads;
+    int64_t step = (n + pieces - 1) / pieces;
+    step = (step + align - 1) / align * align;
+    range_job job = {fn, arg, n, step};
+    pool_for(ctx->pool, (n + step - 1) / step, range_chunk, &job);
+}
+
+static void heads_range(void * arg, int64_t h0, int64_t h1) {
+    const heads_job * job = (const heads_job *)arg;
+    for (int64_t h = h0; h < h1; h++) {
+        for (int64_t t = 0; t < job->T; t++) job->step(job, h, t);
+    }
+}
+
+void run_heads(context * ctx, const heads_job * job, int64_t n_heads) {
+    const double work = (double)job->T * (double)job->C * (double)job->S * 3.0;
+    ctx_parallel_range(ctx, n_heads, 1, work, heads_range, (void *)job);
+}

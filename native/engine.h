@@ -260,6 +260,24 @@ const float * model_mix_of_previous(model * m, error_slot * err, const char * ke
 #define BIND_MIX(field, name, n)                                      \
     snprintf(key, sizeof key, "blocks.%d." name, i);                  \
     if (!(L->field = model_mix_of_previous(m, err, key, (n)))) return -1;
+/* The per-head recurrence of v5 and later over a chunk. Heads are independent, so they are
+ * shared among the context's threads (each head still sees its tokens in order). */
+typedef struct heads_job {
+    float * state;                  /* n_head matrices head_size x head_size */
+    const float *r, *k, *v, *w, *b; /* T rows of n_embed (w: see w_stride; b: v7's kk * a) */
+    const float *u, *kk;            /* u: per channel (v5/v6 bonus); kk: T rows (v7) */
+    float * y;                      /* T rows of n_embed */
+    int T;
+    int64_t C, S;
+    int64_t w_stride; /* n_embed for a decay per token (v6, v7), 0 for a constant one (v5) */
+    void (*step)(const struct heads_job * job, int64_t h, int64_t t);
+} heads_job;
+void run_heads(context * ctx, const heads_job * job, int64_t n_heads);
+/* Runs fn(arg, begin, end) over [0, n) in ranges aligned to `align`, on the context's threads
+ * when `work` (a rough count of operations) is worth it. */
+typedef void (*range_task)(void * arg, int64_t begin, int64_t end);
+void ctx_parallel_range(context * ctx, int64_t n, int64_t align, double work, range_task fn, void * arg);
+
 /* Head count and size from the outermost dimension of `key`. */
 int bind_heads(model * m, error_slot * err, const char * key);
 int bind_ffn_dim(model * m, error_slot * err);

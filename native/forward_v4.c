@@ -44,6 +44,43 @@ static void v4_init_state(const model * m, float * state) {
 /* x, xx, dx, xk, xv, xr, k, v, r, out; the FFN hidden */
 static size_t v4_scratch_per_token(const model * m) { return (size_t)(10 * m->n_embed + m->ffn_dim); }
 
+typedef struct wkv4_job {
+    const layer * L;
+    const float *k, *v;
+    float * r; /* in: receptance before the sigmoid; out: sigmoid(r) * wkv */
+    float *aa, *bb, *pp;
+    int T;
+    int64_t C;
+} wkv4_job;
+
+/* The wkv recurrence of channels [c0, c1) over the chunk's tokens (channels are independent),
+ * kept stable by carrying the running maximum exponent pp. */
+static void wkv4_range(void * arg, int64_t c0, int64_t c1) {
+    const wkv4_job * j = (const wkv4_job *)arg;
+    const float * first = j->L->att_first;
+    const float * decay = j->L->att_decay;
+    float *aa = j->aa, *bb = j->bb, *pp = j->pp;
+    for (int t = 0; t < j->T; t++) {
+        const float * kt = j->k + t * j->C;
+        const float * vt = j->v + t * j->C;
+        float * rt = j->r + t * j->C;
+        for (int64_t c = c0; c < c1; c++) {
+            float ww = first[c] + kt[c];
+            float qq = fmaxf(pp[c], ww);
+            float e1 = expf(pp[c] - qq), e2 = expf(ww - qq);
+            const float wkv = (e1 * aa[c] + e2 * vt[c]) / (e1 * bb[c] + e2);
+            ww = pp[c] + decay[c];
+            qq = fmaxf(ww, kt[c]);
+            e1 = expf(ww - qq);
+            e2 = expf(kt[c] - qq);
+            aa[c] = e1 * aa[c] + e2 * vt[c];
+            bb[c] = e1 * bb[c] + e2;
+            pp[c] = qq;
+            rt[c] = sigmoidf_(rt[c]) * wkv;
+        }
+    }
+}
+
 static void v4_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
     const int64_t C = m->n_embed, N = ctx->chunk, TC = (int64_t)T * C;
@@ -78,26 +115,8 @@ static void v4_forward(context * ctx, const uint32_t * tokens, int T, float * st
         ctx_matmul(ctx, &L->att_k, xk, T, k, C);
         ctx_matmul(ctx, &L->att_v, xv, T, v, C);
         ctx_matmul(ctx, &L->att_r, xr, T, r, C);
-        for (int t = 0; t < T; t++) {
-            const float * kt = k + t * C;
-            const float * vt = v + t * C;
-            float * rt = r + t * C;
-            for (int64_t c = 0; c < C; c++) {
-                /* the wkv recurrence, kept stable by carrying the running maximum exponent pp */
-                float ww = L->att_first[c] + kt[c];
-                float qq = fmaxf(pp[c], ww);
-                float e1 = expf(pp[c] - qq), e2 = expf(ww - qq);
-                const float wkv = (e1 * aa[c] + e2 * vt[c]) / (e1 * bb[c] + e2);
-                ww = pp[c] + L->att_decay[c];
-                qq = fmaxf(ww, kt[c]);
-                e1 = expf(ww - qq);
-                e2 = expf(kt[c] - qq);
-                aa[c] = e1 * aa[c] + e2 * vt[c];
-                bb[c] = e1 * bb[c] + e2;
-                pp[c] = qq;
-                rt[c] = sigmoidf_(rt[c]) * wkv;
-            }
-        }
+        const wkv4_job wkv = {L, k, v, r, aa, bb, pp, T, C};
+        ctx_parallel_range(ctx, C, 16, 30.0 * (double)T * (double)C, wkv4_range, (void *)&wkv);
         ctx_matmul(ctx, &L->att_o, r, T, out, C);
         for (int64_t j = 0; j < TC; j++) x[j] += out[j];
 

@@ -86,6 +86,11 @@ static void wkv5_head(float * restrict K, const float * restrict r, const float 
     }
 }
 
+static void v5_step(const heads_job * j, int64_t h, int64_t t) {
+    const int64_t o = t * j->C + h * j->S, hc = h * j->S;
+    wkv5_head(j->state + h * j->S * j->S, j->r + o, j->k + o, j->v + o, j->w + hc, j->u + hc, j->y + o, j->S);
+}
+
 static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
     const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
@@ -126,13 +131,9 @@ static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * st
         ctx_matmul(ctx, &L->att_r, xr, T, r, C);
         if (gated) ctx_matmul(ctx, &L->att_g, xg, T, g, C);
 
-        for (int t = 0; t < T; t++) {
-            const int64_t o = (int64_t)t * C;
-            for (int64_t h = 0; h < H; h++) {
-                const int64_t hc = o + h * S;
-                wkv5_head(heads + h * S * S, r + hc, k + hc, v + hc, L->att_decay + h * S, L->att_first + h * S, y + hc, S);
-            }
-        }
+        const heads_job recurrence = {.state = heads, .r = r, .k = k, .v = v, .w = L->att_decay, .u = L->att_first,
+                                      .y = y, .T = T, .C = C, .S = S, .w_stride = 0, .step = v5_step};
+        run_heads(ctx, &recurrence, H);
 
         for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
         if (gated) {

@@ -103,6 +103,11 @@ static void wkv6_head(float * restrict K, const float * restrict r, const float 
     }
 }
 
+static void v6_step(const heads_job * j, int64_t h, int64_t t) {
+    const int64_t o = t * j->C + h * j->S;
+    wkv6_head(j->state + h * j->S * j->S, j->r + o, j->k + o, j->v + o, j->w + o, j->u + h * j->S, j->y + o, j->S);
+}
+
 static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
     const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
@@ -167,14 +172,10 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
             }
         }
 
-        /* ---- the recurrence: the only serial part ---- */
-        for (int t = 0; t < T; t++) {
-            const int64_t o = (int64_t)t * C;
-            for (int64_t h = 0; h < H; h++) {
-                const int64_t hc = o + h * S;
-                wkv6_head(heads + h * S * S, r + hc, k + hc, v + hc, w + hc, L->faaaa + h * S, y + hc, S);
-            }
-        }
+        /* ---- the recurrence: token by token, heads in parallel ---- */
+        const heads_job recurrence = {.state = heads, .r = r, .k = k, .v = v, .w = w, .u = L->faaaa,
+                                      .y = y, .T = T, .C = C, .S = S, .w_stride = C, .step = v6_step};
+        run_heads(ctx, &recurrence, H);
 
         for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
         for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * sigmoidf_(g[j]); /* SiLU gate */

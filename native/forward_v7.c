@@ -130,6 +130,11 @@ static void wkv7_head(float * restrict S, const float * restrict r, const float 
     }
 }
 
+static void v7_step(const heads_job * j, int64_t h, int64_t t) {
+    const int64_t o = t * j->C + h * j->S;
+    wkv7_head(j->state + h * j->S * j->S, j->r + o, j->w + o, j->k + o, j->v + o, j->kk + o, j->b + o, j->y + o, j->S);
+}
+
 static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
     const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
@@ -229,14 +234,10 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
             }
         }
 
-        /* ---- the recurrence: the only serial part ---- */
-        for (int t = 0; t < T; t++) {
-            const int64_t o = (int64_t)t * C;
-            for (int64_t h = 0; h < H; h++) {
-                const int64_t hc = o + h * S;
-                wkv7_head(heads + h * S * S, r + hc, w + hc, k + hc, v + hc, kk + hc, a + hc, y + hc, S);
-            }
-        }
+        /* ---- the recurrence: token by token, heads in parallel ---- */
+        const heads_job recurrence = {.state = heads, .r = r, .k = k, .v = v, .w = w, .kk = kk, .b = a,
+                                      .y = y, .T = T, .C = C, .S = S, .w_stride = C, .step = v7_step};
+        run_heads(ctx, &recurrence, H);
 
         /* per-head group norm, the current token's bonus, the gate, the output */
         for (int t = 0; t < T; t++) {
