@@ -6,10 +6,11 @@
  *
  * For a list of shapes (odd row and column counts, columns crossing the kernels' chunk
  * sizes, 1..64 tokens) it prints one line per shape:
- *   shape ROWS COLS T rel_err max_ratio
- * rel_err = |y - y_ref| / |y_ref| over the whole product; max_ratio = the largest
- * |y - y_ref| / (|w_r| |x_t|) of one element (a bound that does not depend on the
- * product's own size). The weights lie at an odd address and end at most one byte before
+ *   shape ROWS COLS T rel_err max_ratio exact_ratio
+ * rel_err = |y - y_ref| / |y_ref| over the whole product against the scalar path; max_ratio =
+ * the largest |y - y_ref| / (|w_r| |x_t|) of one element (a bound that does not depend on the
+ * product's own size); exact_ratio = the same against the exact product of the stored
+ * weights with the float activations (for quantized weights: the int8 activation error). The weights lie at an odd address and end at most one byte before
  * an unreadable page, so an over-read crashes the check. Exit status 2 = path not available here.
  */
 #include <math.h>
@@ -102,7 +103,7 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
     k->matmul(type, w, row_bytes, cols, xp, T, y, ldy, split, rows);
 
     float * deq = malloc(sizeof(float) * (size_t)cols);
-    double diff2 = 0, ref2 = 0, max_ratio = 0;
+    double diff2 = 0, ref2 = 0, max_ratio = 0, exact_ratio = 0;
     int bad_padding = 0;
     for (int64_t r = 0; r < rows; r++) {
         dequantize_row(type, w + (size_t)r * row_bytes, deq, cols);
@@ -116,12 +117,16 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
             ref2 += (double)y_ref[t * ldy + r] * y_ref[t * ldy + r];
             const double bound = sqrt(wn * xn) + 1e-30;
             if (!(fabs(d) / bound <= max_ratio)) max_ratio = isnan(d) ? INFINITY : fabs(d) / bound;
+            double exact = 0;
+            for (int64_t c = 0; c < cols; c++) exact += (double)deq[c] * x[t * cols + c];
+            const double e = (double)y[t * ldy + r] - exact;
+            if (!(fabs(e) / bound <= exact_ratio)) exact_ratio = isnan(e) ? INFINITY : fabs(e) / bound;
         }
     }
     for (int t = 0; t < T; t++)
         for (int64_t r = rows; r < ldy; r++) bad_padding |= y[t * ldy + r] != 12345.0f;
-    printf("shape %lld %lld %d %.3e %.3e%s\n", (long long)rows, (long long)cols, T, sqrt(diff2 / (ref2 + 1e-30)), max_ratio,
-           bad_padding ? " wrote-outside-rows" : "");
+    printf("shape %lld %lld %d %.3e %.3e %.3e%s\n", (long long)rows, (long long)cols, T, sqrt(diff2 / (ref2 + 1e-30)),
+           max_ratio, exact_ratio, bad_padding ? " wrote-outside-rows" : "");
     free(deq);
     free(y);
     free(y_ref);
