@@ -110,6 +110,19 @@ def test_files_quantized_by_us_stay_within_limits(lib, fixture_eps, tmp_path, ve
     assert within_fixture_limit(sequence, expected, limit), np.sum(sequence - expected)
 
 
+def test_7v0_fp16_source_quantizes_exactly_like_the_fp32_source(lib, tmp_path):
+    """The case marked FP16_ACCUMULATION above, stated positively: 7v0's FP16 file holds the FP32
+    weights exactly, so its Q8_0 file computes what the FP32 file's does, within that limit."""
+    results = []
+    for source in ("FP32", "FP16"):
+        out = tmp_path / f"7v0-{source}-Q8_0.bin"
+        lib.quantize_model_file(tiny_model("7v0", source), out, "Q8_0")
+        results.append(evaluate(lib, out, FIXTURE_TOKENS)[0])
+    np.testing.assert_allclose(results[1], results[0], rtol=0, atol=1e-6)
+    fp32_limit = QUANTIZED_LIMITS[("7v0", "FP32")][QUANT_TYPES.index("Q8_0")]
+    assert within_fixture_limit(results[1], expected_logits("7v0"), fp32_limit)
+
+
 def assert_close(actual, expected, dtype):
     """FP32: equal up to float rounding. Quantized (6v0's only files): products round their
     activations (the kernels', rwkv.cpp's) differently, so only close; transposed head matrices
