@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -378,37 +377,6 @@ def _chunks(src: Path, p: PlannedTensor, by_key: dict[str, StoredTensor]):
     yield values
 
 
-class _StreamingWriter(modelfile.ModelWriter):
-    """ModelWriter (temp file + rename) that also takes a tensor's data in slices of rows.
-
-    The header is written as `write_tensor` writes it; the slices are written straight from
-    their arrays, without the extra full copies a single `write_tensor` call makes.
-    """
-
-    def write_chunks(self, key: str, shape: tuple[int, ...], data_type: str, chunks) -> None:
-        if self._file is None:
-            raise modelfile.ModelFileError(f"{self.path}: writer is not open")
-        if key in self._keys:
-            raise modelfile.ModelFileError(f"{self.path}: tensor {key!r} written twice")
-        element = "<f2" if data_type == "FP16" else "<f4"
-        key_raw = key.encode("utf-8")
-        dims = tuple(reversed(shape))
-        self._file.write(
-            modelfile.TENSOR_HEAD_STRUCT.pack(len(dims), len(key_raw), modelfile.DATA_TYPES[data_type])
-        )
-        self._file.write(struct.pack(f"<{len(dims)}i", *dims))
-        self._file.write(key_raw)
-        written = 0
-        for chunk in chunks:
-            data = np.ascontiguousarray(chunk, dtype=element)
-            self._file.write(memoryview(data).cast("B"))
-            written += data.size
-            del data, chunk
-        if written != int(np.prod(shape)):  # a planning bug, never a user error
-            raise AssertionError(f"{key}: wrote {written} values, planned {shape}")
-        self._keys.add(key)
-
-
 # ----------------------------------------------------------------------------------------------
 # Public API
 
@@ -452,11 +420,11 @@ def convert(
             if progress is not None:
                 progress(done, total)
 
-    with _StreamingWriter(dest, dims.n_vocab, dims.n_embed, dims.n_layer, data_type) as out:
+    with modelfile.ModelWriter(dest, dims.n_vocab, dims.n_embed, dims.n_layer, data_type) as out:
         for p in planned:
             out_type = "FP16" if p.float16 and data_type == "FP16" else "FP32"
             chunks = counted(_chunks(src, p, by_key), itemsize[p.float16])
-            out.write_chunks(p.key, p.shape, out_type, chunks)
+            out.write_tensor_chunks(p.key, p.shape, out_type, chunks)
     return {
         "arch": planner.arch,
         "arch_name": planner.name,

@@ -556,12 +556,40 @@ class ModelWriter:
                 data = quantize_array(np.asarray(array, dtype=np.float32), name)
             except ModelFileError as exc:
                 raise ModelFileError(f"{self.path}: tensor {key!r}: {exc}") from exc
+        offset = self._write_tensor_head(key, shape, name)
+        self._file.write(data)
+        self._keys.add(key)
+        return TensorInfo(key, DATA_TYPES[name], shape, offset, len(data))
+
+    def write_tensor_chunks(
+        self, key: str, shape: tuple[int, ...], data_type: str, chunks: Iterable[np.ndarray]
+    ) -> None:
+        """Append one FP32 or FP16 tensor given as consecutive slices of its values (PyTorch
+        order), so a large tensor never has to be in memory whole."""
+        if self._file is None:
+            raise ModelFileError(f"{self.path}: writer is not open (use it as a context manager)")
+        if key in self._keys:
+            raise ModelFileError(f"{self.path}: tensor {key!r} written twice")
+        name = type_name(data_type)
+        if name not in ("FP32", "FP16"):
+            raise ModelFileError(f"{self.path}: {key!r}: slices can be written as FP32 or FP16 only")
+        element = "<f2" if name == "FP16" else "<f4"
+        self._write_tensor_head(key, shape, name)
+        written = 0
+        for chunk in chunks:
+            data = np.ascontiguousarray(chunk, dtype=element)
+            self._file.write(memoryview(data).cast("B"))
+            written += data.size
+            del data, chunk
+        if written != int(np.prod(shape)):
+            raise ModelFileError(f"{self.path}: {key!r}: got {written} values for shape {shape}")
+        self._keys.add(key)
+
+    def _write_tensor_head(self, key: str, shape: tuple[int, ...], name: str) -> int:
+        """Writes a tensor record's head; returns the offset its data starts at."""
         key_raw = key.encode("utf-8")
         dims = tuple(reversed(shape))
         self._file.write(TENSOR_HEAD_STRUCT.pack(len(dims), len(key_raw), DATA_TYPES[name]))
         self._file.write(struct.pack(f"<{len(dims)}i", *dims))
         self._file.write(key_raw)
-        offset = self._file.tell()
-        self._file.write(data)
-        self._keys.add(key)
-        return TensorInfo(key, DATA_TYPES[name], shape, offset, len(data))
+        return self._file.tell()
