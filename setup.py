@@ -21,8 +21,11 @@ class BuildEngine(build_ext):
             include_dirs=["native"],
             extra_postargs=NATIVE_CFLAGS,
         )
+        headers = sorted(glob.glob(os.path.join("native", "*.h")))
         for ext in self.extensions:
             ext.extra_objects = list(objects) + list(ext.extra_objects or [])
+            # relink when the engine changes, not only when the generated glue does
+            ext.depends = list(ext.depends or []) + NATIVE_SOURCES + headers
         super().build_extensions()
         # The same engine as a plain C library, beside the extension module.
         self.compiler.link_shared_object(

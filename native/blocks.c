@@ -51,18 +51,23 @@ void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int 
     shift_delta(s->dx, s->xx, ffn_xx, T, C);
     mix_tokens(s->xm, s->xx, s->dx, L->ffn_mix_k, NULL, T, C);
     ctx_matmul(ctx, &L->ffn_k, s->xm, T, s->hidden, F);
+    float * hidden = s->hidden;
     for (int64_t j = 0; j < (int64_t)T * F; j++) {
-        const float h = s->hidden[j] > 0.0f ? s->hidden[j] : 0.0f;
-        s->hidden[j] = h * h;
+        const float h = hidden[j] > 0.0f ? hidden[j] : 0.0f;
+        hidden[j] = h * h;
     }
     ctx_matmul(ctx, &L->ffn_v, s->hidden, T, s->out, C);
     if (!L->ffn_mix_r) { /* v7: no receptance gate */
-        for (int64_t j = 0; j < TC; j++) x[j] += s->out[j];
+        const float * out = s->out;
+        for (int64_t j = 0; j < TC; j++) x[j] += out[j];
         return;
     }
     mix_tokens(s->xm, s->xx, s->dx, L->ffn_mix_r, NULL, T, C);
     ctx_matmul(ctx, &L->ffn_r, s->xm, T, s->r, C);
-    for (int64_t j = 0; j < TC; j++) x[j] += sigmoidf_(s->r[j]) * s->out[j];
+    ctx->kern->sigmoid(s->r, s->r, TC);
+    const float * gate = s->r;
+    const float * out = s->out;
+    for (int64_t j = 0; j < TC; j++) x[j] += gate[j] * out[j];
 }
 
 void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits) {

@@ -93,6 +93,11 @@ typedef struct kernels {
     /* y[t * ldy + r] = dot(W row r, x_t) for r in [r0, r1), t in [0, T) */
     void (*matmul)(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T,
                    float * y, int64_t ldy, int64_t r0, int64_t r1);
+    /* y = e^x and y = 1 / (1 + e^-x) over n values (y may be x): the forward passes' many
+     * exponentials, vectorized (libm's expf is scalar, and the engine's baseline build may
+     * not use wider instructions outside these files). Within 2 ulp of expf. */
+    void (*exp)(float * y, const float * x, int64_t n);
+    void (*sigmoid)(float * y, const float * x, int64_t n);
 } kernels;
 
 extern const kernels kernels_scalar;

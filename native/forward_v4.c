@@ -45,6 +45,7 @@ static void v4_init_state(const model * m, float * state) {
 static size_t v4_scratch_per_token(const model * m) { return (size_t)(10 * m->n_embed + m->ffn_dim); }
 
 typedef struct wkv4_job {
+    const kernels * kern;
     const layer * L;
     const float *k, *v;
     float * r; /* in: receptance before the sigmoid; out: sigmoid(r) * wkv */
@@ -53,6 +54,8 @@ typedef struct wkv4_job {
     int64_t C;
 } wkv4_job;
 
+#define WKV4_BLOCK 64 /* channels per pass: the exponentials of a pass go to the kernels at once */
+
 /* The wkv recurrence of channels [c0, c1) over the chunk's tokens (channels are independent),
  * kept stable by carrying the running maximum exponent pp. */
 static void wkv4_range(void * arg, int64_t c0, int64_t c1) {
@@ -60,23 +63,36 @@ static void wkv4_range(void * arg, int64_t c0, int64_t c1) {
     const float * first = j->L->att_first;
     const float * decay = j->L->att_decay;
     float *aa = j->aa, *bb = j->bb, *pp = j->pp;
-    for (int t = 0; t < j->T; t++) {
-        const float * kt = j->k + t * j->C;
-        const float * vt = j->v + t * j->C;
-        float * rt = j->r + t * j->C;
-        for (int64_t c = c0; c < c1; c++) {
-            float ww = first[c] + kt[c];
-            float qq = fmaxf(pp[c], ww);
-            float e1 = expf(pp[c] - qq), e2 = expf(ww - qq);
-            const float wkv = (e1 * aa[c] + e2 * vt[c]) / (e1 * bb[c] + e2);
-            ww = pp[c] + decay[c];
-            qq = fmaxf(ww, kt[c]);
-            e1 = expf(ww - qq);
-            e2 = expf(kt[c] - qq);
-            aa[c] = e1 * aa[c] + e2 * vt[c];
-            bb[c] = e1 * bb[c] + e2;
-            pp[c] = qq;
-            rt[c] = sigmoidf_(rt[c]) * wkv;
+    float e[4 * WKV4_BLOCK], q[WKV4_BLOCK];
+    for (int64_t b0 = c0; b0 < c1; b0 += WKV4_BLOCK) {
+        const int64_t n = c1 - b0 < WKV4_BLOCK ? c1 - b0 : WKV4_BLOCK;
+        for (int t = 0; t < j->T; t++) {
+            const float * kt = j->k + t * j->C + b0;
+            const float * vt = j->v + t * j->C + b0;
+            float * rt = j->r + t * j->C + b0;
+            float *a = aa + b0, *b = bb + b0, *p = pp + b0;
+            const float *u = first + b0, *w = decay + b0;
+            /* exponents, 4 runs of n: output (pp vs u + k), state update (pp + w vs k) */
+            float *e1 = e, *e2 = e + n, *f1 = e + 2 * n, *f2 = e + 3 * n;
+            for (int64_t c = 0; c < n; c++) {
+                const float ww = u[c] + kt[c];
+                const float qq = fmaxf(p[c], ww);
+                e1[c] = p[c] - qq;
+                e2[c] = ww - qq;
+                const float w2 = p[c] + w[c];
+                q[c] = fmaxf(w2, kt[c]);
+                f1[c] = w2 - q[c];
+                f2[c] = kt[c] - q[c];
+            }
+            j->kern->exp(e, e, 4 * n);
+            j->kern->sigmoid(rt, rt, n);
+            for (int64_t c = 0; c < n; c++) {
+                const float wkv = (e1[c] * a[c] + e2[c] * vt[c]) / (e1[c] * b[c] + e2[c]);
+                a[c] = f1[c] * a[c] + f2[c] * vt[c];
+                b[c] = f1[c] * b[c] + f2[c];
+                p[c] = q[c];
+                rt[c] *= wkv;
+            }
         }
     }
 }
@@ -115,7 +131,7 @@ static void v4_forward(context * ctx, const uint32_t * tokens, int T, float * st
         ctx_matmul(ctx, &L->att_k, xk, T, k, C);
         ctx_matmul(ctx, &L->att_v, xv, T, v, C);
         ctx_matmul(ctx, &L->att_r, xr, T, r, C);
-        const wkv4_job wkv = {L, k, v, r, aa, bb, pp, T, C};
+        const wkv4_job wkv = {ctx->kern, L, k, v, r, aa, bb, pp, T, C};
         ctx_parallel_range(ctx, C, 16, 30.0 * (double)T * (double)C, wkv4_range, (void *)&wkv);
         ctx_matmul(ctx, &L->att_o, r, T, out, C);
         for (int64_t j = 0; j < TC; j++) x[j] += out[j];

@@ -386,6 +386,8 @@ static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n
 #pragma GCC pop_options
 
 const kernels kernels_avx2 = {
+    .exp = x86_exp_array,
+    .sigmoid = x86_sigmoid_array,
     .name = "avx2",
     .prepared_bytes = avx2_prepared_bytes,
     .prepare = avx2_prepare,

@@ -514,6 +514,8 @@ static void avx512_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t
 #pragma GCC pop_options
 
 const kernels kernels_avx512 = {
+    .exp = x86_exp_array,
+    .sigmoid = x86_sigmoid_array,
     .name = "avx512",
     .prepared_bytes = avx512_prepared_bytes,
     .prepare = avx512_prepare,

@@ -137,7 +137,17 @@ static void scalar_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t
     }
 }
 
+static void scalar_exp(float * y, const float * x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = expf(x[i]);
+}
+
+static void scalar_sigmoid(float * y, const float * x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
 const kernels kernels_scalar = {
+    .exp = scalar_exp,
+    .sigmoid = scalar_sigmoid,
     .name = "scalar",
     .prepared_bytes = scalar_prepared_bytes,
     .prepare = scalar_prepare,

@@ -196,4 +196,64 @@ static inline void x86_add_min_term(int type, const uint8_t * w, size_t row_byte
     }
 }
 
+/* ---- e^x for the forward passes: Cody-Waite reduction x = n ln2 + r, a degree-6 polynomial
+ * for e^r on [-ln2/2, ln2/2] (the classic single-precision minimax coefficients), times 2^n.
+ * Below the float range the result is 0, as expf's. ---- */
+#define X86_EXP_LO (-87.3365447504f)
+#define X86_EXP_HI 88.3762626647949f
+#define X86_LOG2E 1.44269504088896341f
+#define X86_LN2_HI 0.693359375f
+#define X86_LN2_LO (-2.12194440e-4f)
+#define X86_EXP_P0 1.9875691500e-4f
+#define X86_EXP_P1 1.3981999507e-3f
+#define X86_EXP_P2 8.3334519073e-3f
+#define X86_EXP_P3 4.1665795894e-2f
+#define X86_EXP_P4 1.6666665459e-1f
+#define X86_EXP_P5 5.0000001201e-1f
+
+static inline __m256 x86_exp8(__m256 x) {
+    const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(X86_EXP_LO), _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(X86_EXP_LO)), _mm256_set1_ps(X86_EXP_HI));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(X86_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(X86_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(X86_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(X86_EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(X86_EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(X86_EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(X86_EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(X86_EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(X86_EXP_P5));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* 2^n by building the exponent; n + 127 stays in [1, 254] after the clamp */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+static void x86_exp_array(float * y, const float * x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, x86_exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        float in[8] = {0}, out[8];
+        memcpy(in, x + i, (size_t)(n - i) * sizeof(float));
+        _mm256_storeu_ps(out, x86_exp8(_mm256_loadu_ps(in)));
+        memcpy(y + i, out, (size_t)(n - i) * sizeof(float));
+    }
+}
+
+static void x86_sigmoid_array(float * y, const float * x, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = x86_exp8(_mm256_xor_ps(_mm256_loadu_ps(x + i), sign));
+        _mm256_storeu_ps(y + i, _mm256_div_ps(one, _mm256_add_ps(one, e)));
+    }
+    if (i < n) {
+        float in[8] = {0}, out[8];
+        memcpy(in, x + i, (size_t)(n - i) * sizeof(float));
+        const __m256 e = x86_exp8(_mm256_xor_ps(_mm256_loadu_ps(in), sign));
+        _mm256_storeu_ps(out, _mm256_div_ps(one, _mm256_add_ps(one, e)));
+        memcpy(y + i, out, (size_t)(n - i) * sizeof(float));
+    }
+}
+
 #endif /* RWKV_KERNELS_X86_H */
