@@ -70,6 +70,20 @@ void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int 
     for (int64_t j = 0; j < TC; j++) x[j] += gate[j] * out[j];
 }
 
+void add_rows(float * x, const float * bias, int T, int64_t C) {
+    for (int t = 0; t < T; t++) {
+        float * row = x + (int64_t)t * C;
+        for (int64_t c = 0; c < C; c++) row[c] += bias[c];
+    }
+}
+
+void tanh_array(context * ctx, float * x, int64_t n) {
+    /* tanh(x) = 2 sigmoid(2x) - 1, through the kernels' vector sigmoid */
+    for (int64_t j = 0; j < n; j++) x[j] *= 2.0f;
+    ctx->kern->sigmoid(x, x, n);
+    for (int64_t j = 0; j < n; j++) x[j] = 2.0f * x[j] - 1.0f;
+}
+
 void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits) {
     const model * m = ctx->m;
     if (!logits) return;

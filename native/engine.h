@@ -256,6 +256,9 @@ typedef struct channel_scratch {
 } channel_scratch;
 /* The squared-ReLU channel mix (gated by receptance unless L->ffn_mix_r is NULL), added to x. */
 void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int T, const channel_scratch * s);
+/* x_t += bias for each of T rows; tanh in place (vectorized through the kernels). */
+void add_rows(float * x, const float * bias, int T, int64_t C);
+void tanh_array(context * ctx, float * x, int64_t n);
 /* logits = head(ln_out(x_{T-1})) when logits is not NULL; scratch holds n_embed floats. */
 void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits);
 

@@ -137,7 +137,8 @@ static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * st
 
         for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
         if (gated) {
-            for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * sigmoidf_(g[j]); /* SiLU gate */
+            ctx->kern->sigmoid(out, g, TC); /* SiLU gate */
+            for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * out[j];
         }
         ctx_matmul(ctx, &L->att_o, y, T, out, C);
         for (int64_t j = 0; j < TC; j++) x[j] += out[j];

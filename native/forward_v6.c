@@ -146,7 +146,7 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
         shift_delta(dx, xx, att_xx, T, C);
         mix_tokens(xm, xx, dx, L->maa_x, NULL, T, C);
         ctx_matmul(ctx, &L->maa_w1, xm, T, mix_hidden, N_MIX * D);
-        for (int64_t j = 0; j < T * N_MIX * D; j++) mix_hidden[j] = tanhf(mix_hidden[j]);
+        tanh_array(ctx, mix_hidden, T * N_MIX * D);
 
         const float * maa[N_MIX] = {L->maa_w, L->maa_k, L->maa_v, L->maa_r, L->maa_g};
         for (int s = 0; s < N_MIX; s++) {
@@ -158,12 +158,13 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
             switch (s) {
             case MIX_W:
                 ctx_matmul(ctx, &L->decay_w1, xm, T, decay_hidden, D2);
-                for (int64_t j = 0; j < T * D2; j++) decay_hidden[j] = tanhf(decay_hidden[j]);
+                tanh_array(ctx, decay_hidden, T * D2);
                 ctx_matmul(ctx, &L->decay_w2, decay_hidden, T, w, C);
-                for (int t = 0; t < T; t++) {
-                    float * wt = w + t * C;
-                    for (int64_t c = 0; c < C; c++) wt[c] = expf(-expf(L->att_decay[c] + wt[c]));
-                }
+                /* w = exp(-exp(time_decay + lora)) */
+                add_rows(w, L->att_decay, T, C);
+                ctx->kern->exp(w, w, TC);
+                for (int64_t j = 0; j < TC; j++) w[j] = -w[j];
+                ctx->kern->exp(w, w, TC);
                 break;
             case MIX_K: ctx_matmul(ctx, &L->att_k, xm, T, k, C); break;
             case MIX_V: ctx_matmul(ctx, &L->att_v, xm, T, v, C); break;
@@ -178,7 +179,8 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
         run_heads(ctx, &recurrence, H);
 
         for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
-        for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * sigmoidf_(g[j]); /* SiLU gate */
+        ctx->kern->sigmoid(out, g, TC); /* SiLU gate */
+        for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * out[j];
         ctx_matmul(ctx, &L->att_o, y, T, out, C);
         for (int64_t j = 0; j < TC; j++) x[j] += out[j];
 

@@ -175,12 +175,12 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
 
         mix_tokens(xm, xx, dx, mix + 1 * C, NULL, T, C);
         ctx_matmul(ctx, &L->w1, xm, T, lora, L->w1.ne[1]);
-        for (int64_t j = 0; j < T * L->w1.ne[1]; j++) lora[j] = tanhf(lora[j]);
+        tanh_array(ctx, lora, T * L->w1.ne[1]);
         ctx_matmul(ctx, &L->w2, lora, T, w, C);
-        for (int64_t t = 0; t < T; t++) {
-            float * wt = w + t * C;
-            for (int64_t c = 0; c < C; c++) wt[c] = expf(-V7_DECAY_SCALE * sigmoidf_(L->w0[c] + wt[c]));
-        }
+        add_rows(w, L->w0, T, C);
+        ctx->kern->sigmoid(w, w, TC);
+        for (int64_t j = 0; j < TC; j++) w[j] *= -V7_DECAY_SCALE;
+        ctx->kern->exp(w, w, TC);
 
         mix_tokens(xm, xx, dx, mix + 2 * C, NULL, T, C);
         ctx_matmul(ctx, &L->att_k, xm, T, k, C);
@@ -193,25 +193,20 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
             /* later layers pull their value towards layer 0's by a data-dependent gate */
             ctx_matmul(ctx, &L->v1, xm, T, lora, L->v1.ne[1]);
             ctx_matmul(ctx, &L->v2, lora, T, out, C);
-            for (int64_t t = 0; t < T; t++) {
-                float * vt = v + t * C;
-                const float * ft = v_first + t * C;
-                const float * gt = out + t * C;
-                for (int64_t c = 0; c < C; c++) vt[c] += (ft[c] - vt[c]) * sigmoidf_(L->v0[c] + gt[c]);
-            }
+            add_rows(out, L->v0, T, C);
+            ctx->kern->sigmoid(out, out, TC);
+            for (int64_t j = 0; j < TC; j++) v[j] += (v_first[j] - v[j]) * out[j];
         }
 
         mix_tokens(xm, xx, dx, mix + 4 * C, NULL, T, C);
         ctx_matmul(ctx, &L->a1, xm, T, lora, L->a1.ne[1]);
         ctx_matmul(ctx, &L->a2, lora, T, a, C);
-        for (int64_t t = 0; t < T; t++) {
-            float * at = a + t * C;
-            for (int64_t c = 0; c < C; c++) at[c] = sigmoidf_(L->a0[c] + at[c]);
-        }
+        add_rows(a, L->a0, T, C);
+        ctx->kern->sigmoid(a, a, TC);
 
         mix_tokens(xm, xx, dx, mix + 5 * C, NULL, T, C);
         ctx_matmul(ctx, &L->g1, xm, T, lora, L->g1.ne[1]);
-        for (int64_t j = 0; j < T * L->g1.ne[1]; j++) lora[j] = sigmoidf_(lora[j]);
+        ctx->kern->sigmoid(lora, lora, T * L->g1.ne[1]);
         ctx_matmul(ctx, &L->g2, lora, T, g, C);
 
         /* kk: the key scaled by k_k, L2-normalized per head; the key itself scaled by the rate a */
