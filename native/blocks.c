@@ -53,7 +53,14 @@ void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int 
     ctx_matmul(ctx, &L->ffn_k, s->xm, T, s->hidden, F);
     float * hidden = s->hidden;
     for (int64_t j = 0; j < (int64_t)T * F; j++) {
-        const float h = hidden[j] > 0.0f ? hidden[j] : 0.0f;
+        /* relu(h)^2 by clearing negative values through their sign bit: signs are random, so
+         * a branch mispredicts half the time, and gcc neither vectorizes a float select
+         * without -ffast-math nor keeps a multiply by (h > 0) branch-free */
+        uint32_t bits;
+        memcpy(&bits, &hidden[j], 4);
+        bits &= ~(uint32_t)((int32_t)bits >> 31);
+        float h;
+        memcpy(&h, &bits, 4);
         hidden[j] = h * h;
     }
     ctx_matmul(ctx, &L->ffn_v, s->hidden, T, s->out, C);
