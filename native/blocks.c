@@ -91,6 +91,18 @@ void tanh_array(context * ctx, float * x, int64_t n) {
     for (int64_t j = 0; j < n; j++) x[j] = 2.0f * x[j] - 1.0f;
 }
 
+void attention_output(context * ctx, const layer * L, float * x, float * y, const float * g, int T, float * out) {
+    const model * m = ctx->m;
+    const int64_t C = m->n_embed, TC = (int64_t)T * C;
+    for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, m->n_head, m->head_size, m->ln_x_eps);
+    if (g) {
+        ctx->kern->sigmoid(out, g, TC); /* SiLU gate */
+        for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * out[j];
+    }
+    ctx_matmul(ctx, &L->att_o, y, T, out, C);
+    for (int64_t j = 0; j < TC; j++) x[j] += out[j];
+}
+
 void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits) {
     const model * m = ctx->m;
     if (!logits) return;

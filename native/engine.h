@@ -259,6 +259,8 @@ void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int 
 /* x_t += bias for each of T rows; tanh in place (vectorized through the kernels). */
 void add_rows(float * x, const float * bias, int T, int64_t C);
 void tanh_array(context * ctx, float * x, int64_t n);
+/* v5/v6: x += att_o(gate(group_norm(y))), the gate SiLU(g) when g is not NULL; out is scratch. */
+void attention_output(context * ctx, const layer * L, float * x, float * y, const float * g, int T, float * out);
 /* logits = head(ln_out(x_{T-1})) when logits is not NULL; scratch holds n_embed floats. */
 void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits);
 

@@ -94,7 +94,6 @@ static void v5_step(const heads_job * j, int64_t h, int64_t t) {
 static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
     const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
-    const int64_t TC = (int64_t)T * C;
     const bool gated = m->arch == ARCH_V5_2;
     float * x = ctx->work;
     float * xx = x + N * C;
@@ -135,13 +134,7 @@ static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * st
                                       .y = y, .T = T, .C = C, .S = S, .w_stride = 0, .step = v5_step};
         run_heads(ctx, &recurrence, H);
 
-        for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
-        if (gated) {
-            ctx->kern->sigmoid(out, g, TC); /* SiLU gate */
-            for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * out[j];
-        }
-        ctx_matmul(ctx, &L->att_o, y, T, out, C);
-        for (int64_t j = 0; j < TC; j++) x[j] += out[j];
+        attention_output(ctx, L, x, y, gated ? g : NULL, T, out);
 
         channel_mix(ctx, L, x, ffn_xx, T, &ffn);
     }

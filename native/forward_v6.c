@@ -178,11 +178,7 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
                                       .y = y, .T = T, .C = C, .S = S, .w_stride = C, .step = v6_step};
         run_heads(ctx, &recurrence, H);
 
-        for (int t = 0; t < T; t++) group_norm(y + t * C, y + t * C, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
-        ctx->kern->sigmoid(out, g, TC); /* SiLU gate */
-        for (int64_t j = 0; j < TC; j++) y[j] *= g[j] * out[j];
-        ctx_matmul(ctx, &L->att_o, y, T, out, C);
-        for (int64_t j = 0; j < TC; j++) x[j] += out[j];
+        attention_output(ctx, L, x, y, g, T, out);
 
         channel_mix(ctx, L, x, ffn_xx, T, &ffn);
     }
