@@ -207,3 +207,35 @@ def test_default_path_is_the_best_available(lib, models, monkeypatch):
         assert lib.get_kernel_path(ctx) == available_paths(lib)[-1]
     finally:
         lib.free(ctx)
+
+
+# ---- no allocation per token, counted by an interposed malloc -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def alloc_harness(tmp_path_factory) -> Path:
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the allocation harness")
+    out = tmp_path_factory.mktemp("alloc") / "alloc_check"
+    sources = sorted(str(p) for p in NATIVE.glob("*.c"))
+    subprocess.run(
+        [cc, "-std=gnu11", "-O2", "-pthread", f"-I{NATIVE}", "-o", str(out),
+         str(REPO / "tests" / "alloc_check.c"), *sources, "-lm"],
+        check=True,
+    )
+    return out
+
+
+@pytest.mark.parametrize("arch", ["4", "5.2", "6", "7"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_evaluating_tokens_allocates_nothing(alloc_harness, tmp_path, arch, threads):
+    model = write_random_model(tmp_path / f"{arch}.bin", arch, 2, 64, 300, data_type="Q8_0", seed=5)
+    proc = subprocess.run(
+        [str(alloc_harness), str(model), str(threads)], capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = dict(line.split() for line in proc.stdout.splitlines())
+    assert int(counts["load"]) > 0  # the interposed malloc does see the engine's allocations
+    assert counts["allocations"] == "0", proc.stdout
