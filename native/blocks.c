@@ -181,6 +181,29 @@ void ctx_parallel_range(context * ctx, int64_t n, int64_t align, double work, ra
     pool_for(ctx->pool, (n + step - 1) / step, range_chunk, &job);
 }
 
+/* One token through one head of v5/v6, with K (N x N, key-major) updated in place:
+ *     y[j] = sum_i r[i] (K[i][j] + u[i] k[i] v[j]),    K[i][j] = w[i] K[i][j] + k[i] v[j]
+ * The inner loops run over the value index j, contiguous in K. */
+static void wkv_key_major(float * restrict K, const float * restrict r, const float * restrict k, const float * restrict v,
+                          const float * restrict w, const float * restrict u, float * restrict y, int64_t N) {
+    for (int64_t j = 0; j < N; j++) y[j] = 0.0f;
+    for (int64_t i = 0; i < N; i++) {
+        float * row = K + i * N;
+        const float ri = r[i], ki = k[i], wi = w[i], rui = r[i] * u[i];
+        for (int64_t j = 0; j < N; j++) {
+            const float kv = ki * v[j];
+            y[j] += ri * row[j] + rui * kv;
+            row[j] = wi * row[j] + kv;
+        }
+    }
+}
+
+void key_major_step(const heads_job * j, int64_t h, int64_t t) {
+    const int64_t o = t * j->C + h * j->S, hc = h * j->S;
+    wkv_key_major(j->state + h * j->S * j->S, j->r + o, j->k + o, j->v + o, j->w + t * j->w_stride + hc, j->u + hc,
+                  j->y + o, j->S);
+}
+
 static void heads_range(void * arg, int64_t h0, int64_t h1) {
     const heads_job * job = (const heads_job *)arg;
     for (int64_t h = h0; h < h1; h++) {

@@ -283,6 +283,8 @@ typedef struct heads_job {
     void (*step)(const struct heads_job * job, int64_t h, int64_t t);
 } heads_job;
 void run_heads(context * ctx, const heads_job * job, int64_t n_heads);
+/* The step of v5 and v6 (their recurrence is the same; v6's decay changes per token). */
+void key_major_step(const heads_job * job, int64_t h, int64_t t);
 /* Runs fn(arg, begin, end) over [0, n) in ranges aligned to `align`, on the context's threads
  * when `work` (a rough count of operations) is worth it. */
 typedef void (*range_task)(void * arg, int64_t begin, int64_t end);

@@ -71,26 +71,6 @@ static int v5_bind(model * m, error_slot * err) {
 /* x, xx, dx, xk, xv, xr, xg, k, v, r, g, y, out; the FFN hidden */
 static size_t v5_scratch_per_token(const model * m) { return (size_t)(13 * m->n_embed + m->ffn_dim); }
 
-/* One token through one head: K (N x N, key-major) updated in place, y written. */
-static void wkv5_head(float * restrict K, const float * restrict r, const float * restrict k, const float * restrict v,
-                      const float * restrict w, const float * restrict u, float * restrict y, int64_t N) {
-    for (int64_t j = 0; j < N; j++) y[j] = 0.0f;
-    for (int64_t i = 0; i < N; i++) {
-        float * row = K + i * N;
-        const float ri = r[i], ki = k[i], wi = w[i], rui = r[i] * u[i];
-        for (int64_t j = 0; j < N; j++) {
-            const float kv = ki * v[j];
-            y[j] += ri * row[j] + rui * kv;
-            row[j] = wi * row[j] + kv;
-        }
-    }
-}
-
-static void v5_step(const heads_job * j, int64_t h, int64_t t) {
-    const int64_t o = t * j->C + h * j->S, hc = h * j->S;
-    wkv5_head(j->state + h * j->S * j->S, j->r + o, j->k + o, j->v + o, j->w + hc, j->u + hc, j->y + o, j->S);
-}
-
 static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
     const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
@@ -131,7 +111,7 @@ static void v5_forward(context * ctx, const uint32_t * tokens, int T, float * st
         if (gated) ctx_matmul(ctx, &L->att_g, xg, T, g, C);
 
         const heads_job recurrence = {.state = heads, .r = r, .k = k, .v = v, .w = L->att_decay, .u = L->att_first,
-                                      .y = y, .T = T, .C = C, .S = S, .w_stride = 0, .step = v5_step};
+                                      .y = y, .T = T, .C = C, .S = S, .w_stride = 0, .step = key_major_step};
         run_heads(ctx, &recurrence, H);
 
         attention_output(ctx, L, x, y, gated ? g : NULL, T, out);

@@ -88,26 +88,6 @@ static size_t v6_scratch_per_token(const model * m) {
     return (size_t)(12 * m->n_embed + 6 * D + D2 + m->ffn_dim);
 }
 
-/* One token through one head: K (N x N, key-major) updated in place, y written. */
-static void wkv6_head(float * restrict K, const float * restrict r, const float * restrict k, const float * restrict v,
-                      const float * restrict w, const float * restrict u, float * restrict y, int64_t N) {
-    for (int64_t j = 0; j < N; j++) y[j] = 0.0f;
-    for (int64_t i = 0; i < N; i++) {
-        float * row = K + i * N;
-        const float ri = r[i], ki = k[i], wi = w[i], rui = r[i] * u[i];
-        for (int64_t j = 0; j < N; j++) {
-            const float kv = ki * v[j];
-            y[j] += ri * row[j] + rui * kv;
-            row[j] = wi * row[j] + kv;
-        }
-    }
-}
-
-static void v6_step(const heads_job * j, int64_t h, int64_t t) {
-    const int64_t o = t * j->C + h * j->S;
-    wkv6_head(j->state + h * j->S * j->S, j->r + o, j->k + o, j->v + o, j->w + o, j->u + h * j->S, j->y + o, j->S);
-}
-
 static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
     const model * m = ctx->m;
     const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
@@ -175,7 +155,7 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
 
         /* ---- the recurrence: token by token, heads in parallel ---- */
         const heads_job recurrence = {.state = heads, .r = r, .k = k, .v = v, .w = w, .u = L->faaaa,
-                                      .y = y, .T = T, .C = C, .S = S, .w_stride = C, .step = v6_step};
+                                      .y = y, .T = T, .C = C, .S = S, .w_stride = C, .step = key_major_step};
         run_heads(ctx, &recurrence, H);
 
         attention_output(ctx, L, x, y, g, T, out);
