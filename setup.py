@@ -33,12 +33,12 @@ class BuildEngine(build_ext):
         )
 
     def _library_path(self):
-        return os.path.join(self.build_lib, "rwkv_cli", "librwkv.so")
+        return os.path.join(self.build_lib, "rwkv_cli", "engine", "librwkv.so")
 
     def copy_extensions_to_source(self):
         # in-place and editable builds: put the library beside the extension in the tree
         super().copy_extensions_to_source()
-        package_dir = self.get_finalized_command("build_py").get_package_dir("rwkv_cli")
+        package_dir = self.get_finalized_command("build_py").get_package_dir("rwkv_cli.engine")
         self.copy_file(self._library_path(), os.path.join(package_dir, "librwkv.so"))
 
     def get_outputs(self):
@@ -47,8 +47,7 @@ class BuildEngine(build_ext):
     def get_output_mapping(self):
         # editable installs copy what this maps into the source tree
         mapping = dict(super().get_output_mapping())
-        build_lib_path = os.path.join(self.build_lib, "rwkv_cli", "librwkv.so")
-        mapping[build_lib_path] = os.path.join("rwkv_cli", "librwkv.so")
+        mapping[self._library_path()] = os.path.join("rwkv_cli", "engine", "librwkv.so")
         return mapping
 
 

@@ -11,13 +11,13 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "rwkv_cli"))
+sys.path.insert(0, os.path.join(HERE, "..", "rwkv_cli", "engine"))
 from _cdef import CDEF
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
-    "rwkv_cli._rwkv_native",
+    "rwkv_cli.engine._rwkv_native",
     '#include "rwkv.h"',
     include_dirs=[HERE],
     libraries=["m"],

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from rwkv_cli import modelfile, native
-from rwkv_cli.synthetic import write_random_model
+from rwkv_cli import engine as native
+from rwkv_cli.formats import modelfile
+from rwkv_cli.formats.synthetic import write_random_model
 
 UNDER_SANITIZERS = os.environ.get("RWKV_TEST_SANITIZED") == "1"
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from engine_utils import run_serial
 
-from rwkv_cli import native
-from rwkv_cli.synthetic import write_random_model
+from rwkv_cli import engine as native
+from rwkv_cli.formats.synthetic import write_random_model
 
 RWKV_CPP_FUNCTIONS = [
     "rwkv_set_print_errors", "rwkv_get_print_errors", "rwkv_get_last_error", "rwkv_init_from_file",
@@ -29,7 +29,7 @@ def model_path(tmp_path_factory):
 
 
 def test_lib_path_command_prints_an_existing_library():
-    out = subprocess.run([sys.executable, "-m", "rwkv_cli.native", "--lib-path"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "rwkv_cli.engine", "--lib-path"], capture_output=True, text=True, check=True)
     path = out.stdout.strip()
     assert os.path.isfile(path) and path.endswith("librwkv.so")
 

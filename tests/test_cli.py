@@ -13,7 +13,7 @@ from helpers import tiny_model
 from typer.testing import CliRunner
 
 from rwkv_cli import __version__
-from rwkv_cli.cli import _user_message, app
+from rwkv_cli.app.cli import _user_message, app
 
 SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup")
 ROOT_FLAGS = ("--setup", "--threads", "--gpu", "--modelPath", "--model-path", "--dragon",
@@ -59,9 +59,9 @@ def test_help_does_not_import_the_engine_numpy_or_httpx(tmp_path):
     code = (
         "import sys\n"
         "sys.argv = ['rwkv-cpp', '--help']\n"
-        "from rwkv_cli.cli import main\n"
+        "from rwkv_cli.app.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('numpy', 'httpx', 'rwkv_cli.model', 'rwkv_cli.native')"
+        "heavy = [m for m in ('numpy', 'httpx', 'rwkv_cli.core.model', 'rwkv_cli.engine')"
         " if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
@@ -132,7 +132,7 @@ def test_models_with_nothing_installed(tmp_path):
 
 def test_convert_then_quantize(tmp_path):
     checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.convert")
+    pytest.importorskip("rwkv_cli.formats.convert")
     src = tmp_path / "tiny.pth"
     shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
     checkpoints.write_pth(src, checkpoints.raw_checkpoint("4", shape), dtype="BF16")
@@ -142,7 +142,7 @@ def test_convert_then_quantize(tmp_path):
     quantized = run_cli(tmp_path, "quantize", str(fp16), str(q8), "q8_0")
     assert quantized.returncode == 0, quantized.stderr
     assert 0 < q8.stat().st_size < fp16.stat().st_size
-    from rwkv_cli.modelfile import read_header
+    from rwkv_cli.formats.modelfile import read_header
 
     assert read_header(q8).data_type_name == "Q8_0"
     bad = run_cli(tmp_path, "quantize", str(fp16), str(tmp_path / "x.bin"), "Q3_K")

@@ -1,7 +1,7 @@
 """The RWKV class: completions, streaming, stop strings, the state cache, threads and asyncio.
 
 Most tests run the shared v4 fixture (byte vocabulary, tokenizer "bytes"); the tokenizer
-choices run on tiny random-weight models written by `rwkv_cli.synthetic`.
+choices run on tiny random-weight models written by `rwkv_cli.formats.synthetic`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from helpers import TOKENIZERS, tiny_model
 
-from rwkv_cli import RWKV, native
+from rwkv_cli import RWKV
+from rwkv_cli import engine as native
 
 PROMPT = "\nThe dragon"
 
@@ -453,7 +454,7 @@ def test_bad_constructor_options_raise_value_error(v4_path, kwargs, message):
 
 @pytest.fixture(scope="module")
 def synthetic_models(tmp_path_factory):
-    synthetic = pytest.importorskip("rwkv_cli.synthetic")
+    synthetic = pytest.importorskip("rwkv_cli.formats.synthetic")
     folder = tmp_path_factory.mktemp("synthetic")
     return {
         "world": synthetic.write_random_model(folder / "v4-world.bin", "4", 2, 64, 65536),
@@ -634,7 +635,7 @@ def test_scripted_unfinished_character_at_the_end_is_replaced(v4_path):
 
 
 def test_scripted_end_of_text_token_ends_the_completion(v4_path):
-    from rwkv_cli.tokenizer import BytesTokenizer
+    from rwkv_cli.core.tokenizer import BytesTokenizer
 
     class BytesWithEnd(BytesTokenizer):
         eos_token = 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import FIXTURE_VERSIONS, tiny_model
 
-from rwkv_cli.modelfile import (
+from rwkv_cli.formats.modelfile import (
     BLOCK_BYTES,
     DATA_TYPES,
     QUANTIZED_TYPES,
@@ -24,7 +24,7 @@ from rwkv_cli.modelfile import (
     read_tensor,
     should_quantize,
 )
-from rwkv_cli.synthetic import ARCHS, random_tensors, write_random_model
+from rwkv_cli.formats.synthetic import ARCHS, random_tensors, write_random_model
 
 ARCH_OF_VERSION = {"4v0": "4", "5v1": "5.1", "5v2": "5.2", "6v0": "6", "7v0": "7"}
 FIXTURE_FILES = [

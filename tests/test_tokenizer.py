@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import TOKENIZERS
 
-from rwkv_cli.tokenizer import (
+from rwkv_cli.core.tokenizer import (
     BytesTokenizer,
     HFTokenizer,
     WorldTokenizer,

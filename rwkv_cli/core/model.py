@@ -6,7 +6,7 @@
         result = model.completion("The capital of France is", max_tokens=16, temperature=0)
         print(result.completion, result.usage.promptTokens, result.perf.completionPerSecond)
 
-Policy lives here; the math lives in the C engine behind `native.Library`. Per generated token
+Policy lives here; the math lives in the C engine behind `engine.Library`. Per generated token
 this layer does: one engine call (GIL released), sampling on the engine's logits buffer
 (numpy, no Python loop over the vocabulary), an incremental UTF-8 decode and a stop-string
 check on the few characters not yet streamed.
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import native
+from .. import engine
 from .sampling import Sampler, SamplingParams
 from .state_cache import DEFAULT_MAX_BYTES, StateCache
 from .tokenizer import Tokenizer, check_tokenizer_name, load_tokenizer
@@ -204,13 +204,13 @@ class _Worker:
 
     __slots__ = ("ctx", "logits", "state")
 
-    def __init__(self, ctx: native.Context, state_len: int, logits_len: int):
+    def __init__(self, ctx: engine.Context, state_len: int, logits_len: int):
         self.ctx = ctx
         self.state = np.zeros(state_len, dtype=np.float32)
         self.logits = np.zeros(logits_len, dtype=np.float32)
 
 
-def _free_contexts(library: native.Library, contexts: list[native.Context]) -> None:
+def _free_contexts(library: engine.Library, contexts: list[engine.Context]) -> None:
     # Clones first: they borrow the first context's weights.
     while contexts:
         library.free(contexts.pop())
@@ -232,7 +232,7 @@ class RWKV:
             "world", "bytes", a tokenizer file (.json Hugging Face, .txt World vocabulary) or a
             `rwkv_cli.tokenizer.Tokenizer` object.
         state_cache_bytes: byte cap of the state cache (None: no cap).
-        library: a `native.Library` (e.g. an external rwkv.cpp) instead of the default one.
+        library: a `engine.Library` (e.g. an external rwkv.cpp) instead of the default one.
     """
 
     def __init__(
@@ -245,7 +245,7 @@ class RWKV:
         state_cache_size: int | bool = DEFAULT_STATE_CACHE_SIZE,
         tokenizer: str | os.PathLike | Tokenizer = "auto",
         state_cache_bytes: int | None = DEFAULT_MAX_BYTES,
-        library: native.Library | None = None,
+        library: engine.Library | None = None,
     ):
         self._path = Path(path)
         self._threads = physical_cores() if threads is None else _positive_int("threads", threads)
@@ -264,8 +264,8 @@ class RWKV:
         self._tokenizer_choice = tokenizer
         self._library = library
 
-        self._lib: native.Library | None = None
-        self._contexts: list[native.Context] = []
+        self._lib: engine.Library | None = None
+        self._contexts: list[engine.Context] = []
         self._workers: list[_Worker] = []
         self._free: list[_Worker] = []
         self._tokenizer: Tokenizer | None = None
@@ -285,7 +285,7 @@ class RWKV:
             return self
         if not self._path.is_file():
             raise FileNotFoundError(f"model file not found: {self._path}")
-        lib = self._library or native.default_library()
+        lib = self._library or engine.default_library()
         ctx = lib.init_from_file(self._path, self._threads, 0)
         contexts = [ctx]
         try:
@@ -294,7 +294,7 @@ class RWKV:
             if gpu_layers > 0:
                 try:
                     lib.gpu_offload_layers(ctx, gpu_layers)
-                except native.RWKVError as exc:
+                except engine.RWKVError as exc:
                     raise ValueError(
                         f"gpu_offload={self._gpu_offload!r}: the engine {lib.name} cannot offload "
                         f"layers to a GPU ({exc}); use gpu_offload=0, or an rwkv.cpp library built "
@@ -370,7 +370,7 @@ class RWKV:
 
     # ---- information ----
 
-    def _loaded(self) -> native.Library:
+    def _loaded(self) -> engine.Library:
         if self._lib is None:
             raise RuntimeError(
                 f"the model {self._path} is not loaded: call setup() first "
@@ -442,7 +442,7 @@ class RWKV:
         return f"{lib.name} ({self.kernel_path})"
 
     @property
-    def library(self) -> native.Library:
+    def library(self) -> engine.Library:
         return self._loaded()
 
     @property
@@ -637,7 +637,7 @@ class RWKV:
 
     def _run(
         self,
-        lib: native.Library,
+        lib: engine.Library,
         worker: _Worker,
         tokenizer: Tokenizer,
         prompt: str,

@@ -114,7 +114,7 @@ def _progress_callback(progress: Progress, task) -> Callable[[int, int], None]:
 
 
 def convert_with_progress(console: Console, src: Path, dest: Path, data_type: str = "FP16") -> Path:
-    from .convert import convert
+    from ..formats.convert import convert
 
     if not Path(src).is_file():
         raise FileNotFoundError(f"checkpoint not found: {src}")
@@ -132,7 +132,7 @@ def convert_with_progress(console: Console, src: Path, dest: Path, data_type: st
 
 
 def quantize_with_progress(console: Console, src: Path, dest: Path, type_name: str) -> Path:
-    from .convert import quantize
+    from ..formats.convert import quantize
 
     if not Path(src).is_file():
         raise FileNotFoundError(f"model file not found: {src}")
@@ -281,7 +281,7 @@ def ensure_tokenizer(console: Console, catalog: Catalog, model: CatalogModel,
 
 def _installed_record(model: CatalogModel, path: Path, data_type: str | None,
                       tokenizer_path: Path | None, source: str) -> home.InstalledModel:
-    from .modelfile import ModelFileError, describe
+    from ..formats.modelfile import ModelFileError, describe
 
     try:
         info = describe(path)

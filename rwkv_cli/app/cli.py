@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 
 import typer
 
-from . import __version__
+from .. import __version__
 
 app = typer.Typer(
     name="rwkv-cpp",
@@ -377,13 +377,13 @@ def _user_message(exc: BaseException) -> Optional[str]:
     except ImportError:
         pass
     try:
-        from .modelfile import ModelFileError
+        from ..formats.modelfile import ModelFileError
 
         known += (ModelFileError,)
     except ImportError:
         pass
     try:
-        from .native import RWKVError
+        from ..engine import RWKVError
 
         known += (RWKVError,)
     except ImportError:

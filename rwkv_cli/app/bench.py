@@ -44,7 +44,7 @@ def synthetic_model_path() -> Path:
 
 def ensure_synthetic_model(console: Console | None = None) -> Path:
     """The synthetic benchmark model, written (once) if it is not in RWKV_HOME yet."""
-    from .synthetic import write_random_model
+    from ..formats.synthetic import write_random_model
 
     path = synthetic_model_path()
     if path.is_file():

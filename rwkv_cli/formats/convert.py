@@ -461,7 +461,7 @@ def quantize(
             f"{src}: is already {header.data_type_name}; quantize an FP32 or FP16 file"
         )
     if library is None:
-        from .native import default_library
+        from ..engine import default_library
 
         library = default_library()
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")

@@ -5,7 +5,7 @@ Arrays go in and out as numpy float32 buffers without copies; a C failure become
 is used; `Library(path)` (or the environment variable `RWKV_CPP_LIB`) loads an external
 rwkv.cpp `librwkv.so` through the same declarations instead.
 
-`python -m rwkv_cli.native --lib-path` prints the path of our engine as a plain shared
+`python -m rwkv_cli.engine --lib-path` prints the path of our engine as a plain shared
 library, for programs written against rwkv.cpp's C API.
 """
 
@@ -343,9 +343,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["--system-info"]:
         print(default_library().get_system_info_string())
         return 0
-    print("usage: python -m rwkv_cli.native [--lib-path | --system-info]", file=sys.stderr)
+    print("usage: python -m rwkv_cli.engine [--lib-path | --system-info]", file=sys.stderr)
     return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

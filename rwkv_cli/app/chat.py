@@ -20,7 +20,7 @@ from . import home
 from .catalog import PROMPT_FORMATS
 
 if TYPE_CHECKING:
-    from .model import RWKV, CompletionResult
+    from ..core.model import RWKV, CompletionResult
 
 # A first exchange that sets the tone; both families were tuned on this turn format.
 PREAMBLE = (
@@ -59,8 +59,8 @@ def load_model(
     quiet: bool = False,
 ) -> RWKV:
     """Check the file header (for a clear message), then load it in the engine."""
-    from .model import RWKV
-    from .modelfile import read_header
+    from ..core.model import RWKV
+    from ..formats.modelfile import read_header
 
     read_header(choice.path)  # ModelFileError: not an rwkv.cpp file, old quantized format, ...
     model = RWKV(choice.path, threads=threads, gpu_offload=gpu, tokenizer=choice.tokenizer)

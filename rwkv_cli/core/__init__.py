@@ -1,0 +1,2 @@
+"""The library layer: the `RWKV` class and what it is made of (sampling, the prompt state
+cache, tokenizers)."""
