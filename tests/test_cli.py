@@ -93,6 +93,17 @@ def test_old_quantized_format_is_refused_clearly(tmp_path):
     assert "old block layout" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_missing_20b_tokenizer_is_one_line_with_the_setup_advice(tmp_path):
+    from rwkv_cli.formats.synthetic import write_random_model
+
+    model = write_random_model(tmp_path / "neox.bin", "4", 1, 32, 50277, data_type="FP16")
+    result = run_cli(tmp_path / "home", "complete", "hi", "--model-path", str(model))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "20B_tokenizer.json" in lines[0]
+    assert "rwkv-cpp --setup" in lines[0] and "Traceback" not in result.stderr
+
+
 def test_gpu_flag_without_a_gpu_engine_is_a_clear_error(tmp_path):
     model = str(tiny_model("4v0", "FP32"))
     result = run_cli(tmp_path, "--gpu", "2", "--dragon", "--size", "2", "--modelPath", model)

@@ -92,7 +92,7 @@ def dragon(
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON object. `stream(text)` receives the completion;
     `on_loaded()` is called once the model is loaded, before the prompt is evaluated."""
-    from .chat import load_model
+    from .load import load_model
 
     choice = _choose(model_path, model_name, console)
     quiet = console is None

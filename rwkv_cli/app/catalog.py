@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from ..errors import UserError
+
 HF_BASE = "https://huggingface.co"
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
 
@@ -47,7 +49,7 @@ PROMPT_FORMATS = {
 }
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """The catalog file is missing, malformed, or does not name what was asked for."""
 
 

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 
+from ..errors import UserError
 from . import home
 from .catalog import PROMPT_FORMATS
+from .load import load_model
 
 if TYPE_CHECKING:
     from ..core.model import RWKV, CompletionResult
@@ -40,7 +42,7 @@ Ctrl-C stops the current reply; the chat goes on."""
 StopCheck = Callable[[], bool]
 
 
-class ChatError(RuntimeError):
+class ChatError(UserError):
     """A chat command that could not be done (bad file, state of another model)."""
 
 
@@ -49,25 +51,6 @@ def prompt_format_for(n_vocab: int, known: str = "") -> str:
         return known
     # World vocabulary -> the World/G1 turn labels; the 20B (Raven) and byte models use Bot.
     return "world" if n_vocab == 65536 else "raven"
-
-
-def load_model(
-    console: Console,
-    choice: home.ModelChoice,
-    threads: int | None = None,
-    gpu: int | str = 0,
-    quiet: bool = False,
-) -> RWKV:
-    """Check the file header (for a clear message), then load it in the engine."""
-    from ..core.model import RWKV
-    from ..formats.modelfile import read_header
-
-    read_header(choice.path)  # ModelFileError: not an rwkv.cpp file, old quantized format, ...
-    model = RWKV(choice.path, threads=threads, gpu_offload=gpu, tokenizer=choice.tokenizer)
-    if quiet:
-        return model.setup()
-    with console.status(f"Loading {choice.name}...", spinner="dots"):
-        return model.setup()
 
 
 @contextmanager

@@ -19,7 +19,8 @@ from typing import Any, Optional, Union
 
 import typer
 
-from .. import __version__
+from ..errors import RWKVError, UserError
+from ..version import __version__
 
 app = typer.Typer(
     name="rwkv-cpp",
@@ -41,7 +42,7 @@ app = typer.Typer(
 )
 
 
-class CLIError(RuntimeError):
+class CLIError(UserError):
     """An error with a message a user can act on; printed as one line."""
 
 
@@ -364,37 +365,13 @@ def quantize_command(
 
 def _user_message(exc: BaseException) -> Optional[str]:
     """The one-line message for errors a user can act on; None for programming errors."""
-    from .catalog import CatalogError
-    from .download import DownloadError
-    from .home import NoModelError, RegistryError
-
-    known: tuple[type, ...] = (CLIError, CatalogError, DownloadError, NoModelError, RegistryError)
-    try:
-        from .chat import ChatError
-        from .setup_wizard import SetupError
-
-        known += (ChatError, SetupError)
-    except ImportError:
-        pass
-    try:
-        from ..formats.modelfile import ModelFileError
-
-        known += (ModelFileError,)
-    except ImportError:
-        pass
-    try:
-        from ..engine import RWKVError
-
-        known += (RWKVError,)
-    except ImportError:
-        pass
-    if isinstance(exc, known):
+    if isinstance(exc, RWKVError):  # ours: every error the package raises on purpose
         return str(exc)
     if isinstance(exc, FileNotFoundError):
         return str(exc) if not exc.filename else f"file not found: {exc.filename}"
     if isinstance(exc, OSError) and exc.errno == 28:
         return f"disk full: {exc.filename or ''} {exc.strerror}".replace("  ", " ")
-    if isinstance(exc, (ValueError, PermissionError, OSError)):
+    if isinstance(exc, OSError):  # permissions, I/O errors: the system's message names the file
         return str(exc)
     return None
 

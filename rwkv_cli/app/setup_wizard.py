@@ -27,6 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ..errors import FileMissing, UserError
 from . import home
 from .catalog import QUANT_TYPES, Catalog, CatalogError, CatalogModel, discover, load_catalog
 from .download import (
@@ -40,7 +41,7 @@ from .download import (
 )
 
 
-class SetupError(RuntimeError):
+class SetupError(UserError):
     """Setup could not finish; the message says what to do."""
 
 
@@ -117,7 +118,7 @@ def convert_with_progress(console: Console, src: Path, dest: Path, data_type: st
     from ..formats.convert import convert
 
     if not Path(src).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {src}")
+        raise FileMissing(f"checkpoint not found: {src}")
     with _work_progress(console) as progress:
         task = progress.add_task(f"Converting to {data_type}", total=None)
         info = convert(src, dest, data_type=data_type,
@@ -135,7 +136,7 @@ def quantize_with_progress(console: Console, src: Path, dest: Path, type_name: s
     from ..formats.convert import quantize
 
     if not Path(src).is_file():
-        raise FileNotFoundError(f"model file not found: {src}")
+        raise FileMissing(f"model file not found: {src}")
     with _work_progress(console) as progress:
         task = progress.add_task(f"Quantizing to {type_name}", total=None)
         quantize(src, dest, type_name, progress=_progress_callback(progress, task))

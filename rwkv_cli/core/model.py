@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .. import engine
+from ..errors import FileMissing, InvalidArgument, UserError
 from .sampling import Sampler, SamplingParams
 from .state_cache import DEFAULT_MAX_BYTES, StateCache
 from .tokenizer import Tokenizer, check_tokenizer_name, load_tokenizer
@@ -164,17 +165,17 @@ def _check_gpu_offload(gpu_offload: int | str) -> None:
         except ValueError:
             percent = None
         if percent is None or not 0 <= percent <= 100:
-            raise ValueError(
+            raise InvalidArgument(
                 f"gpu_offload must be a number of layers or a percentage like '50%', got {gpu_offload!r}"
             )
         return
     if isinstance(gpu_offload, bool) or not isinstance(gpu_offload, (int, np.integer)) or gpu_offload < 0:
-        raise ValueError(f"gpu_offload must be a layer count >= 0 or a percentage string, got {gpu_offload!r}")
+        raise InvalidArgument(f"gpu_offload must be a layer count >= 0 or a percentage string, got {gpu_offload!r}")
 
 
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise InvalidArgument(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
@@ -184,7 +185,7 @@ def _stop_strings(stop: None | str | Sequence[str]) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop)
     for s in stops:
         if not isinstance(s, str) or not s:
-            raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+            raise InvalidArgument(f"stop must be a non-empty string or a list of them, got {stop!r}")
     return stops
 
 
@@ -258,7 +259,7 @@ class RWKV:
         elif state_cache_size is False or state_cache_size is None:
             state_cache_size = 0
         if not isinstance(state_cache_size, (int, np.integer)) or state_cache_size < 0:
-            raise ValueError(f"state_cache_size must be an integer >= 0, got {state_cache_size!r}")
+            raise InvalidArgument(f"state_cache_size must be an integer >= 0, got {state_cache_size!r}")
         self._cache = StateCache(int(state_cache_size), state_cache_bytes)
         check_tokenizer_name(tokenizer)
         self._tokenizer_choice = tokenizer
@@ -284,7 +285,7 @@ class RWKV:
         if self._lib is not None:
             return self
         if not self._path.is_file():
-            raise FileNotFoundError(f"model file not found: {self._path}")
+            raise FileMissing(f"model file not found: {self._path}")
         lib = self._library or engine.default_library()
         ctx = lib.init_from_file(self._path, self._threads, 0)
         contexts = [ctx]
@@ -295,7 +296,7 @@ class RWKV:
                 try:
                     lib.gpu_offload_layers(ctx, gpu_layers)
                 except engine.RWKVError as exc:
-                    raise ValueError(
+                    raise InvalidArgument(
                         f"gpu_offload={self._gpu_offload!r}: the engine {lib.name} cannot offload "
                         f"layers to a GPU ({exc}); use gpu_offload=0, or an rwkv.cpp library built "
                         "with a GPU backend (RWKV_CPP_LIB)"
@@ -303,7 +304,7 @@ class RWKV:
             n_vocab = lib.get_n_vocab(ctx)
             tokenizer = load_tokenizer(self._tokenizer_choice, n_vocab, self._path)
             if tokenizer.vocab_size > n_vocab:
-                raise ValueError(
+                raise InvalidArgument(
                     f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model "
                     f"{self._path} has n_vocab={n_vocab}"
                 )
@@ -372,7 +373,7 @@ class RWKV:
 
     def _loaded(self) -> engine.Library:
         if self._lib is None:
-            raise RuntimeError(
+            raise UserError(
                 f"the model {self._path} is not loaded: call setup() first "
                 "(or use `with RWKV(...) as model:`)"
             )
@@ -473,7 +474,7 @@ class RWKV:
             try:
                 while not self._free:
                     if self._lib is None:
-                        raise RuntimeError(f"the model {self._path} was freed")
+                        raise UserError(f"the model {self._path} was freed")
                     self._cond.wait()
             finally:
                 self._pending -= 1
@@ -561,7 +562,7 @@ class RWKV:
         """Evaluate `prefix` and keep its state in the cache; `pin=True` protects it from
         eviction. Later prompts starting with it skip those tokens."""
         if not self._cache.enabled:
-            raise ValueError("preload_prompt needs the state cache: state_cache_size is 0")
+            raise InvalidArgument("preload_prompt needs the state cache: state_cache_size is 0")
         return self._complete(prefix, max_tokens=0, params=SamplingParams(), pin=pin)
 
     def get_state(self, text: str) -> np.ndarray:
@@ -578,9 +579,9 @@ class RWKV:
         try:
             array = np.asarray(init_state, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"init_state must be a float32 array of {state_len} values") from exc
+            raise InvalidArgument(f"init_state must be a float32 array of {state_len} values") from exc
         if array.shape[0] != state_len:
-            raise ValueError(
+            raise InvalidArgument(
                 f"init_state has {array.shape[0]} values, this model's state has {state_len} "
                 f"(a state from another model?)"
             )
@@ -602,21 +603,21 @@ class RWKV:
         lib = self._loaded()
         tokenizer = self.tokenizer
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
-            raise ValueError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+            raise InvalidArgument(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
         if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")  # noqa: TRY004
+            raise InvalidArgument(f"prompt must be a string, got {type(prompt).__name__}")
         params.check()
         stops = _stop_strings(stop)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+            raise InvalidArgument(f"seed must be an integer or None, got {seed!r}")
         start_state = None if init_state is None else self._check_init_state(init_state)
 
         started = time.perf_counter()
         tokens = tokenizer.encode(prompt) if prompt else []
         if not tokens and start_state is None:
-            raise ValueError("the prompt is empty: give a prompt, or an init_state to start from")
+            raise InvalidArgument("the prompt is empty: give a prompt, or an init_state to start from")
         if not tokens and max_tokens > 0:
-            raise ValueError(
+            raise InvalidArgument(
                 "an empty prompt with init_state can only be used with max_tokens=0: "
                 "sampling needs logits, which come from evaluating at least one token"
             )

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import FileMissing, InvalidArgument, NotAFile, RWKVError
 from ._cdef import CDEF
 
 ERROR_AREAS = {
@@ -50,14 +51,6 @@ FloatArray = np.ndarray
 Context = Any  # a cffi `struct rwkv_context *`
 
 
-class RWKVError(RuntimeError):
-    """A failure reported by the engine; `flags` holds rwkv.cpp's error flags."""
-
-    def __init__(self, message: str, flags: int = 0):
-        super().__init__(message)
-        self.flags = flags
-
-
 def describe_flags(flags: int) -> str:
     area = ERROR_AREAS.get(flags & 0xFF00)
     detail = ERROR_DETAILS.get(flags & 0xFF)
@@ -75,11 +68,11 @@ def _as_f32(array: np.ndarray | None, length: int, name: str, writable: bool) ->
     if not isinstance(array, np.ndarray) or array.dtype != np.float32:
         raise TypeError(f"{name} must be a numpy float32 array")
     if not array.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+        raise InvalidArgument(f"{name} must be C-contiguous")
     if writable and not array.flags.writeable:
-        raise ValueError(f"{name} must be writable")
+        raise InvalidArgument(f"{name} must be writable")
     if array.size != length:
-        raise ValueError(f"{name} has {array.size} elements, expected {length}")
+        raise InvalidArgument(f"{name} has {array.size} elements, expected {length}")
     return array
 
 
@@ -99,7 +92,7 @@ class Library:
             from cffi import FFI
 
             if not os.path.exists(path):
-                raise RWKVError(f"rwkv library not found: {path}")
+                raise FileMissing(f"rwkv library not found: {path}")
             self.ffi = FFI()
             self.ffi.cdef(CDEF)
             try:
@@ -155,11 +148,11 @@ class Library:
     def init_from_file(self, path: str | os.PathLike, n_threads: int, n_gpu_layers: int = 0) -> Context:
         path = os.fspath(path)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"model file not found: {path}")
+            raise FileMissing(f"model file not found: {path}")
         if os.path.isdir(path):
-            raise IsADirectoryError(f"model path is a directory, not a file: {path}")
+            raise NotAFile(f"model path is a directory, not a file: {path}")
         if n_threads < 1:
-            raise ValueError("n_threads must be at least 1")
+            raise InvalidArgument("n_threads must be at least 1")
         ctx = self.lib.rwkv_init_from_file(path.encode(), int(n_threads), int(n_gpu_layers))
         if ctx == self.ffi.NULL:
             self._raise(None, f"loading {path}")
@@ -189,7 +182,7 @@ class Library:
         """Checked pointers: the C side writes state_len / logits_len floats, unchecked."""
         n_state = int(self.lib.rwkv_get_state_len(ctx))
         if state_out is None:
-            raise ValueError("state_out is required")
+            raise InvalidArgument("state_out is required")
         _as_f32(state_in, n_state, "state_in", writable=False)
         _as_f32(state_out, n_state, "state_out", writable=True)
         if logits_out is not None:

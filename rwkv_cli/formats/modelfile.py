@@ -26,6 +26,8 @@ from typing import BinaryIO, Union
 
 import numpy as np
 
+from ..errors import UserError
+
 MAGIC = 0x67676D66
 VERSIONS = (100, 101)
 # Quantized files of version 100 use an older block layout.
@@ -61,7 +63,7 @@ _NEVER_QUANTIZED_SUFFIXES = tuple(
 PathLike = Union[str, os.PathLike]
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """A model file that cannot be read or written; the message names file, offset and key."""
 
 
