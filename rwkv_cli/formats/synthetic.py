@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgument
-from .modelfile import QUANTIZED_TYPES, ModelFileError, ModelWriter, should_quantize, type_name
+from .modelfile import ModelFileError, ModelWriter, type_name
+from .tensor_types import QUANTIZED_TYPES, should_quantize
 
 ARCHS = ("4", "5.1", "5.2", "6", "7")
 
