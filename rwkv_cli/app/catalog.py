@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from ..core.chat_format import PROMPT_FORMATS
 from ..errors import UserError
 from ..formats.tensor_types import QUANTIZED_TYPES, TENSOR_TYPES
 
@@ -35,11 +36,6 @@ BYTES_PER_WEIGHT = {t.name: t.bytes_per_value for t in TENSOR_TYPES}
 QUANT_TYPES = ("FP16",) + tuple(sorted(QUANTIZED_TYPES, key=lambda name: -BYTES_PER_WEIGHT[name]))
 
 TOKENIZERS = ("world", "20B", "bytes")
-PROMPT_FORMATS = {
-    # (user label, assistant label) of the chat format each family was tuned on.
-    "world": ("User", "Assistant"),
-    "raven": ("User", "Bot"),
-}
 
 
 class CatalogError(UserError, ValueError):

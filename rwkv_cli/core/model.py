@@ -6,215 +6,85 @@
         result = model.completion("The capital of France is", max_tokens=16, temperature=0)
         print(result.completion, result.usage.promptTokens, result.perf.completionPerSecond)
 
-Policy lives here; the math lives in the C engine behind `engine.Library`. Per generated token
-this layer does: one engine call (GIL released), sampling on the engine's logits buffer
-(numpy, no Python loop over the vocabulary), an incremental UTF-8 decode and a stop-string
-check on the few characters not yet streamed.
+        for chunk in model.completion("Once upon a time", stream=True):
+            print(chunk.text, end="")
+
+This class is the public face; its parts are beside it: option checks (options.py), loading
+and freeing (lifecycle.py), the worker pool (pool.py), the token loop (generate.py),
+sampling, the state cache, tokenizers, results. The math lives in the C engine (engine/).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from concurrent.futures import Executor
+from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal, overload
 
 import numpy as np
 
-from .. import engine
-from ..errors import FileMissing, InvalidArgument, UserError
+from ..engine import Library
+from ..errors import InvalidArgument, UserError
+from . import options
+from .generate import Request, generate
+from .lifecycle import LoadedModel, load
+from .results import CompletionChunk, CompletionResult, Perf, Usage
 from .sampling import Sampler, SamplingParams
 from .state_cache import DEFAULT_MAX_BYTES, StateCache
-from .tokenizer import Tokenizer, check_tokenizer_name, load_tokenizer
+from .tokenizer import Tokenizer, check_tokenizer_name
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["RWKV", "CompletionResult", "Perf", "Usage", "physical_cores"]
+__all__ = [
+    "RWKV",
+    "CompletionChunk",
+    "CompletionResult",
+    "Perf",
+    "Usage",
+    "physical_cores",
+]
+
+physical_cores = options.physical_cores
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_STATE_CACHE_SIZE = 50
 
 StreamCallback = Callable[[str, str], Any]
-FINISH_REASONS = ("length", "stop", "eos", "cancelled")
+ShouldStop = Callable[[], bool]
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+def _stop_check(
+    stop_event: threading.Event | None, should_stop: ShouldStop | None, *more: threading.Event
+) -> ShouldStop | None:
+    """One check for every way a completion can be asked to stop (None: there is none)."""
+    events = [e for e in (stop_event, *more) if e is not None]
+    if not events and should_stop is None:
+        return None
+
+    def check() -> bool:
+        return any(e.is_set() for e in events) or (should_stop is not None and bool(should_stop()))
+
+    return check
 
 
-class _CamelCaseFields:
-    """Fields are snake_case; the original library's camelCase names read the same values."""
+class _Failed:
+    """An exception raised on a worker thread, carried to the event loop."""
 
-    def __getattr__(self, name: str) -> Any:
-        aliases = type(self)._aliases()
-        if name in aliases:
-            return getattr(self, aliases[name])
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+    __slots__ = ("error",)
 
-    @classmethod
-    def _aliases(cls) -> dict[str, str]:
-        return {_camel(f.name): f.name for f in fields(cls)}  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {_camel(f.name): getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
-@dataclass
-class Usage(_CamelCaseFields):
-    """Token counts: prompt tokens include the cached ones, which are also counted apart."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_cached: int = 0
-
-
-@dataclass
-class Perf(_CamelCaseFields):
-    """Times in milliseconds and rates per second.
-
-    "prompt" figures count only the prompt tokens evaluated (cached ones excluded); "full
-    prompt" figures count every prompt token over the same time.
-    """
-
-    prompt_time: float = 0.0
-    completion_time: float = 0.0
-    total_time: float = 0.0
-    time_per_prompt: float = 0.0
-    time_per_completion: float = 0.0
-    time_per_full_prompt: float = 0.0
-    prompt_per_second: float = 0.0
-    completion_per_second: float = 0.0
-    full_prompt_per_second: float = 0.0
-
-
-@dataclass
-class CompletionResult:
-    """What `completion` returns.
-
-    `finish_reason`: "length" (max_tokens), "stop" (a stop string), "eos" (the end-of-text
-    token) or "cancelled" (stop_event / should_stop). `tokens` are the sampled token ids.
-    `state` is a copy of the model state after the prompt and the first `fed_tokens` of
-    `tokens`: the token that ends a completion (by length, stop string or end of text) is
-    sampled but never fed to the model, so `fed_tokens` is len(tokens) - 1 then, and
-    len(tokens) for a cancelled one.
-    """
-
-    completion: str
-    prompt: str
-    usage: Usage
-    perf: Perf
-    finish_reason: str = "length"
-    tokens: list[int] = field(default_factory=list, repr=False)
-    state: np.ndarray | None = field(default=None, repr=False)
-    fed_tokens: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "completion": self.completion,
-            "prompt": self.prompt,
-            "finishReason": self.finish_reason,
-            "usage": self.usage.to_dict(),
-            "perf": self.perf.to_dict(),
-        }
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
-
-
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (SMT siblings counted once)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return max(1, (os.cpu_count() or 2) // 2)
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            package = (topology / "physical_package_id").read_text().strip()
-            core = (topology / "core_id").read_text().strip()
-        except OSError:
-            return max(1, len(cpus))
-        cores.add((package, core))
-    return max(1, len(cores))
-
-
-def _resolve_gpu_layers(gpu_offload: int | str, n_layer: int) -> int:
-    if isinstance(gpu_offload, str):
-        percent = float(gpu_offload.strip().rstrip("%"))
-        return round(n_layer * percent / 100.0)
-    return min(int(gpu_offload), n_layer)
-
-
-def _check_gpu_offload(gpu_offload: int | str) -> None:
-    if isinstance(gpu_offload, str):
-        text = gpu_offload.strip()
-        try:
-            percent = float(text[:-1]) if text.endswith("%") else None
-        except ValueError:
-            percent = None
-        if percent is None or not 0 <= percent <= 100:
-            raise InvalidArgument(
-                f"gpu_offload must be a number of layers or a percentage like '50%', got {gpu_offload!r}"
-            )
-        return
-    if isinstance(gpu_offload, bool) or not isinstance(gpu_offload, (int, np.integer)) or gpu_offload < 0:
-        raise InvalidArgument(f"gpu_offload must be a layer count >= 0 or a percentage string, got {gpu_offload!r}")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgument(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _stop_strings(stop: None | str | Sequence[str]) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else list(stop)
-    for s in stops:
-        if not isinstance(s, str) or not s:
-            raise InvalidArgument(f"stop must be a non-empty string or a list of them, got {stop!r}")
-    return stops
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that could still grow into a stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
-    return longest
-
-
-class _Worker:
-    """One engine context with its own state and logits buffers."""
-
-    __slots__ = ("ctx", "logits", "state")
-
-    def __init__(self, ctx: engine.Context, state_len: int, logits_len: int):
-        self.ctx = ctx
-        self.state = np.zeros(state_len, dtype=np.float32)
-        self.logits = np.zeros(logits_len, dtype=np.float32)
-
-
-def _free_contexts(library: engine.Library, contexts: list[engine.Context]) -> None:
-    # Clones first: they borrow the first context's weights.
-    while contexts:
-        library.free(contexts.pop())
+_END = object()
 
 
 class RWKV:
@@ -231,9 +101,9 @@ class RWKV:
         state_cache_size: prompt states kept (0 or False disables the cache).
         tokenizer: "auto" (from n_vocab: 50277 -> 20B, 65536 -> World, 256 -> bytes), "20B",
             "world", "bytes", a tokenizer file (.json Hugging Face, .txt World vocabulary) or a
-            `rwkv_cli.tokenizer.Tokenizer` object.
+            `rwkv_cli.core.tokenizer.Tokenizer` object.
         state_cache_bytes: byte cap of the state cache (None: no cap).
-        library: a `engine.Library` (e.g. an external rwkv.cpp) instead of the default one.
+        library: an `engine.Library` (e.g. an external rwkv.cpp) instead of the default one.
     """
 
     def __init__(
@@ -246,113 +116,59 @@ class RWKV:
         state_cache_size: int | bool = DEFAULT_STATE_CACHE_SIZE,
         tokenizer: str | os.PathLike | Tokenizer = "auto",
         state_cache_bytes: int | None = DEFAULT_MAX_BYTES,
-        library: engine.Library | None = None,
+        library: Library | None = None,
     ):
         self._path = Path(path)
-        self._threads = physical_cores() if threads is None else _positive_int("threads", threads)
-        _check_gpu_offload(gpu_offload)
+        self._threads = (
+            options.physical_cores() if threads is None else options.positive_int("threads", threads)
+        )
+        options.check_gpu_offload(gpu_offload)
         self._gpu_offload = gpu_offload
-        self._concurrent = _positive_int("concurrent", concurrent)
-        self._batch_size = _positive_int("batch_size", batch_size)
-        if state_cache_size is True:
-            state_cache_size = DEFAULT_STATE_CACHE_SIZE
-        elif state_cache_size is False or state_cache_size is None:
-            state_cache_size = 0
-        if not isinstance(state_cache_size, (int, np.integer)) or state_cache_size < 0:
-            raise InvalidArgument(f"state_cache_size must be an integer >= 0, got {state_cache_size!r}")
-        self._cache = StateCache(int(state_cache_size), state_cache_bytes)
+        self._concurrent = options.positive_int("concurrent", concurrent)
+        self._batch_size = options.positive_int("batch_size", batch_size)
+        entries = options.state_cache_entries(state_cache_size, DEFAULT_STATE_CACHE_SIZE)
+        self._cache = StateCache(entries, state_cache_bytes)
         check_tokenizer_name(tokenizer)
         self._tokenizer_choice = tokenizer
         self._library = library
-
-        self._lib: engine.Library | None = None
-        self._contexts: list[engine.Context] = []
-        self._workers: list[_Worker] = []
-        self._free: list[_Worker] = []
-        self._tokenizer: Tokenizer | None = None
-        self._cond = threading.Condition()
-        self._active = 0
-        self._pending = 0
-        self._gpu_layers = 0
-        self._executor: ThreadPoolExecutor | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._info: dict[str, Any] = {}
+        self._loaded: LoadedModel | None = None
+        # Stream iterators handed out and not finished: free() closes them (each holds a
+        # worker while it is open), setting its event first.
+        self._streams: weakref.WeakKeyDictionary[Generator, threading.Event] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._streams_lock = threading.Lock()
 
     # ---- lifecycle ----
 
     def setup(self) -> RWKV:
         """Load the model (and tokenizer) and create the worker contexts; idempotent."""
-        if self._lib is not None:
-            return self
-        if not self._path.is_file():
-            raise FileMissing(f"model file not found: {self._path}")
-        lib = self._library or engine.default_library()
-        ctx = lib.init_from_file(self._path, self._threads, 0)
-        contexts = [ctx]
-        try:
-            n_layer = lib.get_n_layer(ctx)
-            gpu_layers = _resolve_gpu_layers(self._gpu_offload, n_layer)
-            if gpu_layers > 0:
-                try:
-                    lib.gpu_offload_layers(ctx, gpu_layers)
-                except engine.RWKVError as exc:
-                    raise InvalidArgument(
-                        f"gpu_offload={self._gpu_offload!r}: the engine {lib.name} cannot offload "
-                        f"layers to a GPU ({exc}); use gpu_offload=0, or an rwkv.cpp library built "
-                        "with a GPU backend (RWKV_CPP_LIB)"
-                    ) from exc
-            n_vocab = lib.get_n_vocab(ctx)
-            tokenizer = load_tokenizer(self._tokenizer_choice, n_vocab, self._path)
-            if tokenizer.vocab_size > n_vocab:
-                raise InvalidArgument(
-                    f"tokenizer {tokenizer.name} has {tokenizer.vocab_size} tokens but the model "
-                    f"{self._path} has n_vocab={n_vocab}"
-                )
-            for _ in range(self._concurrent - 1):
-                contexts.append(lib.clone_context(ctx, self._threads))
-            state_len = lib.get_state_len(ctx)
-            logits_len = lib.get_logits_len(ctx)
-            self._info = {
-                "n_vocab": n_vocab,
-                "n_layer": n_layer,
-                "n_embed": lib.get_n_embed(ctx),
-                "state_len": state_len,
-                "logits_len": logits_len,
-                "arch": lib.get_arch_version(ctx),
-                "data_type": lib.get_data_type_name(ctx),
-                "kernel_path": lib.get_kernel_path(ctx),
-            }
-        except BaseException:
-            _free_contexts(lib, contexts)
-            raise
-        self._gpu_layers = gpu_layers
-        self._tokenizer = tokenizer
-        self._contexts = contexts
-        self._workers = [_Worker(c, state_len, logits_len) for c in contexts]
-        with self._cond:
-            self._free = list(reversed(self._workers))
-        self._lib = lib
-        self._finalizer = weakref.finalize(self, _free_contexts, lib, contexts)
+        if self._loaded is None:
+            self._loaded = load(
+                self._path, self._threads, self._gpu_offload, self._concurrent,
+                self._tokenizer_choice, self._library,
+            )
         return self
 
     def free(self) -> None:
-        """Release the contexts (waits for running completions); `setup()` can load again."""
-        if self._lib is None:
-            return
-        with self._cond:
-            while len(self._free) < len(self._workers):
-                self._cond.wait()
-            self._free = []
-            self._lib = None
-            self._cond.notify_all()  # completions still queued fail with a clear error
-        if self._finalizer is not None:
-            self._finalizer()  # frees the contexts exactly once
-            self._finalizer = None
-        self._workers = []
-        self._contexts = []
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        """Release the contexts; `setup()` can load again.
+
+        Waits for running completions; open stream iterators are closed (their results end
+        "cancelled"); completions still waiting for a context fail with a clear error.
+        """
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            loaded.close(on_wait=self._close_streams)
+
+    def _close_streams(self) -> None:
+        with self._streams_lock:
+            streams = list(self._streams.items())
+        for stream, cancel in streams:
+            cancel.set()
+            try:
+                stream.close()
+            except ValueError:
+                pass  # running in another thread right now: it sees `cancel` at its next token
 
     def __enter__(self) -> Self:
         return self.setup()
@@ -361,7 +177,7 @@ class RWKV:
         self.free()
 
     def __repr__(self) -> str:
-        if self._lib is None:
+        if self._loaded is None:
             return f"<RWKV {self._path} (not loaded)>"
         return (
             f"<RWKV {self._path.name} v{self.arch} {self.data_type} n_layer={self.n_layer} "
@@ -369,23 +185,20 @@ class RWKV:
             f"concurrent={self.concurrent}>"
         )
 
-    # ---- information ----
-
-    def _loaded(self) -> engine.Library:
-        if self._lib is None:
+    def _loaded_model(self) -> LoadedModel:
+        loaded = self._loaded
+        if loaded is None:
             raise UserError(
                 f"the model {self._path} is not loaded: call setup() first "
                 "(or use `with RWKV(...) as model:`)"
             )
-        return self._lib
+        return loaded
 
-    def _get(self, key: str) -> Any:
-        self._loaded()
-        return self._info[key]
+    # ---- information ----
 
     @property
     def loaded(self) -> bool:
-        return self._lib is not None
+        return self._loaded is not None
 
     @property
     def path(self) -> Path:
@@ -405,52 +218,50 @@ class RWKV:
 
     @property
     def gpu_layers(self) -> int:
-        return self._gpu_layers
+        return self._loaded.gpu_layers if self._loaded is not None else 0
 
     @property
     def n_vocab(self) -> int:
-        return self._get("n_vocab")
+        return self._loaded_model().info.n_vocab
 
     @property
     def n_layer(self) -> int:
-        return self._get("n_layer")
+        return self._loaded_model().info.n_layer
 
     @property
     def n_embed(self) -> int:
-        return self._get("n_embed")
+        return self._loaded_model().info.n_embed
 
     @property
     def state_len(self) -> int:
-        return self._get("state_len")
+        return self._loaded_model().info.state_len
 
     @property
     def arch(self) -> str:
         """Architecture version from the file: "4", "5.1", "5.2", "6" or "7"."""
-        return self._get("arch")
+        return self._loaded_model().info.arch
 
     @property
     def data_type(self) -> str:
-        return self._get("data_type")
+        return self._loaded_model().info.data_type
 
     @property
     def kernel_path(self) -> str:
-        return self._get("kernel_path")
+        return self._loaded_model().info.kernel_path
 
     @property
     def engine(self) -> str:
         """The engine library and its kernel path, e.g. "rwkv-cpp native (avx2)"."""
-        lib = self._loaded()
-        return f"{lib.name} ({self.kernel_path})"
+        loaded = self._loaded_model()
+        return f"{loaded.library.name} ({loaded.info.kernel_path})"
 
     @property
-    def library(self) -> engine.Library:
-        return self._loaded()
+    def library(self) -> Library:
+        return self._loaded_model().library
 
     @property
     def tokenizer(self) -> Tokenizer:
-        self._loaded()
-        assert self._tokenizer is not None
-        return self._tokenizer
+        return self._loaded_model().tokenizer
 
     @property
     def state_cache(self) -> StateCache:
@@ -458,36 +269,33 @@ class RWKV:
 
     def active_work_count(self) -> int:
         """Completions running now."""
-        with self._cond:
-            return self._active
+        return self._loaded.pool.active() if self._loaded is not None else 0
 
     def pending_work_count(self) -> int:
         """Completions waiting for a free context."""
-        with self._cond:
-            return self._pending
-
-    # ---- workers ----
-
-    def _acquire(self) -> _Worker:
-        with self._cond:
-            self._pending += 1
-            try:
-                while not self._free:
-                    if self._lib is None:
-                        raise UserError(f"the model {self._path} was freed")
-                    self._cond.wait()
-            finally:
-                self._pending -= 1
-            self._active += 1
-            return self._free.pop()
-
-    def _release(self, worker: _Worker) -> None:
-        with self._cond:
-            self._active -= 1
-            self._free.append(worker)
-            self._cond.notify_all()
+        return self._loaded.pool.pending() if self._loaded is not None else 0
 
     # ---- completion ----
+
+    @overload
+    def completion(
+        self, prompt: str = ..., max_tokens: int = ..., temperature: float = ...,
+        top_p: float = ..., top_k: int = ..., presence_penalty: float = ...,
+        frequency_penalty: float = ..., stop: None | str | Sequence[str] = ...,
+        seed: int | None = ..., stream_callback: StreamCallback | None = ...,
+        init_state: np.ndarray | None = ..., stop_event: threading.Event | None = ...,
+        should_stop: ShouldStop | None = ..., stream: Literal[False] = ...,
+    ) -> CompletionResult: ...
+
+    @overload
+    def completion(
+        self, prompt: str = ..., max_tokens: int = ..., temperature: float = ...,
+        top_p: float = ..., top_k: int = ..., presence_penalty: float = ...,
+        frequency_penalty: float = ..., stop: None | str | Sequence[str] = ...,
+        seed: int | None = ..., stream_callback: None = ...,
+        init_state: np.ndarray | None = ..., stop_event: threading.Event | None = ...,
+        should_stop: ShouldStop | None = ..., *, stream: Literal[True],
+    ) -> Iterator[CompletionChunk]: ...
 
     def completion(
         self,
@@ -503,8 +311,9 @@ class RWKV:
         stream_callback: StreamCallback | None = None,
         init_state: np.ndarray | None = None,
         stop_event: threading.Event | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> CompletionResult:
+        should_stop: ShouldStop | None = None,
+        stream: bool = False,
+    ) -> CompletionResult | Iterator[CompletionChunk]:
         """Continue `prompt` by up to `max_tokens` tokens.
 
         `temperature=0` is greedy; `seed` makes sampling reproducible. The completion ends
@@ -513,45 +322,49 @@ class RWKV:
         then holds what was generated so far, finish_reason "cancelled").
         `stream_callback(text, completion_so_far)` receives the completion in pieces, never
         half a character; the pieces concatenate to the final completion.
+        `stream=True` returns an iterator of `CompletionChunk`s instead of the result: the
+        pieces, then a last chunk holding the result. The completion runs as the iterator is
+        read; closing it (or dropping it) ends the completion and frees its context.
         `init_state` starts from a state (e.g. from `get_state`) instead of the cache.
         `max_tokens=0` only evaluates (and caches) the prompt.
         """
-        return self._complete(
-            prompt,
-            max_tokens=max_tokens,
-            params=SamplingParams(temperature, top_p, top_k, presence_penalty, frequency_penalty),
-            stop=stop,
-            seed=seed,
-            stream_callback=stream_callback,
-            init_state=init_state,
-            stop_event=stop_event,
-            should_stop=should_stop,
-        )
-
-    async def acompletion(self, prompt: str = "", **kwargs: Any) -> CompletionResult:
-        """`completion` for asyncio: runs on a worker thread; cancelling the task stops it."""
-        self._loaded()
-        with self._cond:
-            if self._executor is None:
-                # More threads than contexts: the surplus waits in our queue, where
-                # pending_work_count() sees it.
-                self._executor = ThreadPoolExecutor(
-                    max_workers=max(8, 2 * self._concurrent), thread_name_prefix="rwkv"
-                )
-            executor = self._executor
-        cancel = threading.Event()
-        user_stop = kwargs.pop("should_stop", None)
-        user_event = kwargs.pop("stop_event", None)
-
-        def should_stop() -> bool:
-            return (
-                cancel.is_set()
-                or (user_event is not None and user_event.is_set())
-                or (user_stop is not None and bool(user_stop()))
+        if stream and stream_callback is not None:
+            raise InvalidArgument("stream=True returns the pieces; do not pass a stream_callback too")
+        params = SamplingParams(temperature, top_p, top_k, presence_penalty, frequency_penalty)
+        if stream:
+            cancel = threading.Event()
+            request = self._request(
+                prompt, max_tokens, params, stop, seed, init_state,
+                _stop_check(stop_event, should_stop, cancel),
             )
+            return self._open_stream(request, cancel)
+        request = self._request(
+            prompt, max_tokens, params, stop, seed, init_state,
+            _stop_check(stop_event, should_stop),
+        )
+        return self._complete(request, stream_callback)
 
-        call = functools.partial(self.completion, prompt, should_stop=should_stop, **kwargs)
-        future = asyncio.get_running_loop().run_in_executor(executor, call)
+    async def acompletion(
+        self, prompt: str = "", stream: bool = False, **kwargs: Any
+    ) -> CompletionResult | AsyncIterator[CompletionChunk]:
+        """`completion` for asyncio: runs on a worker thread; cancelling the task stops it.
+
+        With `stream=True` it returns an async iterator of chunks (`async for`); leaving the
+        loop early (or dropping the iterator) ends the completion and frees its context.
+        """
+        loaded = self._loaded_model()
+        executor = loaded.pool.executor()
+        cancel = threading.Event()
+        stream_callback = kwargs.pop("stream_callback", None)
+        if stream and stream_callback is not None:
+            raise InvalidArgument("stream=True returns the pieces; do not pass a stream_callback too")
+        stop_check = _stop_check(kwargs.pop("stop_event", None), kwargs.pop("should_stop", None), cancel)
+        request = self._request_from_kwargs(prompt, stop_check, kwargs)
+        loop = asyncio.get_running_loop()
+        if stream:
+            return self._astream(request, cancel, loop, executor)
+        call = functools.partial(self._complete, request, stream_callback)
+        future = loop.run_in_executor(executor, call)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -563,57 +376,57 @@ class RWKV:
         eviction. Later prompts starting with it skip those tokens."""
         if not self._cache.enabled:
             raise InvalidArgument("preload_prompt needs the state cache: state_cache_size is 0")
-        return self._complete(prefix, max_tokens=0, params=SamplingParams(), pin=pin)
+        request = self._request(prefix, 0, SamplingParams())
+        request.pin = pin
+        return self._complete(request)
 
     def get_state(self, text: str) -> np.ndarray:
         """The model state after `text` (a copy); pass it back as `init_state`."""
-        result = self._complete(text, max_tokens=0, params=SamplingParams())
+        result = self._complete(self._request(text, 0, SamplingParams()))
         assert result.state is not None
         return result.state
 
     def clear_cache(self, keep_pinned: bool = False) -> None:
         self._cache.clear(keep_pinned=keep_pinned)
 
-    def _check_init_state(self, init_state: Any) -> np.ndarray:
-        state_len = self.state_len
-        try:
-            array = np.asarray(init_state, dtype=np.float32).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"init_state must be a float32 array of {state_len} values") from exc
-        if array.shape[0] != state_len:
-            raise InvalidArgument(
-                f"init_state has {array.shape[0]} values, this model's state has {state_len} "
-                f"(a state from another model?)"
-            )
-        return array
+    # ---- internals ----
 
-    def _complete(
+    def _request_from_kwargs(
+        self, prompt: str, stop_check: ShouldStop | None, kwargs: dict[str, Any]
+    ) -> Request:
+        sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.__dataclass_fields__}
+        max_tokens = kwargs.pop("max_tokens", 64)
+        stop = kwargs.pop("stop", None)
+        seed = kwargs.pop("seed", None)
+        init_state = kwargs.pop("init_state", None)
+        if kwargs:
+            raise TypeError(f"unexpected completion options: {', '.join(sorted(kwargs))}")
+        return self._request(
+            prompt, max_tokens, SamplingParams(**sampling), stop, seed, init_state, stop_check
+        )
+
+    def _request(
         self,
         prompt: str,
         max_tokens: int,
         params: SamplingParams,
         stop: None | str | Sequence[str] = None,
         seed: int | None = None,
-        stream_callback: StreamCallback | None = None,
         init_state: np.ndarray | None = None,
-        stop_event: threading.Event | None = None,
-        should_stop: Callable[[], bool] | None = None,
-        pin: bool = False,
-    ) -> CompletionResult:
-        lib = self._loaded()
-        tokenizer = self.tokenizer
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 0:
-            raise InvalidArgument(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
-        if not isinstance(prompt, str):
-            raise InvalidArgument(f"prompt must be a string, got {type(prompt).__name__}")
+        should_stop: ShouldStop | None = None,
+    ) -> Request:
+        """Check the options and tokenize the prompt."""
+        loaded = self._loaded_model()
+        max_tokens = options.max_tokens(max_tokens)
+        prompt = options.prompt(prompt)
         params.check()
-        stops = _stop_strings(stop)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise InvalidArgument(f"seed must be an integer or None, got {seed!r}")
-        start_state = None if init_state is None else self._check_init_state(init_state)
-
+        stops = options.stop_strings(stop)
+        seed = options.seed(seed)
+        start_state = None
+        if init_state is not None:
+            start_state = options.init_state(init_state, loaded.info.state_len)
         started = time.perf_counter()
-        tokens = tokenizer.encode(prompt) if prompt else []
+        tokens = loaded.tokenizer.encode(prompt) if prompt else []
         if not tokens and start_state is None:
             raise InvalidArgument("the prompt is empty: give a prompt, or an init_state to start from")
         if not tokens and max_tokens > 0:
@@ -623,157 +436,87 @@ class RWKV:
             )
         sampler = None
         if max_tokens > 0:
-            sampler = Sampler(min(self.n_vocab, tokenizer.vocab_size), params, seed)
+            n_vocab = min(loaded.info.n_vocab, loaded.tokenizer.vocab_size)
+            sampler = Sampler(n_vocab, params, seed)
+        return Request(
+            prompt=prompt,
+            tokens=tokens,
+            max_tokens=max_tokens,
+            sampler=sampler,
+            stops=stops,
+            init_state=start_state,
+            should_stop=should_stop,
+            prepare_seconds=time.perf_counter() - started,
+        )
 
-        waited = time.perf_counter()
-        worker = self._acquire()
+    def _run(self, request: Request) -> Generator[CompletionChunk, None, None]:
+        """The completion on a free worker: its chunks, then a last chunk with the result.
+
+        The worker goes back to the pool before the last chunk, or when the generator is
+        closed early."""
+        loaded = self._loaded_model()
+        worker = loaded.pool.acquire()
         try:
-            started += time.perf_counter() - waited  # queue time is not the model's time
-            return self._run(
-                lib, worker, tokenizer, prompt, tokens, start_state, max_tokens, sampler, stops,
-                stream_callback, stop_event, should_stop, pin, started,
+            result = yield from generate(
+                worker, request, loaded.tokenizer, self._cache, self._batch_size
             )
         finally:
-            self._release(worker)
+            loaded.pool.release(worker)
+        yield CompletionChunk("", result.completion, result.usage, result.finish_reason, result)
 
-    def _run(
-        self,
-        lib: engine.Library,
-        worker: _Worker,
-        tokenizer: Tokenizer,
-        prompt: str,
-        tokens: list[int],
-        start_state: np.ndarray | None,
-        max_tokens: int,
-        sampler: Sampler | None,
-        stops: list[str],
-        stream_callback: StreamCallback | None,
-        stop_event: threading.Event | None,
-        should_stop: Callable[[], bool] | None,
-        pin: bool,
-        started: float,
+    def _complete(
+        self, request: Request, stream_callback: StreamCallback | None = None
     ) -> CompletionResult:
-        ctx, state, logits = worker.ctx, worker.state, worker.logits
-        cache = self._cache
-
-        # ---- prompt ----
-        n_cached = 0
-        state_in: np.ndarray | None = None
-        if start_state is not None:
-            state[:] = start_state
-            state_in = state
-        elif cache.enabled:
-            entry = cache.lookup(tokens)
-            if entry is not None and entry.logits is None:
-                entry = cache.lookup(tokens, max_length=len(tokens) - 1)
-            if entry is not None:
-                n_cached = entry.n_tokens
-                state[:] = entry.state
-                state_in = state
-                if n_cached == len(tokens):
-                    logits[:] = entry.logits
-        remaining = tokens[n_cached:]
-        if len(remaining) == 1:
-            lib.eval(ctx, remaining[0], state_in, state, logits)
-        elif remaining:
-            lib.eval_sequence_in_chunks(ctx, remaining, self._batch_size, state_in, state, logits)
-        if start_state is None and cache.enabled and (remaining or pin):
-            cache.put(tokens, state, logits, pin=pin)
-        prompt_done = time.perf_counter()
-
-        # ---- completion ----
-        generated: list[int] = []
-        fed = 0  # completion tokens evaluated (all but the last one sampled, at most)
-        text = ""  # everything decoded so far
-        emitted = 0  # characters of `text` streamed so far
-        finish = "length"
-        decoder = tokenizer.decoder()
-        eos = tokenizer.eos_token
-        logits_view = logits[: sampler.n_vocab] if sampler is not None else logits
-
-        def emit(upto: int) -> None:
-            nonlocal emitted
-            if upto > emitted:
-                piece = text[emitted:upto]
-                emitted = upto
+        with closing(self._run(request)) as chunks:
+            for chunk in chunks:
+                if chunk.result is not None:
+                    return chunk.result
                 if stream_callback is not None:
-                    stream_callback(piece, text[:upto])
+                    stream_callback(chunk.text, chunk.completion)
+        raise AssertionError("a completion ended without its result")  # pragma: no cover
 
-        end = None  # where the completion text ends when a stop string was found
-        for index in range(max_tokens):
-            if (stop_event is not None and stop_event.is_set()) or (
-                should_stop is not None and should_stop()
-            ):
-                finish = "cancelled"
-                break
-            token = sampler.sample(logits_view)  # type: ignore[union-attr]
-            generated.append(token)
-            if token == eos:
-                finish = "eos"
-                break
-            sampler.accept(token)  # type: ignore[union-attr]
-            piece = decoder.feed(token)
-            if piece:
-                text += piece
-                if stops:
-                    window = text[max(0, emitted) :]
-                    found = [i for i in (window.find(s) for s in stops) if i >= 0]
-                    if found:
-                        end = emitted + min(found)
-                        finish = "stop"
-                        break
-                    emit(len(text) - _held_back(window, stops))
-                else:
-                    emit(len(text))
-            if index == max_tokens - 1:
-                break  # the last token is not fed: nothing would read its logits
-            lib.eval(ctx, token, state, state, logits)
-            fed += 1
+    def _open_stream(self, request: Request, cancel: threading.Event) -> Iterator[CompletionChunk]:
+        stream = self._run(request)
+        with self._streams_lock:
+            self._streams[stream] = cancel
+        return stream
 
-        if end is None:
-            text += decoder.flush()
-            end = len(text)
-            if stops:
-                # Text held back for a stop string that never completed (a flushed replacement
-                # character can only end it, so the search covers the tail only).
-                window = text[emitted:]
-                found = [i for i in (window.find(s) for s in stops) if i >= 0]
-                if found:
-                    end = emitted + min(found)
-                    finish = "stop"
-        emit(end)
-        completion = text[:end]
+    async def _astream(
+        self,
+        request: Request,
+        cancel: threading.Event,
+        loop: asyncio.AbstractEventLoop,
+        executor: Executor,
+    ) -> AsyncIterator[CompletionChunk]:
+        """Chunks produced on a worker thread, delivered on the event loop."""
+        queue: asyncio.Queue = asyncio.Queue()
 
-        if start_state is None and cache.enabled and fed > 0:
-            cache.put(tokens + generated[:fed], state, logits)
-        finished = time.perf_counter()
+        def deliver(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is reading any more
+                cancel.set()
 
-        n_prompt = len(tokens)
-        n_evaluated = n_prompt - n_cached
-        prompt_ms = (prompt_done - started) * 1000.0
-        completion_ms = (finished - prompt_done) * 1000.0
-        n_completion = len(generated)
-        usage = Usage(n_prompt, n_completion, n_prompt + n_completion, n_cached)
-        perf = Perf(
-            prompt_time=prompt_ms,
-            completion_time=completion_ms,
-            total_time=prompt_ms + completion_ms,
-            time_per_prompt=prompt_ms / n_evaluated if n_evaluated else 0.0,
-            time_per_completion=completion_ms / n_completion if n_completion else 0.0,
-            time_per_full_prompt=prompt_ms / n_prompt if n_prompt else 0.0,
-            prompt_per_second=n_evaluated * 1000.0 / prompt_ms if n_evaluated and prompt_ms else 0.0,
-            completion_per_second=(
-                n_completion * 1000.0 / completion_ms if n_completion and completion_ms else 0.0
-            ),
-            full_prompt_per_second=n_prompt * 1000.0 / prompt_ms if n_prompt and prompt_ms else 0.0,
-        )
-        return CompletionResult(
-            completion=completion,
-            prompt=prompt,
-            usage=usage,
-            perf=perf,
-            finish_reason=finish,
-            tokens=generated,
-            state=state.copy(),
-            fed_tokens=fed,
-        )
+        def produce() -> None:
+            try:
+                with closing(self._open_stream(request, cancel)) as chunks:
+                    for chunk in chunks:
+                        deliver(chunk)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the event loop
+                deliver(_Failed(exc))
+            finally:
+                deliver(_END)
+
+        producer = loop.run_in_executor(executor, produce)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item  # type: ignore[misc]
+        finally:
+            cancel.set()  # the reader left: stop at the next token, give the worker back
+            await asyncio.shield(producer)
+
