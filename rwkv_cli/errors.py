@@ -40,3 +40,12 @@ class NotAFile(UserError, IsADirectoryError):
 
 class EngineNotBuilt(UserError, ImportError):
     """The package was imported from a source folder that holds no compiled engine."""
+
+    @classmethod
+    def in_package(cls, folder: str) -> EngineNotBuilt:
+        return cls(
+            f"rwkv_cli was imported from {folder}, which has no compiled engine (a source "
+            "folder, e.g. when Python runs in the project's root): run Python from another "
+            "folder to use the installed package (`pip install .`), or build it in place with "
+            "`pip install -e .`"
+        )

@@ -301,7 +301,7 @@ def models_command(
     json_output: Optional[bool] = JsonOpt,
 ) -> None:
     """Installed models: name, architecture, type, size, path."""
-    from .setup_wizard import show_installed
+    from .model_files import show_installed
 
     show_installed(_console(), json_output=bool(json_output))
 
@@ -343,7 +343,7 @@ def convert_command(
     data_type: str = typer.Option("FP16", "--type", help="FP16 or FP32."),
 ) -> None:
     """Convert a PyTorch checkpoint to an rwkv.cpp model file (no torch needed)."""
-    from .setup_wizard import convert_with_progress
+    from .model_files import convert_with_progress
 
     convert_with_progress(_console(), src, dest, data_type.upper())
 
@@ -355,7 +355,7 @@ def quantize_command(
     type_name: str = QuantTypeArg,
 ) -> None:
     """Quantize an rwkv.cpp model file."""
-    from .setup_wizard import quantize_with_progress
+    from .model_files import quantize_with_progress
 
     quantize_with_progress(_console(), src, dest, type_name.upper())
 

@@ -55,22 +55,17 @@ _AREA_MASK = 0xFF00
 _DETAIL_MASK = 0x00FF
 
 
+def _package_folder() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _compiled_module():
     """The cffi extension compiled at install time."""
     try:
         from . import _rwkv_native  # type: ignore[attr-defined]
     except ImportError:
-        raise EngineNotBuilt(engine_not_built_message()) from None
+        raise EngineNotBuilt.in_package(_package_folder()) from None
     return _rwkv_native
-
-
-def engine_not_built_message() -> str:
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return (
-        f"rwkv_cli was imported from {package}, which has no compiled engine (a source "
-        "folder?): run Python from another folder to use the installed package "
-        "(`pip install .`), or build it in place with `pip install -e .`"
-    )
 
 
 @functools.cache
@@ -80,7 +75,7 @@ def header_cdef() -> str:
     try:
         return cdef_from_header(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EngineNotBuilt(engine_not_built_message()) from None
+        raise EngineNotBuilt.in_package(_package_folder()) from None
 
 
 def error_flag_values(ffi: Any) -> dict[str, int]:
