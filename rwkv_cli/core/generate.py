@@ -79,6 +79,7 @@ class Generation:
         self.eos_token = eos_token
         self.max_tokens = max_tokens
         self.stops = StopMatcher(stops)
+        self._has_stops = bool(stops)
         self.tokens: list[int] = []  # sampled
         self.text = ""  # everything decoded so far
         self.finish_reason: str | None = None
@@ -118,16 +119,17 @@ class Generation:
         piece = self.decoder.feed(token)
         if piece:
             self.text += piece
-            if self.stops:
+            if self._has_stops:
                 window = self.text[self._released :]
                 found = self.stops.find(window)
                 if found is not None:
                     self._end = self._released + found
                     self._finish("stop")
                     return None
-                self._release(len(self.text) - self.stops.held_back(window))
+                # Never less than before: what was held back is at most the unreleased window.
+                self._released = len(self.text) - self.stops.held_back(window)
             else:
-                self._release(len(self.text))
+                self._released = len(self.text)
         if len(self.tokens) == self.max_tokens:
             self._finish("length")  # the last token is not fed: nothing would read its logits
             return None
@@ -145,14 +147,11 @@ class Generation:
         self._taken = self._released
         return piece
 
-    def _release(self, upto: int) -> None:
-        self._released = max(self._released, upto)
-
     def _finish(self, reason: str) -> None:
         if self._end is None:
             self.text += self.decoder.flush()
             self._end = len(self.text)
-            if self.stops:
+            if self._has_stops:
                 # Text held back for a stop string that never completed (a flushed replacement
                 # character can only end one, so the search covers the unreleased tail only).
                 found = self.stops.find(self.text[self._released :])
@@ -160,7 +159,7 @@ class Generation:
                     self._end = self._released + found
                     reason = "stop"
         self.text = self.text[: self._end]
-        self._release(self._end)
+        self._released = self._end
         self.finish_reason = reason
 
 
@@ -176,6 +175,9 @@ class Request:
     init_state: np.ndarray | None = None
     should_stop: Callable[[], bool] | None = None
     pin: bool = False  # keep the prompt's cache entry from eviction
+    # Whether anyone reads the chunks: without a reader generate() makes none (a chunk holds
+    # the completion so far, a copy per piece).
+    emit_chunks: bool = True
     prepare_seconds: float = 0.0  # spent tokenizing: prompt time, as the evaluation is
 
 
@@ -230,22 +232,26 @@ def generate(
         request.sampler, tokenizer.decoder(), tokenizer.eos_token, request.max_tokens,
         request.stops,
     )
-    context, state, logits = worker.context, worker.state, worker.logits
-    should_stop = request.should_stop
+    state, logits = worker.state, worker.logits
+    # The context stays open while a completion holds its worker: look its pointer up once.
+    library, pointer = worker.context.library, worker.context.pointer
+    should_stop, emit_chunks = request.should_stop, request.emit_chunks
+    step = generation.step
     while not generation.done:
         if should_stop is not None and should_stop():
             generation.cancel()
             break
-        token = generation.step(logits)
-        piece = generation.take_text()
-        if piece:
-            usage = Usage.of(n_prompt, len(generation.tokens), n_cached)
-            yield CompletionChunk(piece, generation.completion, usage)
+        token = step(logits)
+        if emit_chunks:
+            piece = generation.take_text()
+            if piece:
+                usage = Usage.of(n_prompt, len(generation.tokens), n_cached)
+                yield CompletionChunk(piece, generation.completion, usage)
         if token is None:
             break
-        context.eval(token, state, state, logits)
-    piece = generation.take_text()  # what the end released (held-back or flushed text)
-    if piece:
+        library.eval(pointer, token, state, state, logits)
+    piece = generation.take_text()  # all of it without a reader, else what the end released
+    if piece and emit_chunks:
         usage = Usage.of(n_prompt, len(generation.tokens), n_cached)
         yield CompletionChunk(piece, generation.completion, usage)
 

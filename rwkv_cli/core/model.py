@@ -467,6 +467,7 @@ class RWKV:
     def _complete(
         self, request: Request, stream_callback: StreamCallback | None = None
     ) -> CompletionResult:
+        request.emit_chunks = stream_callback is not None
         with closing(self._run(request)) as chunks:
             for chunk in chunks:
                 if chunk.result is not None:

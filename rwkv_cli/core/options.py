@@ -107,7 +107,7 @@ def prompt(value: Any) -> str:
 
 
 def init_state(value: Any, state_len: int) -> np.ndarray:
-    """A float32 copy-free view of a state of `state_len` values."""
+    """A state of `state_len` values, as a flat float32 array."""
     try:
         array = np.asarray(value, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError) as exc:
