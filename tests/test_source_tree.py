@@ -66,3 +66,10 @@ def test_a_source_folder_without_the_engine_says_what_to_do(tmp_path):
     assert command.returncode == 1
     lines = command.stderr.strip().splitlines()
     assert len(lines) == 1 and "no compiled engine" in lines[0], command.stderr
+    for flag in ("--lib-path", "--system-info"):
+        engine = subprocess.run(
+            [sys.executable, "-m", "rwkv_cli.engine", flag], cwd=tmp_path, capture_output=True,
+            text=True, timeout=60, check=False,
+        )
+        assert engine.returncode == 1 and engine.stdout == ""
+        assert engine.stderr.count("\n") == 1 and "no compiled engine" in engine.stderr

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import InvalidArgument
 from .pool import Worker
 from .results import CompletionChunk, CompletionResult, Perf, Usage
 from .sampling import Sampler
@@ -90,7 +91,7 @@ class Generation:
         if max_tokens == 0:
             self._finish("length")
         elif sampler is None:
-            raise ValueError("a Generation of max_tokens > 0 needs a sampler")
+            raise InvalidArgument("a Generation of max_tokens > 0 needs a sampler")
 
     @property
     def done(self) -> bool:

@@ -368,12 +368,19 @@ def default_library() -> Library:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args == ["--lib-path"]:
-        print(bundled_library_path())
-        return 0
-    if args == ["--system-info"]:
-        print(default_library().get_system_info_string())
-        return 0
-    print("usage: python -m rwkv_cli.engine [--lib-path | --system-info]", file=sys.stderr)
-    return 2
+    if args not in (["--lib-path"], ["--system-info"]):
+        print("usage: python -m rwkv_cli.engine [--lib-path | --system-info]", file=sys.stderr)
+        return 2
+    try:
+        if args == ["--lib-path"]:
+            path = bundled_library_path()
+            if not os.path.isfile(path):
+                raise EngineNotBuilt.in_package(_package_folder())
+            print(path)
+        else:
+            print(default_library().get_system_info_string())
+    except RWKVError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
