@@ -23,31 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from ..core.chat_format import PROMPT_FORMATS
+from ..errors import UserError
+from ..formats.tensor_types import QUANTIZED_TYPES, TENSOR_TYPES
+
 HF_BASE = "https://huggingface.co"
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
 
-QUANT_TYPES = ("FP16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
-
-# Bytes stored per weight in an rwkv.cpp file of each type (ggml blocks of 32 values).
-BYTES_PER_WEIGHT = {
-    "FP32": 4.0,
-    "FP16": 2.0,
-    "Q8_0": 34 / 32,
-    "Q5_1": 24 / 32,
-    "Q5_0": 22 / 32,
-    "Q4_1": 20 / 32,
-    "Q4_0": 18 / 32,
-}
+# Bytes stored per weight in an rwkv.cpp file of each type.
+BYTES_PER_WEIGHT = {t.name: t.bytes_per_value for t in TENSOR_TYPES}
+# What a checkpoint can be installed as, largest first.
+QUANT_TYPES = ("FP16",) + tuple(sorted(QUANTIZED_TYPES, key=lambda name: -BYTES_PER_WEIGHT[name]))
 
 TOKENIZERS = ("world", "20B", "bytes")
-PROMPT_FORMATS = {
-    # (user label, assistant label) of the chat format each family was tuned on.
-    "world": ("User", "Assistant"),
-    "raven": ("User", "Bot"),
-}
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """The catalog file is missing, malformed, or does not name what was asked for."""
 
 
