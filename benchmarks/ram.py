@@ -67,7 +67,8 @@ def measure(name: str, folder: Path) -> dict:
         "shape": name, "arch": arch, "n_layer": n_layer, "n_embed": n_embed, "n_vocab": n_vocab,
         "type": data_type, "fileMB": round(file_size / 1e6, 1),
         "peakRssMB": round(measured / 1e6, 1), "overheadMB": round((measured - file_size) / 1e6, 1),
-        "estimateMB": round(estimate / 1e6, 1), "estimateOverMeasured": round(estimate / measured, 3),
+        "estimateMB": round(estimate / 1e6, 1),
+        "estimateOverMeasured": round(estimate / measured, 3),
     }
 
 

@@ -261,8 +261,8 @@ def _show_messages(console: Console, session: ChatSession) -> None:
     messages = session.messages()
     if len(messages) > SHOWN_ON_LOAD:
         console.print(f"[dim]... {len(messages) - SHOWN_ON_LOAD} earlier messages[/]")
-    labels = {"user": f"[bold green]{session.user}:[/]", "assistant": f"[bold cyan]{session.bot}:[/]",
-              "system": "[bold]System:[/]"}
+    labels = {"user": f"[bold green]{session.user}:[/]",
+              "assistant": f"[bold cyan]{session.bot}:[/]", "system": "[bold]System:[/]"}
     for message in messages[-SHOWN_ON_LOAD:]:
         console.print(f"{labels[message['role']]} {escape(message['content'])}", soft_wrap=True)
 

@@ -160,19 +160,19 @@ TokenizerOpt = typer.Option(
 )
 TemperatureOpt = typer.Option(
     None, "--temperature", min=0.0,
-    help=f"Sampling temperature; 0 = greedy. [default: {CHAT_TEMPERATURE}]",
+    help=f"Sampling temperature; 0 = greedy. \\[default: {CHAT_TEMPERATURE}]",
 )
 TopPOpt = typer.Option(
     None, "--top-p", min=0.0, max=1.0,
     help=f"Nucleus sampling: sample from the tokens of this much probability, in (0, 1]. "
-    f"[default: {CHAT_TOP_P}]",
+    f"\\[default: {CHAT_TOP_P}]",
 )
 ChatMaxTokensOpt = typer.Option(
-    None, "--max-tokens", min=1, help=f"Most tokens per reply. [default: {CHAT_MAX_TOKENS}]"
+    None, "--max-tokens", min=1, help=f"Most tokens per reply. \\[default: {CHAT_MAX_TOKENS}]"
 )
 CompleteMaxTokensOpt = typer.Option(
     None, "--max-tokens", min=0,
-    help=f"Most tokens to generate (0: only read the prompt). [default: {COMPLETE_MAX_TOKENS}]",
+    help=f"Most tokens to generate (0: only read the prompt). \\[default: {COMPLETE_MAX_TOKENS}]",
 )
 JsonOpt = typer.Option(None, "--json", help="Print only the JSON result.")
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks of errors.")
@@ -183,7 +183,7 @@ SystemOpt = typer.Option(
 )
 ThinkOpt = typer.Option(
     None, "--think/--no-think",
-    help="Reasoning models (RWKV-7 G series): think before answering. [default: no-think]",
+    help="Reasoning models (RWKV-7 G series): think before answering. \\[default: no-think]",
 )
 ForceOpt = typer.Option(False, "--force", "-f", help="Overwrite DEST if it exists.")
 PromptArg = typer.Argument(..., help="The text to continue ('-' reads standard input).")
@@ -242,7 +242,8 @@ def root(
         False, "--dragon", help="Benchmark with the dragon prompt (same as `bench`)."
     ),
     size: Optional[int] = typer.Option(
-        None, "--size", "-n", min=1, help=f"Tokens to generate with --dragon. [default: {BENCH_SIZE}]"
+        None, "--size", "-n", min=1,
+        help=f"Tokens to generate with --dragon. \\[default: {BENCH_SIZE}]",
     ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m",
@@ -402,7 +403,7 @@ def complete_command(
 def bench_command(
     ctx: typer.Context,
     size: Optional[int] = typer.Option(
-        None, "--size", "-n", min=1, help=f"Tokens to generate. [default: {BENCH_SIZE}]"
+        None, "--size", "-n", min=1, help=f"Tokens to generate. \\[default: {BENCH_SIZE}]"
     ),
     json_output: Optional[bool] = JsonOpt,
     model_path: Optional[Path] = ModelPathOpt,

@@ -116,8 +116,8 @@ class Conversation:
                         on_thinking: TextCallback | None) -> CompletionResult:
         prompt = user_turn(self.format, message, think=True)
         thinking = self.model.completion(
-            prompt, init_state=self.state, stop=[THINK_CLOSE], stream_callback=_callback(on_thinking),
-            stop_event=stop_event, **self.sampling,
+            prompt, init_state=self.state, stop=[THINK_CLOSE],
+            stream_callback=_callback(on_thinking), stop_event=stop_event, **self.sampling,
         )
         self.last_thinking_result = thinking
         self.last_thinking = thinking.completion
@@ -129,7 +129,8 @@ class Conversation:
             stop_event=stop_event, **self.sampling,
         )
         # What the format carries of this turn: the question and the answer.
-        record = user_record(self.format, message) + assistant_record(self.format, answer.completion)
+        record = user_record(self.format, message)
+        record += assistant_record(self.format, answer.completion)
         state = self.model.completion(record, init_state=self.state, max_tokens=0).state
         assert state is not None
         self.state = state
