@@ -43,7 +43,7 @@ THINK_CLOSE = "</think>"
 WORLD_VOCAB_SIZE = 65536
 
 # G0, G1, G1a, G1a2, G1b... as a word of a model or file name: "rwkv7-g1a-2.9b-...".
-_REASONING_NAME = re.compile(r"(?:^|[^a-z0-9])g[01][a-z]?\d?(?:[^a-z0-9]|$)", re.IGNORECASE)
+_REASONING_NAME = re.compile(r"(?:^|[^a-z0-9])g[01](?:[a-z]\d?)?(?:[^a-z0-9]|$)", re.IGNORECASE)
 
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
 
