@@ -192,7 +192,8 @@ def test_too_many_requests_is_retried_after_what_the_server_asks(served, tmp_pat
     server.fail_status, server.retry_after = 429, "0"
     server.fail_times["/repo/model.bin"] = 1
     notices = []
-    assert download(url, tmp_path / "m.bin", backoff=30, notify=notices.append).read_bytes() == payload
+    dest = download(url, tmp_path / "m.bin", backoff=30, notify=notices.append)
+    assert dest.read_bytes() == payload
     assert notices and notices[0].startswith("retrying in 0 s: HTTP 429")
 
 
