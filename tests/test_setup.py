@@ -397,3 +397,16 @@ def test_a_lost_registry_is_rebuilt_by_setup_without_downloading(site):
     again = run_cli(site["env"], "setup", "--model", "tiny-bin", "--yes")
     assert again.returncode == 0, again.stderr
     assert site["server"].requests == [] and registry(site["home"])["last"] == "tiny-bin"
+
+
+@pytest.mark.parametrize("data_type", ["Q8_0", "Q5_1", "Q4_0", "FP16"])
+def test_the_installed_size_of_a_checkpoint_counts_the_fp16_embedding_and_head(data_type):
+    from rwkv_cli.app.catalog import CatalogModel
+    from rwkv_cli.formats.synthetic import random_model_size
+
+    # The RWKV-7 0.1B checkpoint: 381.1 MB of BF16, 12 x 768, vocabulary 65536.
+    entry = CatalogModel(name="g1", title="G1", arch="7", tokenizer="world", repo="r", file="f",
+                         format="pth", download_size=381_100_000, quantization="Q8_0",
+                         n_embed=768)
+    actual = random_model_size("7", 12, 768, 65536, data_type)  # what the writer produces
+    assert abs(entry.model_bytes(data_type) - actual) < 0.05 * actual
