@@ -6,9 +6,10 @@
 For each shape a random-weight model is written (our writer; the size of a file, not its
 values, decides the memory), then `rwkv-cpp complete` runs on it in a child process with a
 prompt longer than one sequence-mode chunk, and the child's peak resident set size is read
-from the kernel (`wait4`'s ru_maxrss). The weights are memory-mapped and every token reads
-all of them, so the whole file counts in the resident set; the rest is the Python runtime
-with its libraries, the tokenizer's tables and the engine's per-context buffers.
+from the kernel (VmHWM, which the child writes as it exits). The weights are memory-mapped and
+every token reads all of them, so the whole file counts in the resident set (all but the
+embedding, which is read row by row); the rest is the Python runtime with its libraries, the
+tokenizer's tables and the engine's per-context buffers. Linux only (/proc).
 
 Each line: the shape, the file size, the measured peak, the estimate of
 `rwkv_cli.app.catalog.estimate_ram_bytes` for that file, and their ratio. The estimate's
@@ -39,15 +40,30 @@ SHAPES = {
 PROMPT = "In a shocking finding, scientists discovered a herd of dragons. " * 8
 
 
-def peak_rss(command: list[str], env: dict[str, str]) -> int:
-    """Peak resident set size of a child process, in bytes."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(process.pid, 0)
-    stderr = process.stderr.read().decode() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {stderr.strip()}")
-    return usage.ru_maxrss * 1024  # kilobytes on Linux
+# The child writes the peak resident set of its own memory image (VmHWM) when it exits; its
+# ru_maxrss would start from the resident set of the process that forked it.
+RUNNER = """
+import atexit, re, runpy, sys
+
+def report(path=sys.argv[1]):
+    status = open("/proc/self/status").read()
+    open(path, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+
+atexit.register(report)
+sys.argv = ["rwkv-cpp"] + sys.argv[2:]
+runpy.run_module("rwkv_cli", run_name="__main__")
+"""
+
+
+def peak_rss(arguments: list[str], env: dict[str, str], folder: Path) -> int:
+    """Peak resident set size of `rwkv-cpp ARGUMENTS` in a child process, in bytes."""
+    report = folder / "peak"
+    result = subprocess.run([sys.executable, "-c", RUNNER, str(report), *arguments], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"rwkv-cpp {' '.join(arguments)} failed: {result.stderr.strip()}")
+    return int(report.read_text()) * 1024
 
 
 def measure(name: str, folder: Path) -> dict:
@@ -55,9 +71,9 @@ def measure(name: str, folder: Path) -> dict:
     path = folder / f"{name}.bin"
     write_random_model(path, arch, n_layer, n_embed, n_vocab, data_type=data_type)
     env = dict(os.environ, RWKV_HOME=str(folder / "home"), NO_COLOR="1")
-    command = [sys.executable, "-m", "rwkv_cli", "complete", PROMPT, "--model-path", str(path),
-               "--max-tokens", "16", "--temperature", "0"]
-    peaks = [peak_rss(command, env) for _ in range(3)]
+    arguments = ["complete", PROMPT, "--model-path", str(path), "--max-tokens", "16",
+                 "--temperature", "0"]
+    peaks = [peak_rss(arguments, env, folder) for _ in range(3)]
     measured = sorted(peaks)[1]
     file_size = path.stat().st_size
     tokenizer = "bytes" if n_vocab == 256 else "world"
