@@ -442,7 +442,8 @@ def test_rm_asks_and_default_switches_the_model_models_marks(tmp_path, monkeypat
 
 def pexpect_spawn(home, *args: str):
     pexpect = pytest.importorskip("pexpect")
-    env = dict(os.environ, RWKV_HOME=str(home), NO_COLOR="1", COLUMNS="160")
+    env = dict(os.environ, RWKV_HOME=str(home), NO_COLOR="1", COLUMNS="160",
+               PROMPT_TOOLKIT_NO_CPR="1")
     return pexpect.spawn(sys.executable, ["-m", "rwkv_cli", *args], env=env, encoding="utf-8",
                          timeout=30, dimensions=(30, 160))
 
