@@ -348,7 +348,7 @@ def test_load_shows_the_restored_conversation_and_explains_a_wrong_file(tmp_path
     not_a_save = tmp_path / "notes.txt"
     not_a_save.write_text("just some text")
     child.send(f"/load {not_a_save}\r")
-    child.expect_exact("not a saved conversation")
+    child.expect_exact("not a conversation saved with /save")
     child.expect_exact("User:")
     transcript = quit_chat(child)
     assert ".npz" in transcript and "pickle" not in transcript

@@ -19,7 +19,7 @@ import errno
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,32 +158,57 @@ def _repair_hint(path: Path) -> str:
     )
 
 
+def _installed_model(name: str, entry: object) -> InstalledModel:
+    """One registry entry, its fields checked against InstalledModel's types (unknown ones are
+    ignored: a newer version may have added them), its paths made absolute."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"entry {name!r} is a {type(entry).__name__}, not an object")
+    values = {}
+    for spec in fields(InstalledModel):
+        if spec.name not in entry:
+            continue
+        value, wanted = entry[spec.name], int if spec.type == "int" else str
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            raise TypeError(
+                f"entry {name!r}: {spec.name} is {value!r}, expected {wanted.__name__}"
+            )
+        values[spec.name] = value
+    missing = [key for key in ("name", "path") if key not in values]
+    if missing:
+        raise ValueError(f"entry {name!r} lacks {' and '.join(missing)}")
+    model = InstalledModel(**values)
+    model.path = _loaded(model.path, models_dir())
+    model.tokenizer_path = _loaded(model.tokenizer_path, rwkv_home())
+    if model.tokenizer not in ("auto", "") and model.tokenizer_path:
+        model.tokenizer = model.tokenizer_path
+    return model
+
+
 def load_registry() -> Registry:
     path = registry_path()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Registry()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
         raise RegistryError(
-            f"cannot read the model registry {path}: {exc.strerror or exc}"
+            f"cannot read the model registry {path}: {exc}; {_repair_hint(path)}"
         ) from exc
     try:
         raw = json.loads(text)
-        known = set(InstalledModel.__dataclass_fields__)
-        models = {}
-        for name, entry in raw.get("models", {}).items():
-            model = InstalledModel(**{k: v for k, v in entry.items() if k in known})
-            model.path = _loaded(model.path, models_dir())
-            model.tokenizer_path = _loaded(model.tokenizer_path, rwkv_home())
-            if model.tokenizer not in ("auto", "") and model.tokenizer_path:
-                model.tokenizer = model.tokenizer_path
-            models[name] = model
+        if not isinstance(raw, dict):
+            raise TypeError(f"the file holds a {type(raw).__name__}, not an object")
+        entries = raw.get("models", {})
+        if not isinstance(entries, dict):
+            raise TypeError(f"'models' is a {type(entries).__name__}, not an object")
+        models = {name: _installed_model(name, entry) for name, entry in entries.items()}
         last = raw.get("last")
-    except (ValueError, TypeError, AttributeError) as exc:
-        reason = "it is not valid JSON" if isinstance(exc, ValueError) else "unexpected content"
+        if last is not None and not isinstance(last, str):
+            raise TypeError(f"'last' is {last!r}, not a model name")
+    except (ValueError, TypeError) as exc:
+        reason = "not valid JSON" if isinstance(exc, json.JSONDecodeError) else "unexpected content"
         raise RegistryError(
-            f"the model registry {path} is broken ({reason}: {exc}): {_repair_hint(path)}"
+            f"cannot read the model registry {path} ({reason}: {exc}); {_repair_hint(path)}"
         ) from exc
     return Registry(models=models, last=last if last in models else None)
 
