@@ -301,7 +301,7 @@ def run_chat(
                 sampling={"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
                           "seed": seed},
             )
-        mode = " · thinking" if think else ""
+        mode = " · thinking" if think else " · /think on to let it reason" if fmt.reasoning else ""
         console.print(
             f"[bold]rwkv-cpp chat[/] · {choice.name} (RWKV v{model.arch}, {model.data_type}, "
             f"{model.threads} threads{mode}) · /help for commands, Ctrl-D to quit",
