@@ -230,7 +230,6 @@ struct context {
     size_t work_floats;
     void * prepared;    /* activations prepared for the kernels */
     size_t prepared_cap;
-    size_t allocations; /* heap blocks this context allocated (all at creation) */
 };
 
 /* y (T rows of tensor_rows(W) floats, row stride ldy) = W x (T rows of W->ne[0] floats). */

@@ -57,7 +57,6 @@ const char * rwkv_get_data_type_name(const struct rwkv_context * ctx);
 size_t rwkv_get_weight_bytes_per_token(const struct rwkv_context * ctx);
 typedef void (*rwkv_progress_callback)(void * user_data, size_t done_bytes, size_t total_bytes);
 bool rwkv_quantize_model_file_with_progress(const char * model_file_path_in, const char * model_file_path_out, const char * format_name, rwkv_progress_callback callback, void * user_data);
-size_t rwkv_get_allocation_count(const struct rwkv_context * ctx);
 """
 
 CDEF = CDEF_RWKV_CPP + CDEF_EXTENSIONS

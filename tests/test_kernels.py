@@ -243,19 +243,6 @@ def test_sequence_mode_equals_serial_mode(lib, models, dtype, monkeypatch):
     assert np.allclose(sequence_state, serial_state, rtol=1e-3, atol=1e-4)
 
 
-def test_no_allocation_per_token(lib, models, monkeypatch):
-    ctx = load(lib, models["Q5_1"], 2, None, monkeypatch)
-    try:
-        before = lib.get_allocation_count(ctx)
-        if before < 0:
-            pytest.skip("the library has no allocation counter")
-        run_serial(lib, ctx, TOKENS)
-        run_sequence(lib, ctx, TOKENS * 7)  # more than one sequence-mode chunk
-        assert lib.get_allocation_count(ctx) == before
-    finally:
-        lib.free(ctx)
-
-
 def test_unknown_kernel_path_is_refused(lib, models, monkeypatch):
     monkeypatch.setenv("RWKV_KERNELS", "sse9")
     with pytest.raises(native.RWKVError, match="sse9"):
