@@ -238,6 +238,26 @@ def test_quantizer_refuses_bad_input(lib, tmp_path, good_files):
     assert not (tmp_path / "o.bin").exists()
 
 
+# ---- inputs the fuzz targets (tests/fuzz/) once crashed on ---------------------------------------
+
+FUZZ_REGRESSIONS = REPO / "tests" / "fuzz" / "regressions"
+
+
+ENGINE_REGRESSIONS = sorted(
+    (FUZZ_REGRESSIONS / "load").glob("*")) + sorted((FUZZ_REGRESSIONS / "quantize").glob("*")
+)
+
+
+@pytest.mark.parametrize("path", ENGINE_REGRESSIONS, ids=lambda p: f"{p.parent.name}-{p.name}")
+def test_engine_refuses_fuzz_regressions_clearly(lib, path, tmp_path):
+    if path.parent.name == "load":
+        assert_refused(lib, path)
+    else:
+        with pytest.raises(native.RWKVError):
+            lib.quantize_model_file(path, tmp_path / "out.bin", "Q8_0")
+        assert list(tmp_path.iterdir()) == []
+
+
 # ---- the quantizer never harms its input, nor leaves a partial output ---------------------------
 
 
