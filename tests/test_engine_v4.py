@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_utils import run_sequence, run_serial, within_fixture_limit
+from engine_utils import (
+    QUANTIZED_MAX_ERROR,
+    max_logit_error,
+    run_sequence,
+    run_serial,
+    within_fixture_limit,
+)
 from helpers import FIXTURE_TOKENS, tiny_expected, tiny_model
 from reference import Reference
 
@@ -42,6 +48,9 @@ def test_fixture_files_match_reference_logits(lib, dtype, mode):
     assert within_fixture_limit(logits, expected, FILE_LIMITS[dtype])
     if dtype == "FP32":
         assert np.max(np.abs(logits - expected)) < 1e-4
+    if dtype in ("Q5_0", "Q5_1"):
+        want, _ = Reference.from_file(tiny_model("4v0", dtype)).forward_sequence(FIXTURE_TOKENS)
+        assert max_logit_error(logits, want) < QUANTIZED_MAX_ERROR["4v0"]
 
 
 def test_fp32_state_matches_rwkv_cpp_state(lib):
@@ -71,6 +80,9 @@ def test_files_quantized_by_us_stay_within_limits(lib, tmp_path, source, target)
     limit = QUANTIZED_LIMITS[source][target]
     assert within_fixture_limit(serial, expected, limit)
     assert within_fixture_limit(sequence, expected, limit)
+    want, _ = Reference.from_file(out).forward_sequence(FIXTURE_TOKENS)
+    assert max_logit_error(serial, want) < QUANTIZED_MAX_ERROR["4v0"]
+    assert max_logit_error(sequence, want) < QUANTIZED_MAX_ERROR["4v0"]
 
 
 @pytest.mark.parametrize("target", ["Q5_0", "Q5_1"])
