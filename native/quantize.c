@@ -105,6 +105,14 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
         if (error_print_enabled()) fprintf(stderr, "rwkv: %s\n", err->message);
         return false;
     }
+    struct stat out_stat;
+    if (stat(path_out, &out_stat) == 0 && S_ISDIR(out_stat.st_mode)) {
+        error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_FILE_OPEN, "cannot write %s: it is a folder; name the output file",
+                  path_out);
+        model_release(m);
+        if (error_print_enabled()) fprintf(stderr, "rwkv: %s\n", err->message);
+        return false;
+    }
     /* the output is written to a temporary file renamed over path_out once complete, so a
      * failure leaves no partial file and an existing path_out as it was */
     char * temp_path = NULL;

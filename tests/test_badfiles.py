@@ -340,6 +340,13 @@ def test_quantizer_reports_an_output_folder_it_cannot_write(lib, tmp_path, good_
         lib.quantize_model_file(good_files["fp32"], tmp_path / "missing" / "q.bin", "Q8_0")
 
 
+def test_quantizer_refuses_a_folder_as_output_before_writing(lib, tmp_path, good_files):
+    (tmp_path / "models").mkdir()
+    with pytest.raises(native.RWKVError, match="is a folder"):
+        lib.quantize_model_file(good_files["fp32"], tmp_path / "models", "Q8_0")
+    assert files_in(tmp_path) == ["models"] and files_in(tmp_path / "models") == []
+
+
 def _asan_runtime() -> str | None:
     try:
         out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True)
