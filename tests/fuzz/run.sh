@@ -72,10 +72,12 @@ fi
 # the engine compiled once for both C targets (two compilers at a time)
 FUZZ_CFLAGS=(-std=gnu11 -g -O2 -fno-omit-frame-pointer -fsanitize=address,undefined
     -fno-sanitize-recover=undefined -pthread -I"$REPO/native")
-mkdir -p "$WORK/obj"
-printf '%s\n' "$REPO"/native/*.c | xargs -P 2 -I{} sh -c \
-    'clang "$@" -fsanitize=fuzzer-no-link -c "{}" -o "'"$WORK"'/obj/$(basename "{}" .c).o"' \
-    clang "${FUZZ_CFLAGS[@]}"
+if [[ " ${TARGETS[*]} " == *" load "* || " ${TARGETS[*]} " == *" quantize "* ]]; then
+    mkdir -p "$WORK/obj"
+    printf '%s\n' "$REPO"/native/*.c | xargs -P 2 -I{} sh -c \
+        'clang "$@" -fsanitize=fuzzer-no-link -c "{}" -o "'"$WORK"'/obj/$(basename "{}" .c).o"' \
+        clang "${FUZZ_CFLAGS[@]}"
+fi
 build_c_target() {
     clang "${FUZZ_CFLAGS[@]}" -fsanitize=fuzzer -o "$WORK/fuzz_$1" "$REPO/tests/fuzz/fuzz_$1.c" \
         "$WORK"/obj/*.o -lm
