@@ -400,9 +400,7 @@ def test_cancelling_acompletion_stops_the_work(v4_path):
                 await task
 
         asyncio.run(cancel_midway())
-        deadline = time.monotonic() + 10
-        while single.active_work_count() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        # The cancelled await returned once the work had stopped.
         assert single.active_work_count() == 0
         # The context is free again for the next completion.
         assert single.completion(PROMPT, max_tokens=2, temperature=0).usage.completionTokens == 2
@@ -509,7 +507,9 @@ def test_20b_vocabulary_model_without_the_tokenizer(neox_shaped_model, tmp_path,
 # ---- every architecture ----
 
 
-@pytest.mark.parametrize("arch, dtype", [("5.1", "FP32"), ("5.2", "FP32"), ("6", "Q5_1"), ("7", "FP32")])
+@pytest.mark.parametrize(
+    "arch, dtype", [("5.1", "FP32"), ("5.2", "FP32"), ("6", "Q5_1"), ("7", "FP32")]
+)
 def test_cache_and_init_state_on_every_architecture(byte_model, arch, dtype):
     path = byte_model(arch, dtype)
     prefix, suffix = "\nThe dragon", " flew over the"
