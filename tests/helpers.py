@@ -38,20 +38,23 @@ FIXTURE_VERSIONS = {
 }
 
 
-def _absent(path: Path, allow_module_level: bool = False):
+def _absent(path: Path):
     message = f"shared fixture absent: {path}"
     if REQUIRE_FIXTURES:
         pytest.fail(f"{message} (RWKV_REQUIRE_FIXTURES=1: ../shared is required)", pytrace=False)
-    pytest.skip(message, allow_module_level=allow_module_level)
+    pytest.skip(message)
 
 
-def skip_module_without(folder: Path, what: str) -> None:
-    """At the top of a test_shared_* module: skip the whole module (one skip, saying how many
-    comparisons did not run) when `folder` is absent. Under RWKV_REQUIRE_FIXTURES=1 the module
-    is collected all the same, and each of its tests fails on the file it needs."""
-    if folder.is_dir() or REQUIRE_FIXTURES:
-        return
-    pytest.skip(f"{folder} absent: {what} did not run", allow_module_level=True)
+def may_skip_without(folder: Path) -> bool:
+    """True when `folder` of ../shared is absent and RWKV_REQUIRE_FIXTURES is not set: a
+    test_shared_* module then skips as a whole (one skip, saying what did not run):
+
+        if may_skip_without(TINY):
+            pytest.skip(f"{TINY} absent: ...", allow_module_level=True)
+
+    Under RWKV_REQUIRE_FIXTURES=1 the module runs all the same, and each of its tests fails on
+    the file it needs."""
+    return not folder.is_dir() and not REQUIRE_FIXTURES
 
 
 def shared_file(path: Path) -> Path:

@@ -31,7 +31,7 @@ def world() -> WorldTokenizer:
 
 @pytest.fixture(scope="module")
 def bpe(bpe_tokenizer_json) -> HFTokenizer:
-    """A tiny byte-level BPE in the 20B file's form (the real file: test_shared_tokenizer_20b.py)."""
+    """A tiny byte-level BPE in the 20B file's form (the real one: test_shared_tokenizer_20b.py)."""
     return HFTokenizer(bpe_tokenizer_json)
 
 
