@@ -484,8 +484,8 @@ def test_world_vocabulary_model(world_v7):
 def test_20b_vocabulary_model_finds_the_tokenizer_in_rwkv_home(
     neox_shaped_model, bpe_tokenizer_json, tmp_path, monkeypatch
 ):
-    """A tiny BPE file stands in for the 20B one (the real file: test_shared_tokenizer_20b.py).
-    Its ids stop far below 50277, so this model only reads prompts through it."""
+    """A tiny BPE file stands in for the 20B one (the real file: test_shared_tokenizer_20b.py);
+    sampling keeps to its few hundred ids, the first of the model's 50277."""
     from rwkv_cli.core.tokenizer import HFTokenizer
 
     monkeypatch.setenv("RWKV_HOME", str(tmp_path))
@@ -493,9 +493,11 @@ def test_20b_vocabulary_model_finds_the_tokenizer_in_rwkv_home(
     prompt = "The dragon flew over the hills"
     with RWKV(neox_shaped_model, threads=1) as neox:
         assert neox.tokenizer.name == "20B"
-        result = neox.completion(prompt, max_tokens=0)
-    expected = HFTokenizer(bpe_tokenizer_json).encode(prompt)
-    assert result.usage.promptTokens == len(expected) < len(prompt)
+        result = neox.completion(prompt, max_tokens=8, temperature=1.0, seed=2)
+    bpe = HFTokenizer(bpe_tokenizer_json)
+    assert result.usage.promptTokens == len(bpe.encode(prompt)) < len(prompt)
+    assert len(result.tokens) == 8 and max(result.tokens) < bpe.vocab_size
+    assert result.completion == bpe.decode(result.tokens)
 
 
 def test_20b_vocabulary_model_without_the_tokenizer(neox_shaped_model, tmp_path, monkeypatch):
