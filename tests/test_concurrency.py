@@ -299,10 +299,17 @@ def bounded(call, seconds: float, what: str):
 
 
 @pytest.fixture
-def serial(byte_v4):
-    runs = SerialRuns(byte_v4)
-    yield runs
-    runs.model.free()
+def serial_runs():
+    """serial_runs(path): a SerialRuns of that model, freed after the test."""
+    made = []
+
+    def make(path) -> SerialRuns:
+        made.append(SerialRuns(path))
+        return made[-1]
+
+    yield make
+    for runs in made:
+        runs.model.free()
 
 
 def assert_nothing_logged_an_error(caplog) -> None:
@@ -313,11 +320,14 @@ def assert_nothing_logged_an_error(caplog) -> None:
     assert not errors, "\n".join(formatter.format(r) for r in errors)
 
 
-def test_threads_with_random_options_and_cancellations_match_serial_runs(byte_v4, serial, caplog):
+def test_threads_with_random_options_and_cancellations_match_serial_runs(
+    byte_v7, serial_runs, caplog
+):
     rng = random.Random(20261)
     plans = [[random_job(rng, t * JOBS_PER_THREAD + j) for j in range(JOBS_PER_THREAD)]
              for t in range(N_THREADS)]
-    model = RWKV(byte_v4, threads=1, concurrent=CONTEXTS, state_cache_size=16).setup()
+    serial = serial_runs(byte_v7)
+    model = RWKV(byte_v7, threads=1, concurrent=CONTEXTS, state_cache_size=16).setup()
     deadline = time.monotonic() + DEADLINE
     outcomes, threads, current = run_threads(model, plans, False, deadline)
     join_all(threads, current, deadline)
@@ -333,9 +343,10 @@ def test_threads_with_random_options_and_cancellations_match_serial_runs(byte_v4
     assert_nothing_logged_an_error(caplog)
 
 
-def test_free_while_completions_are_queued_ends_each_of_them(byte_v4, serial, caplog):
+def test_free_while_completions_are_queued_ends_each_of_them(byte_v4, serial_runs, caplog):
     rng = random.Random(20262)
     plans = [[random_job(rng, t * 1000 + j) for j in range(1000)] for t in range(N_THREADS)]
+    serial = serial_runs(byte_v4)
     model = RWKV(byte_v4, threads=1, concurrent=2, state_cache_size=16).setup()
     deadline = time.monotonic() + DEADLINE
     outcomes, threads, current = run_threads(model, plans, True, deadline)
