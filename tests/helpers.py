@@ -38,13 +38,6 @@ FIXTURE_VERSIONS = {
 }
 
 
-def _absent(path: Path):
-    message = f"shared fixture absent: {path}"
-    if REQUIRE_FIXTURES:
-        pytest.fail(f"{message} (RWKV_REQUIRE_FIXTURES=1: ../shared is required)", pytrace=False)
-    pytest.skip(message)
-
-
 def may_skip_without(folder: Path) -> bool:
     """True when `folder` of ../shared is absent and RWKV_REQUIRE_FIXTURES is not set: a
     test_shared_* module then skips as a whole (one skip, saying what did not run):
@@ -60,7 +53,11 @@ def may_skip_without(folder: Path) -> bool:
 def shared_file(path: Path) -> Path:
     """A file of ../shared: skipped, or failed under RWKV_REQUIRE_FIXTURES=1, when absent."""
     if not path.exists():
-        _absent(path)
+        message = f"shared fixture absent: {path}"
+        if REQUIRE_FIXTURES:
+            pytest.fail(f"{message} (RWKV_REQUIRE_FIXTURES=1: ../shared is required)",
+                        pytrace=False)
+        pytest.skip(message)
     return path
 
 

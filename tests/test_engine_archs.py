@@ -93,6 +93,27 @@ def test_sequence_mode_equals_token_by_token(lib, random_models, arch, chunk):
     np.testing.assert_allclose(sequence_state, serial_state, atol=1e-4 * np.abs(serial_state).max())
 
 
+@pytest.mark.parametrize("arch", ["5.1", "5.2"])
+def test_v5_group_norm_eps_is_the_official_one_unless_overridden(
+    lib, random_models, monkeypatch, arch
+):
+    """64e-5 by default; RWKV_V5_LN_X_EPS (read at load) sets rwkv.cpp's 1e-5. (On rwkv.cpp's
+    own fixtures: test_shared_engine.py.)"""
+    path = random_models[arch]
+    for setting, eps, other_eps in ((None, 64e-5, 1e-5), ("1e-5", 1e-5, 64e-5)):
+        if setting is None:
+            monkeypatch.delenv("RWKV_V5_LN_X_EPS", raising=False)
+        else:
+            monkeypatch.setenv("RWKV_V5_LN_X_EPS", setting)
+        want, _ = Reference.from_file(path, v5_ln_x_eps=eps).forward_sequence(PROMPT)
+        other, _ = Reference.from_file(path, v5_ln_x_eps=other_eps).forward_sequence(PROMPT)
+        serial, _, sequence, _ = evaluate(lib, path, PROMPT)
+        scale = np.abs(want).max()
+        assert np.max(np.abs(serial - want)) < 1e-5 * scale
+        assert np.max(np.abs(sequence - want)) < 1e-5 * scale
+        assert np.max(np.abs(other - want)) > 1e-4 * scale  # the two are told apart
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_quantized_random_model_follows_reference(lib, random_models, tmp_path, arch):
     """Our Q8_0 file against the reference run on the dequantized weights of the same file."""
