@@ -8,8 +8,8 @@ import struct
 import subprocess
 import sys
 
+import checkpoints
 import pytest
-from helpers import tiny_model
 from typer.testing import CliRunner
 
 from rwkv_cli import __version__
@@ -104,8 +104,8 @@ def test_missing_20b_tokenizer_is_one_line_with_the_setup_advice(tmp_path):
     assert "rwkv-cpp --setup" in lines[0] and "Traceback" not in result.stderr
 
 
-def test_gpu_flag_without_a_gpu_engine_is_a_clear_error(tmp_path):
-    model = str(tiny_model("4v0", "FP32"))
+def test_gpu_flag_without_a_gpu_engine_is_a_clear_error(tmp_path, byte_v4):
+    model = str(byte_v4)
     result = run_cli(tmp_path, "--gpu", "2", "--dragon", "--size", "2", "--modelPath", model)
     assert result.returncode == 1 and "gpu" in result.stderr.lower()
     assert len(result.stderr.strip().splitlines()) == 1
@@ -113,15 +113,15 @@ def test_gpu_flag_without_a_gpu_engine_is_a_clear_error(tmp_path):
     assert bad.returncode == 1 and "--gpu takes" in bad.stderr
 
 
-def test_root_options_reach_subcommands(tmp_path):
-    model = str(tiny_model("4v0", "FP32"))
+def test_root_options_reach_subcommands(tmp_path, byte_v4):
+    model = str(byte_v4)
     result = run_cli(tmp_path, "--threads", "1", "--modelPath", model, "bench", "-n", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["threads"] == 1
 
 
-def test_complete_prints_the_completion_or_the_json_result(tmp_path):
-    model = str(tiny_model("4v0", "FP32"))
+def test_complete_prints_the_completion_or_the_json_result(tmp_path, byte_v4):
+    model = str(byte_v4)
     result = run_cli(tmp_path, "complete", "-", "--model-path", model, "--max-tokens", "5",
                      "--json", "--seed", "3", stdin="The dragon")
     assert result.returncode == 0, result.stderr
@@ -142,8 +142,6 @@ def test_models_with_nothing_installed(tmp_path):
 
 
 def test_convert_then_quantize(tmp_path):
-    checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.formats.convert")
     src = tmp_path / "tiny.pth"
     shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
     checkpoints.write_pth(src, checkpoints.raw_checkpoint("4", shape), dtype="BF16")
