@@ -15,12 +15,14 @@
 
 #include <immintrin.h>
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+/* Every function here carries this target attribute (per function, as gcc and clang both
+ * accept; a function without it cannot inline the intrinsics, so a forgotten one fails to
+ * build rather than running wider instructions where kernels.c did not select them). */
+#define X86_TARGET __attribute__((target("avx2,fma,f16c")))
 
 #include "kernels_x86.h"
 
-#define INLINE static inline __attribute__((always_inline))
+#define INLINE static inline __attribute__((always_inline)) X86_TARGET
 
 enum {
     ROWS = 4,
@@ -30,9 +32,9 @@ enum {
     F_COLS_CHUNK = 1024,
 };
 
-static size_t avx2_prepared_bytes(int type, int64_t n, int T) { return x86_prepared_bytes(type, n, T, 0); }
+X86_TARGET static size_t avx2_prepared_bytes(int type, int64_t n, int T) { return x86_prepared_bytes(type, n, T, 0); }
 
-static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) { x86_prepare(type, x, n, T, dst, 0, 0); }
+X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) { x86_prepare(type, x, n, T, dst, 0, 0); }
 
 /* ---- quantized weights ---- */
 
@@ -278,7 +280,7 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
 }
 
 #define Q_MATMUL(NAME, TYPE)                                                                                          \
-    static void NAME(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy, \
+    X86_TARGET static void NAME(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy, \
                      int64_t r0, int64_t r1) {                                                                        \
         q_matmul(TYPE, w, row_bytes, n, xp, T, y, ldy, r0, r1);                                                        \
     }
@@ -360,17 +362,17 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
     }
 }
 
-static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+X86_TARGET static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
                         int64_t r0, int64_t r1) {
     f_matmul(TYPE_FP32, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
-static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+X86_TARGET static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
                         int64_t r0, int64_t r1) {
     f_matmul(TYPE_FP16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
-static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+X86_TARGET static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                         int64_t ldy, int64_t r0, int64_t r1) {
     switch (type) {
     case TYPE_FP32: matmul_fp32(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
@@ -383,7 +385,6 @@ static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n
     }
 }
 
-#pragma GCC pop_options
 
 const kernels kernels_avx2 = {
     .exp = x86_exp_array,

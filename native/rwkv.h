@@ -119,10 +119,6 @@ RWKV_API size_t rwkv_get_weight_bytes_per_token(const struct rwkv_context * ctx)
 typedef void (*rwkv_progress_callback)(void * user_data, size_t done_bytes, size_t total_bytes);
 RWKV_API bool rwkv_quantize_model_file_with_progress(const char * model_file_path_in, const char * model_file_path_out, const char * format_name, rwkv_progress_callback callback, void * user_data);
 
-/* Number of heap allocations the engine made since load (a test hook: evaluating tokens
- * must not allocate). */
-RWKV_API size_t rwkv_get_allocation_count(const struct rwkv_context * ctx);
-
 #ifdef __cplusplus
 }
 #endif

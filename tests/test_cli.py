@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
+import checkpoints
+import pexpect
 import pytest
-from helpers import tiny_model
 from typer.testing import CliRunner
 
 from rwkv_cli import __version__
@@ -104,8 +107,8 @@ def test_missing_20b_tokenizer_is_one_line_with_the_setup_advice(tmp_path):
     assert "rwkv-cpp --setup" in lines[0] and "Traceback" not in result.stderr
 
 
-def test_gpu_flag_without_a_gpu_engine_is_a_clear_error(tmp_path):
-    model = str(tiny_model("4v0", "FP32"))
+def test_gpu_flag_without_a_gpu_engine_is_a_clear_error(tmp_path, byte_v4):
+    model = str(byte_v4)
     result = run_cli(tmp_path, "--gpu", "2", "--dragon", "--size", "2", "--modelPath", model)
     assert result.returncode == 1 and "gpu" in result.stderr.lower()
     assert len(result.stderr.strip().splitlines()) == 1
@@ -113,15 +116,15 @@ def test_gpu_flag_without_a_gpu_engine_is_a_clear_error(tmp_path):
     assert bad.returncode == 1 and "--gpu takes" in bad.stderr
 
 
-def test_root_options_reach_subcommands(tmp_path):
-    model = str(tiny_model("4v0", "FP32"))
+def test_root_options_reach_subcommands(tmp_path, byte_v4):
+    model = str(byte_v4)
     result = run_cli(tmp_path, "--threads", "1", "--modelPath", model, "bench", "-n", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["threads"] == 1
 
 
-def test_complete_prints_the_completion_or_the_json_result(tmp_path):
-    model = str(tiny_model("4v0", "FP32"))
+def test_complete_prints_the_completion_or_the_json_result(tmp_path, byte_v4):
+    model = str(byte_v4)
     result = run_cli(tmp_path, "complete", "-", "--model-path", model, "--max-tokens", "5",
                      "--json", "--seed", "3", stdin="The dragon")
     assert result.returncode == 0, result.stderr
@@ -142,8 +145,6 @@ def test_models_with_nothing_installed(tmp_path):
 
 
 def test_convert_then_quantize(tmp_path):
-    checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.formats.convert")
     src = tmp_path / "tiny.pth"
     shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
     checkpoints.write_pth(src, checkpoints.raw_checkpoint("4", shape), dtype="BF16")
@@ -167,15 +168,13 @@ def test_disk_full_and_other_os_errors_become_one_line():
     assert _user_message(KeyError("x")) is None  # a programming error keeps its type
 
 
-# ---- issue 15: the command as a newcomer meets it (models generated here, no fixtures) ----
+# ---- issue 15: the command as a newcomer meets it ----
 
 
-def generated_model(folder, name: str = "tiny.bin", n_vocab: int = 256, data_type: str = "FP32"):
-    """A small random-weight v4 model (byte vocabulary by default)."""
-    from rwkv_cli.formats.synthetic import write_random_model
-
+def copy_of(model, folder, name: str):
+    """A copy of a session model (they are read-only) where a test needs a file of its own."""
     folder.mkdir(parents=True, exist_ok=True)
-    return write_random_model(folder / name, "4", 1, 32, n_vocab, data_type=data_type)
+    return Path(shutil.copy(model, folder / name))
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -185,8 +184,8 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_threads_above_the_cpus_are_capped_with_a_note(tmp_path):
-    model = str(generated_model(tmp_path))
+def test_threads_above_the_cpus_are_capped_with_a_note(tmp_path, byte_v4):
+    model = str(byte_v4)
     cpus = len(os.sched_getaffinity(0))
     result = run_cli(tmp_path, "bench", "-n", "2", "--json", "--threads", "999",
                      "--model-path", model)
@@ -197,11 +196,11 @@ def test_threads_above_the_cpus_are_capped_with_a_note(tmp_path):
     assert json.loads(quiet.stdout)["threads"] == 1 and quiet.stderr == ""
 
 
-def test_concurrent_contexts_share_the_cpus_instead_of_each_taking_them_all(tmp_path):
+def test_concurrent_contexts_share_the_cpus_instead_of_each_taking_them_all(byte_v4):
     from rwkv_cli import RWKV
     from rwkv_cli.core.model import available_cpus
 
-    model = generated_model(tmp_path)
+    model = byte_v4
     cpus = available_cpus()
     for concurrent in (1, 2, 3):
         for threads in (None, 999):
@@ -211,8 +210,8 @@ def test_concurrent_contexts_share_the_cpus_instead_of_each_taking_them_all(tmp_
     assert RWKV(model, threads=999, tokenizer="bytes").threads_requested == 999
 
 
-def test_convert_and_quantize_refuse_an_existing_destination_unless_forced(tmp_path):
-    src = generated_model(tmp_path, "src-FP32.bin")
+def test_convert_and_quantize_refuse_an_existing_destination_unless_forced(tmp_path, byte_v4):
+    src = byte_v4
     dest = tmp_path / "out-Q8_0.bin"
     dest.write_bytes(b"precious")
     refused = run_cli(tmp_path, "quantize", str(src), str(dest), "Q8_0")
@@ -225,8 +224,8 @@ def test_convert_and_quantize_refuse_an_existing_destination_unless_forced(tmp_p
     assert read_header(dest).data_type_name == "Q8_0"
 
 
-def test_the_source_itself_is_refused_even_with_force(tmp_path):
-    src = generated_model(tmp_path, "model-FP32.bin")
+def test_the_source_itself_is_refused_even_with_force(tmp_path, byte_v4):
+    src = copy_of(byte_v4, tmp_path, "model-FP32.bin")
     before = src.read_bytes()
     link = tmp_path / "another-name.bin"
     os.link(src, link)  # the same file (device and inode) under another name
@@ -235,7 +234,6 @@ def test_the_source_itself_is_refused_even_with_force(tmp_path):
         assert "source file itself" in one_line_error(result)
     assert src.read_bytes() == before
 
-    checkpoints = pytest.importorskip("checkpoints")
     pth = tmp_path / "tiny.pth"
     shape = checkpoints.Shape(n_layer=1, n_embed=32, n_vocab=256, head_size=16)
     checkpoints.write_pth(pth, checkpoints.raw_checkpoint("4", shape), dtype="BF16")
@@ -251,8 +249,8 @@ def test_the_source_itself_is_refused_even_with_force(tmp_path):
         quantize(src, link, "Q8_0")
 
 
-def test_an_unknown_quantization_type_fails_before_any_progress_bar(tmp_path):
-    src = generated_model(tmp_path, "model-FP32.bin")
+def test_an_unknown_quantization_type_fails_before_any_progress_bar(tmp_path, byte_v4):
+    src = byte_v4
     result = run_cli(tmp_path, "quantize", str(src), str(tmp_path / "x.bin"), "Q9_9")
     assert "Q9_9" in one_line_error(result)
     assert "Quantizing" not in result.stdout + result.stderr
@@ -261,11 +259,11 @@ def test_an_unknown_quantization_type_fails_before_any_progress_bar(tmp_path):
     assert "Q4_0" in one_line_error(converted) and "Converting" not in converted.stdout
 
 
-def test_a_corrupt_registry_blocks_only_the_commands_that_need_it(tmp_path):
+def test_a_corrupt_registry_blocks_only_the_commands_that_need_it(tmp_path, byte_v4):
     home = tmp_path / "home"
     home.mkdir()
     (home / "models.json").write_text('{"models": {"x": ')  # cut short
-    model = str(generated_model(tmp_path))
+    model = str(byte_v4)
     done = run_cli(home, "complete", "hi", "--model-path", model, "--max-tokens", "2")
     assert done.returncode == 0, done.stderr
     bench = run_cli(home, "--dragon", "-n", "2", "--json", "--modelPath", model)
@@ -276,12 +274,12 @@ def test_a_corrupt_registry_blocks_only_the_commands_that_need_it(tmp_path):
 
 
 def test_the_registry_stores_paths_relative_to_the_home_so_a_moved_home_works(tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, byte_v4):
     from rwkv_cli.app import home as home_module
 
     old_home, new_home = tmp_path / "old", tmp_path / "new"
     monkeypatch.setenv("RWKV_HOME", str(old_home))
-    path = generated_model(old_home / "models", "tiny.bin")
+    path = copy_of(byte_v4, old_home / "models", "tiny.bin")
     home_module.register_model(home_module.InstalledModel(name="tiny", path=str(path), arch="4"))
     raw = json.loads((old_home / "models.json").read_text())
     assert raw["models"]["tiny"]["path"] == "models/tiny.bin"
@@ -293,10 +291,10 @@ def test_the_registry_stores_paths_relative_to_the_home_so_a_moved_home_works(tm
     assert done.returncode == 0, done.stderr
 
 
-def test_errors_name_the_cli_flags_not_the_python_parameters(tmp_path):
+def test_errors_name_the_cli_flags_not_the_python_parameters(tmp_path, byte_v4):
     from rwkv_cli.app.terms import cli_terms
 
-    model = str(generated_model(tmp_path))
+    model = str(byte_v4)
     gpu = one_line_error(run_cli(tmp_path, "complete", "hi", "--gpu", "2", "--model-path", model))
     assert "--gpu" in gpu and "gpu_offload" not in gpu
     top_p = one_line_error(run_cli(tmp_path, "complete", "hi", "--top-p", "0", "--model-path",
@@ -319,12 +317,13 @@ def test_a_checkpoint_or_a_folder_given_as_a_model_says_what_to_do(tmp_path):
     assert "is a directory" in line
 
 
-def test_a_deleted_default_model_says_so_and_how_to_reinstall_it(tmp_path, monkeypatch):
+def test_a_deleted_default_model_says_so_and_how_to_reinstall_it(tmp_path, monkeypatch,
+                                                                  byte_v4):
     from rwkv_cli.app import home as home_module
 
     home = tmp_path / "home"
     monkeypatch.setenv("RWKV_HOME", str(home))
-    path = generated_model(home / "models", "rwkv7-g1-0.1b-Q8_0.bin")
+    path = copy_of(byte_v4, home / "models", "rwkv7-g1-0.1b-Q8_0.bin")
     home_module.register_model(home_module.InstalledModel(
         name="rwkv7-g1-0.1b-Q8_0", path=str(path), data_type="Q8_0", catalog_name="rwkv7-g1-0.1b"))
     path.unlink()
@@ -335,7 +334,10 @@ def test_a_deleted_default_model_says_so_and_how_to_reinstall_it(tmp_path, monke
 
 
 def test_a_vocabulary_no_tokenizer_fits_can_be_run_with_tokenizer(tmp_path):
-    model = str(generated_model(tmp_path, "odd-vocab.bin", n_vocab=300))
+    from rwkv_cli.formats.synthetic import write_random_model
+
+    # no fixture has a vocabulary that fits no tokenizer: a model of 300 tokens
+    model = str(write_random_model(tmp_path / "odd-vocab.bin", "4", 1, 32, 300))
     line = one_line_error(run_cli(tmp_path, "complete", "hi", "--model-path", model))
     assert "--tokenizer" in line and "tokenizer=" not in line
     done = run_cli(tmp_path, "complete", "hi", "--model-path", model, "--tokenizer", "bytes",
@@ -388,13 +390,13 @@ def test_help_shows_the_sampling_defaults_and_the_benchmark_shape(runner):
     assert shape in bench and str(SYNTHETIC_SHAPE["n_vocab"]) in bench and SYNTHETIC_TYPE in bench
 
 
-def test_models_never_truncates_a_path_when_piped(tmp_path, monkeypatch):
+def test_models_never_truncates_a_path_when_piped(tmp_path, monkeypatch, byte_v4):
     from rwkv_cli.app import home as home_module
 
     home = tmp_path / ("a-home-with-a-rather-long-name-" * 4)
     monkeypatch.setenv("RWKV_HOME", str(home))
     name = "a-model-with-a-very-long-name-that-does-not-fit-in-eighty-columns-at-all"
-    path = generated_model(home / "models", f"{name}.bin")
+    path = copy_of(byte_v4, home / "models", f"{name}.bin")
     home_module.register_model(home_module.InstalledModel(name=name, path=str(path), arch="4"))
     env = dict(os.environ, RWKV_HOME=str(home), COLUMNS="80")
     listed = subprocess.run([sys.executable, "-m", "rwkv_cli", "models"], env=env, text=True,
@@ -403,14 +405,14 @@ def test_models_never_truncates_a_path_when_piped(tmp_path, monkeypatch):
     assert f"{name} *" in listed  # the default is marked
 
 
-def test_rm_asks_and_default_switches_the_model_models_marks(tmp_path, monkeypatch):
+def test_rm_asks_and_default_switches_the_model_models_marks(tmp_path, monkeypatch, byte_v4):
     from rwkv_cli.app import home as home_module
 
     home = tmp_path / "home"
     monkeypatch.setenv("RWKV_HOME", str(home))
     paths = {}
     for name in ("first", "second"):
-        paths[name] = generated_model(home / "models", f"{name}.bin")
+        paths[name] = copy_of(byte_v4, home / "models", f"{name}.bin")
         home_module.register_model(home_module.InstalledModel(name=name, path=str(paths[name])))
 
     def marked() -> list[str]:
@@ -431,27 +433,20 @@ def test_rm_asks_and_default_switches_the_model_models_marks(tmp_path, monkeypat
     child = pexpect_spawn(home, "rm", "second")
     child.expect_exact("Remove second")
     child.send("n")
-    child.expect(pexpect_eof())
+    child.expect(pexpect.EOF)
     assert paths["second"].exists()
     child = pexpect_spawn(home, "rm", "second")
     child.expect_exact("Remove second")
     child.send("y")
-    child.expect(pexpect_eof())
+    child.expect(pexpect.EOF)
     assert not paths["second"].exists() and marked() == []
 
 
 def pexpect_spawn(home, *args: str):
-    pexpect = pytest.importorskip("pexpect")
     env = dict(os.environ, RWKV_HOME=str(home), NO_COLOR="1", COLUMNS="160",
                PROMPT_TOOLKIT_NO_CPR="1")
     return pexpect.spawn(sys.executable, ["-m", "rwkv_cli", *args], env=env, encoding="utf-8",
                          timeout=30, dimensions=(30, 160))
-
-
-def pexpect_eof():
-    import pexpect
-
-    return pexpect.EOF
 
 
 def test_the_synthetic_model_says_its_size_first_is_listed_and_removable(tmp_path, monkeypatch,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import checkpoints
+import pexpect
 import pytest
 from http_range_server import serve
 
@@ -146,21 +147,33 @@ def test_catalog_listing(site):
         assert entry["name"] in result.stdout
 
 
-def test_20b_models_get_the_verified_tokenizer(site, tokenizer_20b):
+def test_20b_models_get_the_verified_tokenizer(site, bpe_tokenizer_json):
+    """A tiny BPE file stands in for the 20B tokenizer, with the test catalog's checksum of it
+    (the built-in catalog's checksum of the real file: test_shared_tokenizer_20b.py)."""
     asset_dir = site["root"] / "BlinkDL" / "ChatRWKV" / HF
     asset_dir.mkdir(parents=True)
-    shutil.copy(tokenizer_20b, asset_dir / "20B_tokenizer.json")
+    data = Path(bpe_tokenizer_json).read_bytes()
+    catalog = json.loads(site["catalog"].read_text())
+    catalog["assets"] = {"20B_tokenizer": {
+        "repo": "BlinkDL/ChatRWKV", "file": "20B_tokenizer.json", "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest()}}
+    site["catalog"].write_text(json.dumps(catalog))
+    installed = site["home"] / "20B_tokenizer.json"
+    # A file other than the one the catalog names is refused, and nothing is installed...
+    (asset_dir / "20B_tokenizer.json").write_bytes(data.replace(b"dragon", b"DRAGON"))
+    wrong = run_cli(site["env"], "--setup", "--model", "tiny-20b", "--yes")
+    assert wrong.returncode == 1 and "checksum mismatch" in wrong.stderr
+    assert not installed.exists() and registry(site["home"])["models"] == {}
+    # ...the right one is.
+    (asset_dir / "20B_tokenizer.json").write_bytes(data)
     result = run_cli(site["env"], "--setup", "--model", "tiny-20b", "--yes")
     assert result.returncode == 0, result.stderr
-    installed = site["home"] / "20B_tokenizer.json"
-    assert installed.read_bytes() == Path(tokenizer_20b).read_bytes()
+    assert installed.read_bytes() == data
     stored = registry(site["home"])["models"]["tiny-20b"]["tokenizer_path"]
     assert site["home"] / stored == installed
 
 
 def test_checkpoint_is_converted_and_quantized_and_intermediates_removed(site):
-    checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.formats.convert")
     shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
     tensors = checkpoints.raw_checkpoint("7", shape)
     src = site["root"] / "test" / "tiny" / HF / "tiny-v7.pth"
@@ -182,7 +195,6 @@ def test_checkpoint_is_converted_and_quantized_and_intermediates_removed(site):
 
 
 def test_interactive_picker_installs_the_chosen_model(site):
-    pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup"], env=site["env"],
                           encoding="utf-8", timeout=30, dimensions=(30, 160))
     child.expect_exact("Which model?")
@@ -199,8 +211,6 @@ def test_interactive_picker_installs_the_chosen_model(site):
 
 
 def test_checkpoints_newer_than_the_catalog_are_discovered_and_installable(site):
-    checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.formats.convert")
     shape = checkpoints.Shape(n_layer=1, n_embed=32, n_vocab=256, head_size=16)
     folder = site["root"] / "test" / "tiny" / HF
     checkpoints.write_pth(folder / "tiny-v7.pth", checkpoints.raw_checkpoint("7", shape))
@@ -233,7 +243,6 @@ def test_checkpoints_newer_than_the_catalog_are_discovered_and_installable(site)
 
 
 def test_ctrl_c_during_the_download_keeps_the_part_and_setup_resumes(site):
-    pexpect = pytest.importorskip("pexpect")
     site["server"].throttle = 0.2  # about 4 s for the whole file
     child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup", "--model", "tiny-bin",
                                            "--yes"], env=site["env"], encoding="utf-8",
@@ -256,7 +265,6 @@ def test_ctrl_c_during_the_download_keeps_the_part_and_setup_resumes(site):
 
 
 def test_first_run_in_a_terminal_offers_the_setup_then_chats(site):
-    pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli"], env=site["env"], encoding="utf-8",
                           timeout=30, dimensions=(30, 160))
     child.expect_exact("Pick and download one now?")
@@ -320,7 +328,6 @@ def test_setup_list_names_every_model_in_full_even_piped_and_as_json(site):
 
 
 def test_the_picker_shows_the_catalog_notes(site):
-    pexpect = pytest.importorskip("pexpect")
     catalog = json.loads(site["catalog"].read_text())
     catalog["models"][0]["notes"] = "Small and quick: a good first model"
     site["catalog"].write_text(json.dumps(catalog))
@@ -348,13 +355,12 @@ runpy.run_module("rwkv_cli", run_name="__main__")
 """
 
 
-def test_the_ram_estimate_covers_a_measured_run_with_the_world_tokenizer(tmp_path):
+def test_the_ram_estimate_covers_a_measured_run_with_the_world_tokenizer(tmp_path, world_v7):
     from rwkv_cli.app.catalog import estimate_ram_bytes
 
     if not Path("/proc/self/status").exists():
         pytest.skip("no /proc to read the peak memory from")
-    model = write_random_model(tmp_path / "world.bin", "7", n_layer=1, n_embed=64,
-                               n_vocab=65536, data_type="FP16")
+    model = Path(world_v7)
     env = dict(os.environ, RWKV_HOME=str(tmp_path / "home"))
     peak = tmp_path / "peak"
     subprocess.run(

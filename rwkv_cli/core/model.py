@@ -379,6 +379,10 @@ class RWKV:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             cancel.set()
+            # The worker stops at its next token: wait for that, so the context is free when
+            # this returns, and the worker's future never completes into an event loop that
+            # closed meanwhile (asyncio.run closes it right after), which logs an error.
+            await asyncio.wait([future])
             raise
 
     def preload_prompt(self, prefix: str, pin: bool = False) -> CompletionResult:
