@@ -90,7 +90,7 @@ void heads_init_state(const model * m, float * state) {
 /* One token through one head of v5/v6, with K (S x S, key-major) updated in place:
  *     y[j] = sum_i r[i] (K[i][j] + u[i] k[i] v[j]),    K[i][j] = w[i] K[i][j] + k[i] v[j]
  * The inner loops run over the value index j, contiguous in K. */
-static void wkv_key_major(float * restrict K, const float * restrict r, const float * restrict k, const float * restrict v,
+VECTOR_CLONES static void wkv_key_major(float * restrict K, const float * restrict r, const float * restrict k, const float * restrict v,
                           const float * restrict w, const float * restrict u, float * restrict y, int64_t S) {
     for (int64_t j = 0; j < S; j++) y[j] = 0.0f;
     for (int64_t i = 0; i < S; i++) {

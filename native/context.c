@@ -1,6 +1,7 @@
 /*
  * context.c: the public API of rwkv.h: contexts (one per clone: run state, thread pool,
- * error slot) over a shared model, evaluation in token and sequence mode, information.
+ * error slot) over a shared model, evaluation in token and sequence mode and of batches of
+ * sequences, information.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -274,6 +275,44 @@ bool rwkv_eval_sequence_in_chunks(struct rwkv_context * ctx, const uint32_t * to
     if (chunk_size == 0) return fail((context *)ctx, RWKV_ERROR_ARGS, "rwkv_eval_sequence_in_chunks: chunk_size is 0");
     return eval_tokens((context *)ctx, "rwkv_eval_sequence_in_chunks", tokens, sequence_len, chunk_size, state_in, state_out,
                        logits_out);
+}
+
+bool rwkv_eval_batch(struct rwkv_context * handle, uint32_t n, const uint32_t * tokens, const float * const * state_in,
+                     float * const * state_out, float * const * logits_out) {
+    context * ctx = (context *)handle;
+    const char * fn = "rwkv_eval_batch";
+    if (!ctx) return fail(ctx, RWKV_ERROR_ARGS, "%s: ctx is NULL", fn);
+    if (n == 0) return fail(ctx, RWKV_ERROR_ARGS, "%s: no sequences to evaluate (n is 0)", fn);
+    if (!tokens) return fail(ctx, RWKV_ERROR_ARGS, "%s: tokens is NULL", fn);
+    if (!state_in) return fail(ctx, RWKV_ERROR_ARGS, "%s: state_in is NULL (pass an array of NULL for fresh states)", fn);
+    if (!state_out) return fail(ctx, RWKV_ERROR_ARGS, "%s: state_out is NULL", fn);
+    if (!logits_out) return fail(ctx, RWKV_ERROR_ARGS, "%s: logits_out is NULL (pass an array of NULL to skip the head)", fn);
+    const model * m = ctx->m;
+    for (uint32_t i = 0; i < n; i++) {
+        if ((int64_t)tokens[i] >= m->n_vocab) {
+            return fail(ctx, RWKV_ERROR_ARGS, "%s: token %u of sequence %u is out of range (n_vocab %lld)", fn, tokens[i], i,
+                        (long long)m->n_vocab);
+        }
+        if (!state_out[i]) return fail(ctx, RWKV_ERROR_ARGS, "%s: state_out[%u] is NULL", fn, i);
+    }
+    const size_t state_len = forward_state_len(m);
+    for (uint32_t first = 0; first < n; first += (uint32_t)ctx->rs.rows) {
+        const int count = (int)(n - first < (uint32_t)ctx->rs.rows ? n - first : (uint32_t)ctx->rs.rows);
+        for (uint32_t i = first; i < first + (uint32_t)count; i++) {
+            if (!state_in[i]) {
+                forward_init_state(m, state_out[i]);
+            } else if (state_in[i] != state_out[i]) {
+                memmove(state_out[i], state_in[i], state_len * sizeof(float));
+            }
+        }
+        const batch b = {.n_seq = count, .seq_len = 1, .n_rows = count, .tokens = tokens + first, .state = state_out + first,
+                         .logits = logits_out + first};
+        if (!forward(ctx, &b)) {
+            report(ctx, &ctx->err);
+            return false;
+        }
+    }
+    return true;
 }
 
 /* ---- information ---- */

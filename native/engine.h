@@ -136,6 +136,16 @@ void pool_free(pool * p);
 #define PARALLEL_MIN_MACS 32768.0
 #define PARALLEL_MIN_OPS 65536.0
 
+/* For the loops of the recurrences (plain C that the compiler vectorizes): built for the
+ * baseline x86-64 they get 4-wide SSE; this adds an AVX2 copy that the loader picks when the
+ * CPU has it (function multiversioning). AVX2 without FMA rounds every product and sum as
+ * the baseline does, so both copies compute the same bits. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 #define LAYER_NORM_EPS 1e-5f      /* ln0, ln1, ln2, ln_out of every version */
 #define GROUP_NORM_EPS 64e-5f     /* v5+'s per-head norm (the official models'; rwkv.cpp uses 1e-5 for v5) */
 #define SEQ_CHUNK 64              /* rows per forward pass: tokens of a sequence-mode chunk or sequences of a batch */

@@ -104,7 +104,7 @@ static inline float dot(const float * a, const float * b, int64_t n) {
 }
 
 /* One token through one head: M (S x S, value-major) updated in place, y = M_t r. */
-static void wkv7_head(float * restrict M, const float * restrict r, const float * restrict w, const float * restrict k,
+VECTOR_CLONES static void wkv7_head(float * restrict M, const float * restrict r, const float * restrict w, const float * restrict k,
                       const float * restrict v, const float * restrict kk, const float * restrict b, float * restrict y,
                       int64_t S) {
     for (int64_t i = 0; i < S; i++) {
