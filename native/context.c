@@ -296,8 +296,9 @@ bool rwkv_eval_batch(struct rwkv_context * handle, uint32_t n, const uint32_t * 
         if (!state_out[i]) return fail(ctx, RWKV_ERROR_ARGS, "%s: state_out[%u] is NULL", fn, i);
     }
     const size_t state_len = forward_state_len(m);
-    for (uint32_t first = 0; first < n; first += (uint32_t)ctx->rs.rows) {
-        const int count = (int)(n - first < (uint32_t)ctx->rs.rows ? n - first : (uint32_t)ctx->rs.rows);
+    const uint32_t pass = (uint32_t)ctx->rs.rows;
+    for (uint32_t first = 0; first < n; first += pass) {
+        const int count = (int)(n - first < pass ? n - first : pass);
         for (uint32_t i = first; i < first + (uint32_t)count; i++) {
             if (!state_in[i]) {
                 forward_init_state(m, state_out[i]);

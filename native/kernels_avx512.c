@@ -468,12 +468,13 @@ INLINE void f_rows2_decode(int type, const uint8_t * row0, const uint8_t * row1,
 /* A few tokens at once in the order of decoding: a row (or a pair of rows, as decode pairs
  * them) is streamed once and stays in L1 while groups of up to F_GROUP tokens pass over it,
  * each (row, token) sum keeping the accumulators and final reduction of f_row_decode (or
- * f_rows2_decode), so every result equals decoding that token alone: batched decoding and
- * sequence mode give the same numbers as decoding one token at a time. One FP16 conversion
- * serves a group's tokens and nothing is transposed: up to 64 tokens (the engine's chunk)
- * this was as fast as the panels or faster (1 thread: the 65536 x 768 FP16 head 1.5x at 16
- * tokens, 2.5x at 4, 1.25x at 64; 768 x 3072 FP16 and 2048 x 2048 FP32 1.0-1.9x). */
-enum { F_GROUP = 6, F_ROWS_MAX_T = 64 };
+ * f_rows2_decode), so every result equals decoding that token alone: a batch of sequences
+ * gives the same numbers as decoding each alone. One FP16 conversion serves a group's tokens
+ * and nothing is transposed. Measured on one thread against the panels: the 65536 x 768 FP16
+ * head 2.5x faster at 4 tokens, 1.5x at 16; 768 x 768 and 768 x 3072 FP16 1.2-1.3x at 16; in
+ * the engine's sequence mode 6% faster at 16-token chunks but 12% slower at 32 (and 28% at
+ * 64), hence the panels above F_ROWS_MAX_T tokens. */
+enum { F_GROUP = 6, F_ROWS_MAX_T = 16 };
 
 INLINE void f_row_tokens(int type, int G, const uint8_t * row, int64_t n, const float * x, int64_t ns, float * y, int64_t ldy) {
     __m512 a0[F_GROUP], a1[F_GROUP], a2[F_GROUP], a3[F_GROUP];

@@ -3,9 +3,12 @@
 Specification: the results are those of n separate rwkv_eval calls. On the scalar kernel path
 they are identical to the bit (every product computes each row of activations on its own, in
 the same order, however many rows there are). On the SIMD paths, products of FP32/FP16
-weights over several rows keep the single-token summation order too (max |dlogit| <= 1e-5;
-measured: identical). Products of quantized weights over 4 and more rows run as panels that
-sum in another order: the activations are quantized per token exactly as in rwkv_eval, but
+weights over up to 16 rows keep the single-token summation order too, so batches of up to 16
+sequences are identical to serial decoding; larger ones run as panels that sum in another
+order (max |dlogit| <= 1e-5 of the largest logit; measured on these models: at most 1.2e-5
+absolute, v5.1, whose recurrence magnifies rounding the most, 7e-6 for the other versions).
+Products of quantized weights over 4 and more rows run as panels: the activations are
+quantized per token exactly as in rwkv_eval, but
 an activation that sits on a rounding near-tie can land on the neighbouring int8 code when
 its float sum differs in the last bit; such a sequence differs by the effect of one code
 (bounded below), and most sequences are within 1e-4.
@@ -116,6 +119,9 @@ def batched(lib, ctx, tokens, states_in):
     return logits_out, states_out
 
 
+EXACT_FLOAT_BATCH = 16  # sequences up to which float weights give serial decoding's bits
+
+
 def compare(lib, ctx, rng, n):
     """Per sequence: (max |dlogit| or None where logits were skipped, max |dstate|, max |logit|)."""
     tokens = rng.integers(0, N_VOCAB, n).tolist()
@@ -157,9 +163,10 @@ def test_simd_paths_batch_matches_serial_evaluation(lib, models, monkeypatch, ar
         ctx = open_context(lib, models[(arch, dtype)], monkeypatch, path)
         try:
             rng = np.random.default_rng(6)
-            rows = [row for n in SIZES for row in compare(lib, ctx, rng, n)]
+            by_size = {n: compare(lib, ctx, rng, n) for n in SIZES}
         finally:
             lib.free(ctx)
+        rows = [row for n in SIZES for row in by_size[n]]
         dlogits = np.array([d for d, _, _ in rows if d is not None])
         scale = max(s for _, _, s in rows)
         if dtype in QUANTIZED:
@@ -169,7 +176,9 @@ def test_simd_paths_batch_matches_serial_evaluation(lib, models, monkeypatch, ar
             )
             assert dlogits.max() <= QUANTIZED_ONE_CODE * scale, (path, dlogits.max())
         else:
-            assert dlogits.max() <= 1e-5, (path, dlogits.max())
+            for n in (n for n in SIZES if n <= EXACT_FLOAT_BATCH):
+                assert all(d in (None, 0.0) and ds == 0.0 for d, ds, _ in by_size[n]), (path, n)
+            assert dlogits.max() <= 1e-5 * max(1.0, scale), (path, dlogits.max())
             assert max(d for _, d, _ in rows) <= 1e-4, path
 
 
