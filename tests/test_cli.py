@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from rwkv_cli import __version__
 from rwkv_cli.app.cli import _user_message, app
 
-SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup")
+SUBCOMMANDS = ("chat", "complete", "serve", "bench", "models", "convert", "quantize", "setup")
 ROOT_FLAGS = ("--setup", "--threads", "--gpu", "--modelPath", "--model-path", "--dragon",
               "--size", "--model", "--yes", "--json", "--debug", "--version", "--help")
 

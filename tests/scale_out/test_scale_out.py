@@ -79,17 +79,17 @@ def test_streams_pass_through_and_a_full_instance_hands_over(cluster):
     balancer, instances = cluster
     headers = {"X-Conversation-Id": "busy"}
     body = {"prompt": "Forever", "max_tokens": 10**7, "stream": True}
-    with httpx.Client(timeout=TIMEOUT) as http:
-        with http.stream("POST", balancer.url + "/v1/completions", json=body,
-                         headers=headers) as held:
-            lines = held.iter_lines()
-            assert next(lines).startswith("data: ")  # token by token through nginx
-            # The conversation's instance is full (one slot, no queue): it answers 503 at
-            # once and nginx passes the request to the other instance.
-            events, last = stream_events(http, balancer.url + "/v1/completions", {
-                "prompt": "Short", "max_tokens": 5, "stream": True,
-            }, headers=headers)
-            assert last == "[DONE]" and events[-1]["choices"][0]["finish_reason"] == "length"
+    with httpx.Client(timeout=TIMEOUT) as http, http.stream(
+        "POST", balancer.url + "/v1/completions", json=body, headers=headers
+    ) as held:
+        lines = held.iter_lines()
+        assert next(lines).startswith("data: ")  # token by token through nginx
+        # The conversation's instance is full (one slot, no queue): it answers 503 at once
+        # and nginx passes the request to the other instance.
+        events, last = stream_events(http, balancer.url + "/v1/completions", {
+            "prompt": "Short", "max_tokens": 5, "stream": True,
+        }, headers=headers)
+        assert last == "[DONE]" and events[-1]["choices"][0]["finish_reason"] == "length"
     served = [live.metrics().get('rwkv_requests_total{path="/v1/completions",status="503"}', 0)
               for live in instances]
     assert sorted(served) == [0, 1]
