@@ -123,9 +123,11 @@ async def _wait_disconnect(request: Request) -> None:
 
 
 def _library_error(exc: RWKVError) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
     if isinstance(exc, InvalidArgument):
         return errors.bad_request(str(exc), exc.option)
-    return APIError(503, str(exc), errors.SERVER, "model_unavailable")
+    return APIError(str(exc), 503, errors.SERVER, "model_unavailable")
 
 
 async def _complete(serving: Serving, http: Request, request: CompletionRequest,
@@ -269,13 +271,13 @@ def create_app(model: RWKV, options: ServeOptions) -> Starlette:
         assert isinstance(exc, HTTPException)
         what = {404: f"no such endpoint: {request.url.path}",
                 405: f"{request.method} is not allowed on {request.url.path}"}
-        error = APIError(exc.status_code, what.get(exc.status_code, str(exc.detail)),
+        error = APIError(what.get(exc.status_code, str(exc.detail)), exc.status_code,
                          errors.NOT_FOUND if exc.status_code == 404 else errors.INVALID_REQUEST,
                          headers=dict(exc.headers or {}))
         return await api_error(request, error)
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        error = APIError(500, f"internal error: {type(exc).__name__}: {exc}", errors.SERVER)
+        error = APIError(f"internal error: {type(exc).__name__}: {exc}", 500, errors.SERVER)
         return await api_error(request, error)
 
     @asynccontextmanager

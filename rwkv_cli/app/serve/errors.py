@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ...errors import RWKVError
+
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
 NOT_FOUND = "not_found_error"
@@ -20,13 +22,13 @@ SERVER = "server_error"
 RETRY_AFTER_SECONDS = 1
 
 
-class APIError(Exception):
+class APIError(RWKVError):
     """A response with an OpenAI-shaped error body."""
 
     def __init__(
         self,
-        status: int,
         message: str,
+        status: int = 400,
         type: str = INVALID_REQUEST,  # the field's name in the API
         code: str | None = None,
         param: str | None = None,
@@ -55,23 +57,23 @@ class APIError(Exception):
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, INVALID_REQUEST, code, param)
+    return APIError(message, 400, INVALID_REQUEST, code, param)
 
 
 def not_supported(param: str, what: str) -> APIError:
-    return APIError(400, f"{param}: {what} is not supported by this server", INVALID_REQUEST,
+    return APIError(f"{param}: {what} is not supported by this server", 400, INVALID_REQUEST,
                     "unsupported_parameter", param)
 
 
 def model_not_found(asked: str, served: str) -> APIError:
     return APIError(
-        404, f"the model {asked!r} does not exist here: this server serves {served!r}",
+        f"the model {asked!r} does not exist here: this server serves {served!r}", 404,
         INVALID_REQUEST, "model_not_found", "model",
     )
 
 
 def body_too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than {limit} bytes", INVALID_REQUEST,
+    return APIError(f"the request body is larger than {limit} bytes", 413, INVALID_REQUEST,
                     "request_too_large")
 
 
@@ -80,18 +82,17 @@ def unauthorized(given: bool) -> APIError:
         "incorrect API key provided" if given
         else "no API key provided: send it as `Authorization: Bearer KEY`"
     )
-    return APIError(401, message, AUTHENTICATION, "invalid_api_key",
+    return APIError(message, 401, AUTHENTICATION, "invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"})
 
 
 def overloaded(running: int, waiting: int) -> APIError:
     return APIError(
-        503,
         f"the server is at capacity ({running} completions running, {waiting} waiting): "
         f"retry after {RETRY_AFTER_SECONDS} s",
-        SERVER, "server_overloaded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        503, SERVER, "server_overloaded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
 def shutting_down() -> APIError:
-    return APIError(503, "the server is shutting down", SERVER, "server_shutting_down")
+    return APIError("the server is shutting down", 503, SERVER, "server_shutting_down")
