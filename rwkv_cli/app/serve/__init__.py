@@ -39,6 +39,12 @@ def served_name(choice_name: str, path: Path) -> str:
     return path.stem if choice_name == path.name else choice_name
 
 
+def _loopback(sock) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
 def prepare_app(model: RWKV, options: ServeOptions):
     """The application for a loaded model. Every conversation without a system message opens
     with the chat format's preamble, so its state is computed once and kept (pinned)."""
@@ -66,6 +72,11 @@ def run_server(
 
     choice = home.resolve_model(model_path, model_name)
     sock = listen(host, port)  # before the load: a taken port fails at once
+    if not api_key and not _loopback(sock):
+        Console(stderr=True, highlight=False).print(
+            f"note: listening on {host} without --api-key: anyone who can reach this machine "
+            "can use the model", soft_wrap=True, markup=False,
+        )
     try:
         model = load_model(console, choice, threads, gpu, tokenizer=tokenizer,
                            concurrent=parallel)
