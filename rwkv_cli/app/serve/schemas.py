@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ...core.results import CompletionResult, Usage
-from .errors import APIError, bad_request, not_supported
+from .errors import APIError, bad_request, model_not_found, not_supported
 
 # OpenAI's documented default for /v1/completions.
 COMPLETION_MAX_TOKENS = 16
@@ -140,8 +140,6 @@ def _common(endpoint: str, body: Mapping[str, Any], served_model: str,
     _check_fields(body)
     model = body.get("model")
     if model is not None and model != served_model:
-        from .errors import model_not_found
-
         raise model_not_found(model, served_model)
     stream_options = body.get("stream_options") or {}
     include_usage = stream_options.get("include_usage", False)
