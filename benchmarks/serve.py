@@ -10,7 +10,8 @@ Three parts (each a JSON line per measurement; `--parts` picks):
   (request sent -> first text event), time between tokens p50/p99 (between a client's text
   events). `speedup_vs_1_client` compares with N = 1 on the same server; a line
   `"clients": 1, "parallel": 1` is one client on a server started with `--parallel 1`, where
-  a single completion gets every thread (`speedup_vs_single_server`).
+  a single completion gets every thread (`speedup_vs_single_server`). Rounds interleave
+  every N, and the ratios are medians of the ratios within a round.
 - `overhead`: the server's own cost per generated token (HTTP, JSON, SSE, the hop from the
   model's thread to the event loop) against the library alone: the same completion streamed
   by `RWKV.completion(stream=True)` in this process and through the server with one client,
@@ -202,39 +203,39 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def part_clients(args: argparse.Namespace, model: Path, base: dict) -> None:
+    """Rounds interleave every N (and the single-completion server), so that the load of a
+    shared machine falls on all of them alike; ratios are medians of per-round ratios."""
     counts = [int(n) for n in args.clients.split(",")]
     parallel = max(counts)
     server = ServerProcess(model, parallel, args.threads)
-    results: dict[int, dict] = {}
+    single = ServerProcess(model, 1, args.threads)
+    rounds: dict[object, list[dict]] = {n: [] for n in counts}
+    rounds["single"] = []
     try:
-        asyncio.run(drive(server.url, 1, 4, -1))  # warm-up: first-use costs out of the way
-        for n in counts:
-            runs = [figures(asyncio.run(drive(server.url, n, args.tokens, r)))
-                    for r in range(args.runs)]
-            results[n] = summarize(runs)
-            line = {**base, "part": "clients", "clients": n, "parallel": parallel,
-                    "tokens_per_client": args.tokens, **results[n]}
-            if 1 in results:
-                line["speedup_vs_1_client"] = round(
-                    results[n]["aggregate_tokens_per_s"] / results[1]["aggregate_tokens_per_s"], 2
-                )
-            emit(line)
+        for url in (server.url, single.url):  # warm-up: first-use costs out of the way
+            asyncio.run(drive(url, 1, 4, -1))
+        for r in range(args.runs):
+            rounds["single"].append(figures(asyncio.run(drive(single.url, 1, args.tokens, r))))
+            for n in counts:
+                rounds[n].append(figures(asyncio.run(drive(server.url, n, args.tokens, r))))
     finally:
         server.stop()
-    single = ServerProcess(model, 1, args.threads)
-    try:
-        asyncio.run(drive(single.url, 1, 4, -1))
-        runs = [figures(asyncio.run(drive(single.url, 1, args.tokens, r)))
-                for r in range(args.runs)]
-        alone = summarize(runs)
-    finally:
         single.stop()
+
+    def ratio(n: int, baseline: object) -> float:
+        return round(statistics.median(
+            a["aggregate_tokens_per_s"] / b["aggregate_tokens_per_s"]
+            for a, b in zip(rounds[n], rounds[baseline])), 2)
+
     emit({**base, "part": "clients", "clients": 1, "parallel": 1,
-          "tokens_per_client": args.tokens, **alone})
+          "tokens_per_client": args.tokens, **summarize(rounds["single"])})
     for n in counts:
-        emit({**base, "part": "clients-vs-single-server", "clients": n,
-              "speedup_vs_single_server": round(
-                  results[n]["aggregate_tokens_per_s"] / alone["aggregate_tokens_per_s"], 2)})
+        line = {**base, "part": "clients", "clients": n, "parallel": parallel,
+                "tokens_per_client": args.tokens, **summarize(rounds[n]),
+                "speedup_vs_single_server": ratio(n, "single")}
+        if 1 in rounds:
+            line["speedup_vs_1_client"] = ratio(n, 1)
+        emit(line)
 
 
 # ---- the server's own cost per token ----
