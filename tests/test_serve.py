@@ -456,7 +456,7 @@ def test_sigterm_with_requests_in_flight_exits_cleanly(byte_v4):
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-        assert time.monotonic() - started < 0.5 + 3  # the grace, and a little
+        assert time.monotonic() - started < 0.5 + 8  # the grace, and what a loaded machine adds
         for reader in readers:
             reader.join(TIMEOUT)
         # The streams cut short by the stop end with an error event saying why.
