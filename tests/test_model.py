@@ -43,6 +43,10 @@ class CountingLibrary:
         self.tokens += len(tokens)
         return self._library.eval_sequence_in_chunks(ctx, tokens, *args)
 
+    def eval_batch(self, ctx, tokens, *args):
+        self.tokens += len(tokens)
+        return self._library.eval_batch(ctx, tokens, *args)
+
 
 @pytest.fixture(scope="module")
 def v4_path(byte_v4):
@@ -74,7 +78,7 @@ def test_model_information(model, v4_path):
     assert model.arch == "4"
     assert model.data_type == "FP32"
     assert model.n_vocab == 256
-    assert model.state_len == model.library.get_state_len(model._loaded.contexts[0].pointer)
+    assert model.state_len == model.library.get_state_len(model._loaded.context.pointer)
     assert model.tokenizer.name == "bytes"
     assert model.path == v4_path
     assert model.threads == 1
@@ -537,6 +541,7 @@ class ScriptedLibrary:
     completion is known in advance: the streaming and stop logic can be checked exactly."""
 
     name = "scripted"
+    has_eval_batch = False  # one eval per sequence: the position below is the context's
 
     def __init__(self, script: bytes):
         self.script = script
