@@ -151,7 +151,7 @@ def release_when_submitted(model: RWKV, library: HeldLibrary, n: int) -> None:
 
 
 def decode_rows(model: RWKV) -> list[int]:
-    return [rows for rows, _ in model._loaded.scheduler.step_log]
+    return [step.decode_rows for step in model._loaded.scheduler.step_log]
 
 
 @pytest.fixture(params=["FP32", "FP16"])
@@ -439,14 +439,14 @@ def test_a_long_prompt_is_read_in_chunks_while_the_others_keep_generating(byte_v
         outcomes: list = []
         runner = threading.Thread(target=lambda: outcomes.extend(in_threads(runners)))
         runner.start()
-        wait_until(lambda: any(rows == 3 for rows, _ in log), "three generating streams")
+        wait_until(lambda: any(step.decode_rows == 3 for step in log), "three generating streams")
         first = len(log)
         reply = model.completion(long_prompt, max_tokens=1, temperature=0)
         during = list(log)[first:]
         enough.set()
         runner.join(TIMEOUT)
     assert reply.usage.promptTokens == n_long
-    prompt_steps = [(rows, tokens) for rows, tokens in during if tokens > 0]
+    prompt_steps = [(step.decode_rows, step.prompt_tokens) for step in during if step.prompt_tokens]
     # one chunk of at most batch_size tokens per step, as many steps as chunks ...
     assert [tokens for _, tokens in prompt_steps] == (
         [batch_size] * (n_long // batch_size) + [n_long % batch_size] * (n_long % batch_size > 0))

@@ -45,7 +45,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -58,6 +58,14 @@ from .tokenizer import Tokenizer
 
 # A sampled token without text, sent to a caller that evaluates should_stop after every token.
 TICK = object()
+
+class Step(NamedTuple):
+    """One engine step, as recorded in `Scheduler.step_log` (for tests and benchmarks)."""
+
+    decode_rows: int  # generating sequences advanced by one token
+    prompt_tokens: int  # prompt tokens evaluated
+    ended: float  # time.perf_counter() at its end
+
 
 # Where a sequence is (engine thread only).
 QUEUED, PROMPT, SAMPLE, FEED, ENDED = "queued", "prompt", "sample", "feed", "ended"
@@ -192,9 +200,9 @@ class Scheduler:
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []  # in the batch, in arrival order
         self._closing = False
-        # Counts for tests and benchmarks: engine calls made, and each step's rows.
+        # For tests and benchmarks: steps taken, and a record of each when step_log is a deque.
         self.steps = 0
-        self.step_log: deque[tuple[int, int]] | None = None  # (decode rows, prompt tokens)
+        self.step_log: deque[Step] | None = None
         self._thread = threading.Thread(target=self._serve, name=f"rwkv-engine {name}", daemon=True)
         self._thread.start()
 
@@ -283,12 +291,13 @@ class Scheduler:
         if not (rows or one_token or chunks):
             return
         self.steps += 1
-        if self.step_log is not None:
-            self.step_log.append((len(rows), len(one_token) + sum(n for _, n in chunks)))
         if rows or one_token:
             self._eval_rows(rows, one_token)
         for job, n in chunks:
             self._eval_chunk(job, n)
+        if self.step_log is not None:
+            prompt_tokens = len(one_token) + sum(n for _, n in chunks)
+            self.step_log.append(Step(len(rows), prompt_tokens, time.perf_counter()))
 
     def _start(self, job: Job) -> None:
         """Give an admitted job its buffers, its cached prefix and its Generation."""
