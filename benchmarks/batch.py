@@ -225,7 +225,9 @@ def streams_once(model: RWKV, n: int, tokens: int) -> dict:
     log = model._loaded.scheduler.step_log
     log.clear()
     calls = [
-        lambda i=i: model.completion(f"Stream {i} of the benchmark:", max_tokens=tokens, temperature=0)
+        lambda i=i: model.completion(
+            f"Stream {i} of the benchmark:", max_tokens=tokens, temperature=0
+        )
         for i in range(n)
     ]
     started = time.perf_counter()

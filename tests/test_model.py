@@ -332,7 +332,7 @@ def test_stop_event_from_the_stream_callback(model):
 # ---- concurrency ----
 
 
-def test_threads_on_two_contexts_give_the_serial_outputs(v4_path):
+def test_threads_sharing_a_batch_of_two_give_the_serial_outputs(v4_path):
     prompts = [f"\nStory {i}: the" for i in range(32)]
     with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=0) as serial_model:
         serial = [serial_model.completion(p, max_tokens=12, temperature=0).completion for p in prompts]
@@ -408,7 +408,7 @@ def test_cancelling_acompletion_stops_the_work(v4_path):
         asyncio.run(cancel_midway())
         # The cancelled await returned once the work had stopped.
         assert single.active_work_count() == 0
-        # The context is free again for the next completion.
+        # Its place in the batch is free again for the next completion.
         assert single.completion(PROMPT, max_tokens=2, temperature=0).usage.completionTokens == 2
 
 
@@ -694,7 +694,7 @@ def test_stream_options_are_checked_when_the_stream_is_made(model):
 
 
 @pytest.mark.parametrize("how", ["close", "drop"])
-def test_leaving_a_stream_early_frees_the_context_for_the_next_completion(v4_path, how):
+def test_leaving_a_stream_early_frees_its_place_for_the_next_completion(v4_path, how):
     with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=1) as single:
         stream = single.completion(PROMPT, max_tokens=100_000, temperature=0, stream=True)
         first = [next(stream).text for _ in range(3)]
@@ -732,7 +732,7 @@ def test_async_stream_gives_the_plain_completion_in_pieces(v4_path):
 
 
 @pytest.mark.parametrize("how", ["aclose", "drop"])
-def test_leaving_an_async_stream_early_frees_the_context(v4_path, how):
+def test_leaving_an_async_stream_early_frees_its_place(v4_path, how):
     with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=1) as single:
 
         async def read_some_then_leave():
@@ -747,7 +747,7 @@ def test_leaving_an_async_stream_early_frees_the_context(v4_path, how):
                 assert single.active_work_count() == 0
             else:
                 del stream  # asyncio closes an abandoned async generator for us
-            # With one context, this completion runs only once the stream gave it back.
+            # With one place, this completion runs only once the stream gave it back.
             after = await asyncio.wait_for(
                 single.acompletion(PROMPT, max_tokens=3, temperature=0), timeout=30
             )

@@ -59,6 +59,7 @@ from .tokenizer import Tokenizer
 # A sampled token without text, sent to a caller that evaluates should_stop after every token.
 TICK = object()
 
+
 class Step(NamedTuple):
     """One engine step, as recorded in `Scheduler.step_log` (for tests and benchmarks)."""
 
@@ -66,6 +67,8 @@ class Step(NamedTuple):
     prompt_tokens: int  # prompt tokens evaluated
     ended: float  # time.perf_counter() at its end
 
+
+NO_BUFFER = np.empty(0, np.float32)
 
 # Where a sequence is (engine thread only).
 QUEUED, PROMPT, SAMPLE, FEED, ENDED = "queued", "prompt", "sample", "feed", "ended"
@@ -78,6 +81,14 @@ class Failed:
 
     def __init__(self, error: BaseException):
         self.error = error
+
+    @classmethod
+    def each(cls, error: BaseException) -> Failed:
+        """One error of several sequences, as an exception of this caller's own (an exception
+        raised on several threads at once would share one traceback)."""
+        own = RWKVError(str(error), getattr(error, "flags", 0))
+        own.__cause__ = error
+        return cls(own)
 
 
 class Job:
@@ -104,8 +115,8 @@ class Job:
         # the engine thread's
         self.phase = QUEUED
         self.generation: Generation | None = None
-        self.state: np.ndarray | None = None
-        self.logits: np.ndarray | None = None
+        self.state = NO_BUFFER  # its own state and logits, from admission on
+        self.logits = NO_BUFFER
         self.fresh = True  # the state is the initial one (state_in NULL for the first call)
         self.position = 0  # prompt tokens evaluated (or taken from the cache)
         self.n_cached = 0
@@ -231,12 +242,11 @@ class Scheduler:
     def close(self) -> None:
         """End every queued and running completion with a clear error, stop the engine thread
         (after its current step) and free the context. Safe to call twice and from any thread."""
-        error = UserError(f"the model {self.name} was freed")
         with self._lock:
             if not self._closing:
                 self._closing = True
                 for job in [*self._pending, *self._active]:
-                    self._end(job, Failed(error))
+                    self._end(job, Failed(UserError(f"the model {self.name} was freed")))
                 self._pending.clear()
                 self._wake.notify()
         if threading.current_thread() is not self._thread:
@@ -256,7 +266,7 @@ class Scheduler:
                 except Exception as error:  # noqa: BLE001 - a bug must not strand the callers
                     with self._lock:
                         for job in list(self._active):
-                            self._end(job, Failed(error))
+                            self._end(job, Failed.each(error))
         finally:
             self.context.close()
 
@@ -278,7 +288,8 @@ class Scheduler:
 
     @staticmethod
     def _runnable(job: Job) -> bool:
-        return job.phase in (PROMPT, FEED) or (job.phase == SAMPLE and (job.permit or not job.gated))
+        sampling = job.phase == SAMPLE and (job.permit or not job.gated)
+        return sampling or job.phase in (PROMPT, FEED)
 
     def _step(self, admitted: list[Job]) -> None:
         for job in admitted:
@@ -359,7 +370,8 @@ class Scheduler:
     def _eval_rows(self, rows: list[Job], one_token: list[Job]) -> None:
         """One token for each generating sequence and each one-token prompt chunk."""
         jobs = rows + one_token
-        tokens = [job.token for job in rows] + [job.request.tokens[job.position] for job in one_token]
+        tokens = [job.token for job in rows]
+        tokens += [job.request.tokens[job.position] for job in one_token]
         states_in = [None if job.fresh else job.state for job in jobs]
         states_out = [job.state for job in jobs]
         logits_out = [job.logits for job in rows] + [
@@ -372,7 +384,7 @@ class Scheduler:
                 context.eval_batch(tokens, states_in, states_out, logits_out)
             except RWKVError as error:
                 for job in jobs:
-                    self._finish_with(job, Failed(error))
+                    self._finish_with(job, Failed.each(error))
                 return
             failed: set[int] = set()
         else:
@@ -420,7 +432,7 @@ class Scheduler:
         request = job.request
         evaluated = job.position > job.n_cached
         if request.init_state is None and self.cache.enabled and (evaluated or request.pin):
-            self.cache.put(request.tokens, job.state, job.logits, pin=request.pin)  # type: ignore[arg-type]
+            self.cache.put(request.tokens, job.state, job.logits, pin=request.pin)
         job.prompt_done = time.perf_counter()
         job.prompt_seconds += job.prompt_done - started
         if job.generation.done:  # type: ignore[union-attr]
@@ -436,7 +448,7 @@ class Scheduler:
             self._finish(job)
             return
         try:
-            token = generation.step(job.logits)  # type: ignore[arg-type]
+            token = generation.step(job.logits)
         except Exception as error:  # noqa: BLE001 - the caller's to see
             self._finish_with(job, Failed(error))
             return
@@ -460,7 +472,7 @@ class Scheduler:
         assert generation is not None and generation.finish_reason is not None
         fed = generation.fed_tokens
         if request.init_state is None and self.cache.enabled and fed > 0:
-            self.cache.put(request.tokens + generation.tokens[:fed], job.state, job.logits)  # type: ignore[arg-type]
+            self.cache.put(request.tokens + generation.tokens[:fed], job.state, job.logits)
         finished = time.perf_counter()
         usage = Usage.of(len(request.tokens), len(generation.tokens), job.n_cached)
         result = CompletionResult(
