@@ -409,16 +409,18 @@ def measure_time_to_first_token(args, path: Path, sizes: list[int]) -> list[dict
     models = {c: open_model(args, path, args.streams + 1, tokenizer, c) for c in chunks}
     try:
         ttft_once(models[chunks[0]], 0, prompt)  # warm-up
-        for _ in range(args.runs):
-            for c in chunks:
-                for streams in (0, args.streams):
+        for run in range(args.runs):
+            for c in chunks if run % 2 == 0 else chunks[::-1]:
+                # alone and beside the streams in turn, each first in every other run: the
+                # shared machine's load drifts within a run
+                for streams in (0, args.streams) if run % 2 == 0 else (args.streams, 0):
                     runs.setdefault((c, streams), []).append(ttft_once(models[c], streams, prompt))
         kernels = models[chunks[0]].kernel_path
     finally:
         for model in models.values():
             model.free()
     rows = []
-    for (c, streams), measured in runs.items():
+    for (c, streams), measured in sorted(runs.items()):
         row = {
             "level": "RWKV",
             "mode": "time_to_first_token",

@@ -70,9 +70,9 @@ class RWKV:
     Completions from any number of threads and asyncio tasks share one engine context: one
     engine thread advances all running completions together, one token each per step, in one
     pass over the weights (continuous batching, see core/scheduler.py). A greedy completion
-    gives the same text alone or beside others (FP32/FP16 weights, up to 16 at a time; with
-    quantized weights a near tie between the top two tokens can now and then resolve the
-    other way in a batch, see the scheduler's notes).
+    gives the same text alone or beside others with FP32/FP16 weights (up to 16 at a time);
+    with quantized weights a near tie between the top two tokens can resolve the other way in
+    a batch, and the text goes on differently from there (measured in the scheduler's notes).
 
     Args:
         path: the model file (rwkv.cpp format).
