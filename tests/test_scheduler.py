@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import threading
 import time
 
@@ -292,10 +293,12 @@ def test_cancelling_one_stream_leaves_the_others_unchanged(byte_v7):
 
 def test_a_stop_event_or_a_cancelled_task_ends_one_completion_only(byte_v7):
     expected = [alone(byte_v7, p, **GREEDY) for p in PROMPTS[:4]]
+    callback_threads = set()
     with RWKV(byte_v7, threads=1, concurrent=4) as model:
         event = threading.Event()
 
         def stop_after_three(text, so_far):
+            callback_threads.add(threading.current_thread())
             if len(so_far) >= 3:
                 event.set()
 
@@ -319,6 +322,7 @@ def test_a_stop_event_or_a_cancelled_task_ends_one_completion_only(byte_v7):
 
         stopped, (first, last) = asyncio.run(asyncio.wait_for(run_all(), TIMEOUT))
         assert (model.active_work_count(), model.pending_work_count()) == (0, 0)
+    assert callback_threads == {threading.current_thread()}  # the event loop's, not the engine's
     assert stopped.finish_reason == "cancelled" and stopped.completion == expected[1].completion[:3]
     assert stopped.tokens == expected[1].tokens[:3] and stopped.fed_tokens == 3
     assert first.tokens == expected[0].tokens and last.tokens == expected[3].tokens
@@ -411,6 +415,17 @@ def test_free_ends_queued_and_running_completions_with_a_clear_error(byte_v4):
     with model:  # freed, not broken
         again = model.completion(PROMPTS[0], **GREEDY)
     assert again.completion == alone(byte_v4, PROMPTS[0], **GREEDY).completion
+
+
+def test_a_model_dropped_without_free_stops_its_engine_thread(byte_v7):
+    model = RWKV(byte_v7, threads=1).setup()
+    model.completion(PROMPTS[0], max_tokens=4)
+    scheduler = model._loaded.scheduler
+    engine_thread, context = scheduler._thread, scheduler.context
+    del model
+    gc.collect()
+    engine_thread.join(TIMEOUT)
+    assert not engine_thread.is_alive() and context.closed
 
 
 def test_sixteen_concurrent_completions_share_one_context(byte_v7):

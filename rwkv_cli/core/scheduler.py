@@ -209,7 +209,9 @@ class Scheduler:
         self.batched = context.library.has_eval_batch
         self._state_len = context.state_len
         self._logits_len = context.logits_len
-        self._lock = threading.Lock()
+        # Re-entrant: garbage collection can run a stream's finalizer (abandon) or a dropped
+        # model's (close) on the engine thread while it holds the lock.
+        self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []  # in the batch, in arrival order
