@@ -438,6 +438,35 @@ def test_sixteen_concurrent_completions_share_one_context(byte_v7):
     assert library.created == {"init_from_file": 1}
 
 
+def test_whole_context_work_runs_between_steps_beside_running_completions(byte_v7):
+    """Scheduler.call: work that needs the context to itself (perplexity) runs on the engine
+    thread between two steps; the completions around it are unchanged."""
+    expected = [alone(byte_v7, p, **GREEDY) for p in PROMPTS[:3]]
+    with RWKV(byte_v7, threads=1, concurrent=3) as model:
+        scheduler = model._loaded.scheduler
+        seen = []
+
+        def work(context):
+            seen.append(threading.current_thread())
+            state = np.empty(context.state_len, np.float32)
+            logits = np.empty(context.logits_len, np.float32)
+            context.eval_sequence(list(b"dragons"), None, state, logits)
+            return logits.copy()
+
+        def calls():
+            return [scheduler.call(work) for _ in range(20)]
+
+        *results, logits = in_threads(
+            [lambda p=p: model.completion(p, **GREEDY) for p in PROMPTS[:3]] + [calls])
+        with pytest.raises(ZeroDivisionError):
+            scheduler.call(lambda context: 1 / 0)
+        assert seen == [scheduler._thread] * 20
+    assert [r.tokens for r in results] == [r.tokens for r in expected]
+    assert all(np.array_equal(each, logits[0]) for each in logits)
+    with pytest.raises(RWKVError, match="freed"):
+        scheduler.call(lambda context: None)
+
+
 # ---- prompts between decode steps ----
 
 

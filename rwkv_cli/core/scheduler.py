@@ -6,7 +6,9 @@ sequence its next token in a single `rwkv_eval_batch` call (one pass over the we
 all of them) and samples their next tokens from the logits it returns. Completions submitted
 from any thread or asyncio task wait in a queue and join the batch at the next step, up to
 `capacity` at a time (the model's `concurrent`); a finished, cancelled or abandoned one leaves
-the batch at once, and its place goes to the next in the queue.
+the batch at once, and its place goes to the next in the queue. Work that needs the context
+to itself (perplexity: all the logits of a chunk) runs on the engine thread between two steps
+through `call()`.
 
 Prompts. Each step also evaluates prompt tokens in sequence mode (the prompt's products as
 matrix-matrix products): whole chunks of waiting prompts, in arrival order, while their total
@@ -48,7 +50,8 @@ import asyncio
 import threading
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from concurrent.futures import Future
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -58,6 +61,8 @@ from .generate import Generation, Request
 from .results import CompletionChunk, CompletionResult, Perf, Usage
 from .state_cache import StateCache
 from .tokenizer import Tokenizer
+
+T = TypeVar("T")
 
 # A sampled token without text, sent to a caller that evaluates should_stop after every token.
 TICK = object()
@@ -215,6 +220,7 @@ class Scheduler:
         self._wake = threading.Condition(self._lock)
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []  # in the batch, in arrival order
+        self._calls: deque[tuple[Callable[[Context], Any], Future]] = deque()
         self._closing = False
         # For tests and benchmarks: steps taken, and a record of each when step_log is a deque.
         self.steps = 0
@@ -236,6 +242,20 @@ class Scheduler:
             self._wake.notify()
         return job
 
+    def call(self, work: Callable[[Context], T]) -> T:
+        """`work(context)` on the engine thread between two steps, with the context to itself
+        (the batch waits meanwhile): for whole-context work such as perplexity. Its value,
+        or its exception, comes back to the calling thread."""
+        if threading.current_thread() is self._thread:
+            return work(self.context)
+        future: Future = Future()
+        with self._lock:
+            if self._closing:
+                raise UserError(f"the model {self.name} was freed")
+            self._calls.append((work, future))
+            self._wake.notify()
+        return future.result()
+
     def active(self) -> int:
         with self._lock:
             return sum(1 for job in self._active if not job.abandoned)
@@ -253,6 +273,9 @@ class Scheduler:
                 for job in [*self._pending, *self._active]:
                     self._end(job, Failed(UserError(f"the model {self.name} was freed")))
                 self._pending.clear()
+                for _, future in self._calls:
+                    future.set_exception(UserError(f"the model {self.name} was freed"))
+                self._calls.clear()
                 self._wake.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join()
@@ -266,6 +289,13 @@ class Scheduler:
                     admitted = self._next_work()
                     if admitted is None:
                         return
+                    calls = list(self._calls)
+                    self._calls.clear()
+                for work, future in calls:
+                    try:
+                        future.set_result(work(self.context))
+                    except BaseException as error:  # noqa: BLE001 - the caller's to see
+                        future.set_exception(error)
                 try:
                     self._step(admitted)
                 except Exception as error:  # noqa: BLE001 - a bug must not strand the callers
@@ -287,7 +317,7 @@ class Scheduler:
                 job = self._pending.popleft()
                 self._active.append(job)
                 admitted.append(job)
-            if admitted or any(self._runnable(job) for job in self._active):
+            if admitted or self._calls or any(self._runnable(job) for job in self._active):
                 return admitted
             self._wake.wait()
 
