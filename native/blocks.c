@@ -13,12 +13,12 @@ void embed_chunk(context * ctx, const uint32_t * tokens, int T, float * x) {
     const int64_t C = m->n_embed;
     for (int t = 0; t < T; t++) {
         ctx_embedding(ctx, tokens[t], x + t * C);
-        layer_norm(x + t * C, x + t * C, m->ln0_w, m->ln0_b, C, 1e-5f);
+        layer_norm(x + t * C, x + t * C, m->ln0_w, m->ln0_b, C, m->ln_eps);
     }
 }
 
-void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int T, int64_t C) {
-    for (int t = 0; t < T; t++) layer_norm(out + t * C, x + t * C, w, b, C, 1e-5f);
+void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int T, int64_t C, float eps) {
+    for (int t = 0; t < T; t++) layer_norm(out + t * C, x + t * C, w, b, C, eps);
 }
 
 void shift_delta(float * dx, const float * xx, float * last, int T, int64_t C) {
@@ -47,7 +47,7 @@ void mix_tokens(float * out, const float * xx, const float * dx, const float * m
 
 void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int T, const channel_scratch * s) {
     const int64_t C = ctx->m->n_embed, F = L->ffn_k.ne[1], TC = (int64_t)T * C;
-    layer_norm_rows(s->xx, x, L->ln2_w, L->ln2_b, T, C);
+    layer_norm_rows(s->xx, x, L->ln2_w, L->ln2_b, T, C, ctx->m->ln_eps);
     shift_delta(s->dx, s->xx, ffn_xx, T, C);
     mix_tokens(s->xm, s->xx, s->dx, L->ffn_mix_k, NULL, T, C);
     ctx_matmul(ctx, &L->ffn_k, s->xm, T, s->hidden, F);
@@ -106,7 +106,7 @@ void attention_output(context * ctx, const layer * L, float * x, float * y, cons
 void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits) {
     const model * m = ctx->m;
     if (!logits) return;
-    layer_norm(scratch, x + (int64_t)(T - 1) * m->n_embed, m->ln_out_w, m->ln_out_b, m->n_embed, 1e-5f);
+    layer_norm(scratch, x + (int64_t)(T - 1) * m->n_embed, m->ln_out_w, m->ln_out_b, m->n_embed, m->ln_eps);
     ctx_head(ctx, scratch, logits);
 }
 

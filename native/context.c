@@ -278,7 +278,7 @@ void rwkv_init_state(const struct rwkv_context * ctx, float * state) {
 
 const char * rwkv_get_arch_version(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->ops->version; }
 const char * rwkv_get_kernel_path(const struct rwkv_context * ctx) { return ((const context *)ctx)->kern->name; }
-const char * rwkv_get_data_type_name(const struct rwkv_context * ctx) { return type_name(((const context *)ctx)->m->data_type); }
+const char * rwkv_get_data_type_name(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->type_label; }
 size_t rwkv_get_weight_bytes_per_token(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->weight_bytes_per_token; }
 size_t rwkv_get_allocation_count(const struct rwkv_context * ctx) { return ((const context *)ctx)->allocations; }
 

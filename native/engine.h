@@ -19,7 +19,9 @@
 
 #include "rwkv.h"
 
-/* ---- tensor types (ids as in the file format) ---- */
+/* ---- tensor types ----
+ * Ids 0..9 are those of rwkv.cpp files; the types only GGUF files hold (gguf.c maps GGUF's own
+ * ids onto these) follow them. */
 
 enum {
     TYPE_FP32 = 0,
@@ -29,25 +31,39 @@ enum {
     TYPE_Q5_0 = 7,
     TYPE_Q5_1 = 8,
     TYPE_Q8_0 = 9,
-    TYPE_COUNT = 10
+    TYPE_BF16 = 10, /* GGUF only, from here on */
+    TYPE_Q2_K = 11,
+    TYPE_Q3_K = 12,
+    TYPE_Q4_K = 13,
+    TYPE_Q5_K = 14,
+    TYPE_Q6_K = 15,
+    TYPE_COUNT = 16
 };
 
-#define QK 32 /* values per quantized block */
+#define QK 32  /* values per block of the rwkv.cpp quantized types */
+#define QKK 256 /* values per super-block of the K-quants (kquants.c) */
 
 bool type_is_valid(int type);
+/* Block types: the rwkv.cpp quantized types and the K-quants (weights meet int8 activations). */
 bool type_is_quantized(int type);
+bool type_is_kquant(int type);
+/* Whether rwkv.cpp files may hold the type (FP32, FP16 and its five block types). */
+bool type_in_rwkv_cpp_files(int type);
+/* Values per block: 1 for the float types, QK or QKK for the block types. */
+int64_t type_block_values(int type);
 const char * type_name(int type);
 int type_from_name(const char * name); /* -1 if unknown */
-/* Bytes of a row of n values (n a multiple of QK for quantized types). */
+/* Bytes of a row of n values (n a multiple of type_block_values). */
 size_t type_row_bytes(int type, int64_t n);
 size_t type_block_bytes(int type);
 
 float fp16_to_fp32(uint16_t h);
 uint16_t fp32_to_fp16(float f); /* round to nearest even */
 
-/* Dequantizes n values (a whole number of blocks for quantized types) from src (any
- * alignment) to dst. */
+/* Dequantizes n values (a whole number of blocks for block types) from src (any alignment)
+ * to dst. */
 void dequantize_row(int type, const void * src, float * dst, int64_t n);
+float bf16_to_fp32(uint16_t h);
 /* Quantizes n float32 values (multiple of QK) into dst with rwkv.cpp-compatible arithmetic. */
 void quantize_row(int type, const float * src, void * dst, int64_t n);
 
@@ -179,7 +195,9 @@ struct model {
     int arch;
     const arch_ops * ops;
     int64_t head_size, n_head, ffn_dim;
-    float ln_x_eps;
+    float ln_eps;      /* the layer norms (ln0, ln1, ln2, ln_out) */
+    float ln_x_eps;    /* the per-head group norm of v5 and later */
+    int rescale_every; /* halve the residual stream after every n-th block (llama.cpp's rwkv6 files); 0: never */
     tensor emb, head;
     const float *ln0_w, *ln0_b, *ln_out_w, *ln_out_b;
     layer * layers;
@@ -191,10 +209,18 @@ struct model {
     atomic_int refcount;
     const kernels * kern;
     size_t weight_bytes_per_token;
+
+    /* GGUF files (model_gguf.c) */
+    int gguf_version;         /* 0 for rwkv.cpp files */
+    const arch_ops * gguf_ops; /* the architecture the metadata names */
+    char type_label[16];      /* llama.cpp's file type ("Q4_K_M"), or the dominant tensor type */
 };
 
-/* Maps and validates the file and its tensor table (no architecture binding). */
+/* Maps and validates the file and its tensor table (no architecture binding): an rwkv.cpp
+ * file, or a GGUF file (its tensors renamed to rwkv.cpp's keys, see model_gguf.c). */
 model * model_open(const char * path, error_slot * err);
+/* The GGUF part of model_open: fills the tensor table, shapes and metadata of m from its map. */
+int model_open_gguf(model * m, const char * path, error_slot * err);
 /* model_open, then detects the architecture and binds the tensors. */
 model * model_load(const char * path, error_slot * err);
 void model_release(model * m); /* drops one reference */
@@ -243,7 +269,7 @@ void ctx_head(context * ctx, const float * x, float * logits);
 
 /* x = ln0(embedding of each token) */
 void embed_chunk(context * ctx, const uint32_t * tokens, int T, float * x);
-void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int T, int64_t C);
+void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int T, int64_t C, float eps);
 /* The token shift: dx_t = xx_{t-1} - xx_t, where xx_{-1} is `last` (from the state), which
  * then becomes xx_{T-1}. */
 void shift_delta(float * dx, const float * xx, float * last, int T, int64_t C);

@@ -123,7 +123,7 @@ static void v4_forward(context * ctx, const uint32_t * tokens, int T, float * st
         float * pp = bb + C;
 
         /* time mixing */
-        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C);
+        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C, m->ln_eps);
         shift_delta(dx, xx, att_xx, T, C);
         mix_tokens(xk, xx, dx, L->att_mix_k, NULL, T, C);
         mix_tokens(xv, xx, dx, L->att_mix_v, NULL, T, C);

@@ -122,7 +122,7 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
         const int64_t D = L->maa_w2[0].ne[0], D2 = L->decay_w1.ne[1];
 
         /* ---- time mixing: ddlerp, then the five products ---- */
-        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C);
+        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C, m->ln_eps);
         shift_delta(dx, xx, att_xx, T, C);
         mix_tokens(xm, xx, dx, L->maa_x, NULL, T, C);
         ctx_matmul(ctx, &L->maa_w1, xm, T, mix_hidden, N_MIX * D);
@@ -161,6 +161,9 @@ static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * st
         attention_output(ctx, L, x, y, g, T, out);
 
         channel_mix(ctx, L, x, ffn_xx, T, &ffn);
+        if (m->rescale_every && (li + 1) % m->rescale_every == 0) {
+            for (int64_t j = 0; j < TC; j++) x[j] *= 0.5f; /* llama.cpp's files expect it, see model_gguf.c */
+        }
     }
     output_logits(ctx, x, T, xx, logits);
 }

@@ -166,7 +166,7 @@ static void v7_forward(context * ctx, const uint32_t * tokens, int T, float * st
         float * heads = att_xx + C;
 
         /* ---- time mixing: the products over the whole chunk ---- */
-        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C);
+        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C, m->ln_eps);
         shift_delta(dx, xx, att_xx, T, C);
         const float * mix = L->x_rwkvag;
 

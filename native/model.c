@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "gguf.h"
 
 #define FILE_MAGIC 0x67676d66 /* "ggmf" */
 #define MAX_DIMS 4
@@ -71,7 +72,7 @@ static int parse_header(model * m, reader * r, const char * path, error_slot * e
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA, "%s: implausible header: n_vocab %d, n_embed %d, n_layer %d", path, n_vocab, n_embed, n_layer);
         return -1;
     }
-    if (!type_is_valid(data_type)) {
+    if (!type_in_rwkv_cpp_files(data_type)) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA_TYPE, "%s: unknown data type %d in the header", path, data_type);
         return -1;
     }
@@ -105,7 +106,7 @@ static int parse_tensor(model * m, reader * r, const char * path, tensor * t, in
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_KEY, "%s: tensor at offset %zu has a key length of %d (1 to %d allowed)", path, at, key_len, MAX_KEY_LEN);
         return -1;
     }
-    if (!type_is_valid(type)) {
+    if (!type_in_rwkv_cpp_files(type)) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA_TYPE, "%s: tensor at offset %zu has unknown data type %d", path, at, type);
         return -1;
     }
@@ -368,10 +369,19 @@ model * model_open(const char * path, error_slot * err) {
         model_destroy(m);
         return NULL;
     }
-    reader r = {m->map, m->map_size, 0};
-    if (parse_header(m, &r, path, err) != 0 || parse_tensors(m, &r, path, err) != 0) {
-        model_destroy(m);
-        return NULL;
+    if (gguf_is_gguf(m->map, m->map_size)) {
+        if (model_open_gguf(m, path, err) != 0) {
+            model_destroy(m);
+            return NULL;
+        }
+    } else {
+        reader r = {m->map, m->map_size, 0};
+        if (parse_header(m, &r, path, err) != 0 || parse_tensors(m, &r, path, err) != 0) {
+            model_destroy(m);
+            return NULL;
+        }
+        m->ln_eps = 1e-5f;
+        snprintf(m->type_label, sizeof m->type_label, "%s", type_name(m->data_type));
     }
     atomic_store(&m->refcount, 1);
     return m;
@@ -380,7 +390,7 @@ model * model_open(const char * path, error_slot * err) {
 model * model_load(const char * path, error_slot * err) {
     model * m = model_open(path, err);
     if (!m) return NULL;
-    m->ops = detect_arch(m);
+    m->ops = m->gguf_ops ? m->gguf_ops : detect_arch(m);
     if (!m->ops) {
         error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_UNSUPPORTED,
                   "%s: unknown model layout: no 'blocks.0.att.time_decay', 'blocks.0.att.time_maa_x' or 'blocks.0.att.k_k' tensor", path);
@@ -410,7 +420,9 @@ model * model_load(const char * path, error_slot * err) {
         return NULL;
     }
     const char * eps = getenv("RWKV_V5_LN_X_EPS");
-    if (m->arch == ARCH_V5_1 || m->arch == ARCH_V5_2) {
+    if (m->gguf_version) {
+        /* from the GGUF metadata (model_gguf.c) */
+    } else if (m->arch == ARCH_V5_1 || m->arch == ARCH_V5_2) {
         m->ln_x_eps = 64e-5f;
         if (eps && *eps) {
             char * end;

@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "native"
 TYPES = ["FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 QUANTIZED = TYPES[2:]
+# the types of GGUF files only: kernel level here, engine level in test_gguf.py
+GGUF_TYPES = ["BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+KERNEL_TYPES = TYPES + GGUF_TYPES
 SIMD_PATHS = ["avx2", "avx512"]
 
 # Every path computes the same numbers as the scalar one up to the order of the float sums:
@@ -34,7 +37,7 @@ EXACT_RATIO = {"float": 1e-6, "quantized": 5e-3}
 
 
 def kind(dtype: str) -> str:
-    return "quantized" if dtype in QUANTIZED else "float"
+    return "float" if dtype in ("FP32", "FP16", "BF16") else "quantized"
 
 
 # ---- kernel level: the C harness ---------------------------------------------------------------
@@ -46,7 +49,8 @@ def harness(tmp_path_factory) -> Path:
     if cc is None:
         pytest.skip("no C compiler to build the kernel harness")
     out = tmp_path_factory.mktemp("kernels") / "kernels_check"
-    sources = sorted(str(p) for p in NATIVE.glob("kernels*.c")) + [str(NATIVE / "tensor.c")]
+    sources = sorted(str(p) for p in NATIVE.glob("kernels*.c")) + [
+        str(NATIVE / "tensor.c"), str(NATIVE / "kquants.c")]
     subprocess.run(
         [cc, "-std=gnu11", "-O2", "-pthread", f"-I{NATIVE}", "-o", str(out),
          str(REPO / "tests" / "kernels_check.c"), *sources, "-lm"],
@@ -70,7 +74,7 @@ def run_harness(harness: Path, path: str, dtype: str) -> list[tuple[int, int, in
     return rows
 
 
-@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("dtype", KERNEL_TYPES)
 @pytest.mark.parametrize("path", SIMD_PATHS)
 def test_simd_products_match_scalar(harness, path, dtype):
     results = run_harness(harness, path, dtype)
@@ -82,7 +86,7 @@ def test_simd_products_match_scalar(harness, path, dtype):
         assert exact_ratio < EXACT_RATIO[kind(dtype)], shape
 
 
-@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("dtype", KERNEL_TYPES)
 def test_scalar_products_match_exact_products(harness, dtype):
     for rows, cols, tokens, rel_err, ratio, exact_ratio in run_harness(harness, "scalar", dtype):
         assert rel_err == 0.0 and ratio == 0.0  # the harness's own reference is the scalar path
