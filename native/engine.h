@@ -221,6 +221,8 @@ struct model {
 model * model_open(const char * path, error_slot * err);
 /* The GGUF part of model_open: fills the tensor table, shapes and metadata of m from its map. */
 int model_open_gguf(model * m, const char * path, error_slot * err);
+/* The GGUF name of one of our keys in a GGUF model (for error messages); false if none. */
+bool model_gguf_name(const model * m, const char * key, char * out, size_t cap);
 /* model_open, then detects the architecture and binds the tensors. */
 model * model_load(const char * path, error_slot * err);
 void model_release(model * m); /* drops one reference */

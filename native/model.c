@@ -57,7 +57,8 @@ static int parse_header(model * m, reader * r, const char * path, error_slot * e
         return -1;
     }
     if (magic != FILE_MAGIC) {
-        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_MAGIC, "%s: not an rwkv.cpp model file (magic %08x, expected %08x)", path, (unsigned)magic, FILE_MAGIC);
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_MAGIC, "%s: not an rwkv.cpp model file (magic %08x, expected %08x) nor a GGUF file",
+                  path, (unsigned)magic, FILE_MAGIC);
         return -1;
     }
     if (!read_i32(r, &version) || !read_i32(r, &n_vocab) || !read_i32(r, &n_embed) || !read_i32(r, &n_layer) || !read_i32(r, &data_type)) {
@@ -412,10 +413,17 @@ model * model_load(const char * path, error_slot * err) {
         !(m->ln_out_w = model_vector(m, err, "ln_out.weight", m->n_embed)) ||
         !(m->ln_out_b = model_vector(m, err, "ln_out.bias", m->n_embed)) ||
         m->ops->bind(m, err) != 0) {
-        /* prefix the file name to the bind error */
-        char msg[sizeof err->message];
+        /* prefix the file name to the bind error; in a GGUF file, name the tensor as it does */
+        char msg[sizeof err->message], gguf[160] = "";
         memcpy(msg, err->message, sizeof msg);
-        snprintf(err->message, sizeof err->message, "%.200s: %.300s", path, msg);
+        const char * open_quote = strchr(msg, '\'');
+        const char * close_quote = open_quote ? strchr(open_quote + 1, '\'') : NULL;
+        if (m->gguf_version && close_quote && close_quote - open_quote < 128) {
+            char key[128], name[128];
+            snprintf(key, sizeof key, "%.*s", (int)(close_quote - open_quote - 1), open_quote + 1);
+            if (model_gguf_name(m, key, name, sizeof name)) snprintf(gguf, sizeof gguf, " (GGUF tensor %s)", name);
+        }
+        snprintf(err->message, sizeof err->message, "%.200s: %.200s%s", path, msg, gguf);
         model_destroy(m);
         return NULL;
     }

@@ -170,6 +170,43 @@ static bool ends_with(const char * s, const char * suffix) {
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
+bool model_gguf_name(const model * m, const char * key, char * out, size_t cap) {
+    const arch_names * a = NULL;
+    for (size_t i = 0; i < N_OF(ARCHS); i++) {
+        if (ARCHS[i].ops == m->gguf_ops) a = &ARCHS[i];
+    }
+    if (!a) return false;
+    for (size_t i = 0; i < N_OF(GLOBAL_NAMES); i++) {
+        if (strcmp(GLOBAL_NAMES[i].ours, key) == 0) {
+            snprintf(out, cap, "%s", GLOBAL_NAMES[i].gguf);
+            return true;
+        }
+    }
+    long block;
+    char rest[128];
+    if (sscanf(key, "blocks.%ld.%127s", &block, rest) != 2) return false;
+    if (a->ops == &arch_v6) {
+        for (size_t j = 0; j < N_OF(V6_FUSED_MIXES); j++) {
+            if (strcmp(rest, V6_FUSED_MIXES[j]) == 0) {
+                snprintf(out, cap, "blk.%ld.%s (or blk.%ld.time_mix_lerp_%c.weight)", block, V6_FUSED, block,
+                         V6_FUSED_MIXES[j][strlen(V6_FUSED_MIXES[j]) - 1]);
+                return true;
+            }
+        }
+    }
+    const name_map * tables[2] = {BLOCK_NAMES_COMMON, a->names};
+    const size_t sizes[2] = {N_OF(BLOCK_NAMES_COMMON), a->n_names};
+    for (int t = 0; t < 2; t++) {
+        for (size_t i = 0; i < sizes[t]; i++) {
+            if (strcmp(tables[t][i].ours, rest) == 0) {
+                snprintf(out, cap, "blk.%ld.%s", block, tables[t][i].gguf);
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 /* llama.cpp's file types (general.file_type), as labels; floats in our spelling. */
 static const char * file_type_label(uint64_t ftype) {
     static const char * const LABELS[] = {
@@ -273,12 +310,13 @@ static int map_tensors(model * m, const gguf_file * f, const arch_names * a, int
     return 0;
 }
 
-/* The most common type of the layers' matrices, by bytes: the file's type when no label says it. */
+/* The most common type of the layers' big matrices, by bytes: the file's type when no label
+ * says it (the low-rank and mixing tensors, which llama-quantize leaves alone, do not count). */
 static int dominant_type(const model * m) {
     size_t bytes[TYPE_COUNT] = {0};
     for (int i = 0; i < m->n_tensors; i++) {
         const tensor * t = &m->tensors[i];
-        if (t->ne[1] > 1 && strncmp(t->key, "blocks.", 7) == 0) bytes[t->type] += t->nbytes;
+        if (t->ne[1] > 1 && strncmp(t->key, "blocks.", 7) == 0 && ends_with(t->key, ".weight")) bytes[t->type] += t->nbytes;
     }
     int best = TYPE_FP32;
     for (int t = 0; t < TYPE_COUNT; t++) {
