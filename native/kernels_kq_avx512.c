@@ -88,15 +88,19 @@ KQ_INLINE void kq_unpack_codes(int type, const uint8_t * b, __m512i code[4]) {
 static const int32_t GROUP_PAIRS[16] __attribute__((aligned(64))) = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7};
 
 /* One super-block's scales and corrections, lane g for group g. */
+/* Q4_K / Q5_K: [d sc_0..7, dmin m_0..7], the 32-value sub-blocks' scales and minimums. */
+KQ_INLINE __m512 kq_scales_mins_512(const uint8_t * b) {
+    const __m512 sm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(kq_scales_mins_4k(b + 4)));
+    const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)load_u32(b))); /* d, dmin */
+    const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    return _mm512_mul_ps(sm, _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dd)));
+}
+
 KQ_INLINE void kq_unpack_scales(int type, const uint8_t * b, __m512 * scale, __m512 * corr) {
     switch (type) {
     case TYPE_Q4_K:
     case TYPE_Q5_K: {
-        uint64_t sc, mn;
-        kq_scales_4k(b + 4, &sc, &mn);
-        const __m512 both = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x((long long)mn, (long long)sc)));
-        const __m512 factors = _mm512_insertf32x8(_mm512_set1_ps(_cvtsh_ss(load_u16(b))), _mm256_set1_ps(_cvtsh_ss(load_u16(b + 2))), 1);
-        const __m512 v = _mm512_mul_ps(both, factors); /* [d sc_0..7, dmin m_0..7] */
+        const __m512 v = kq_scales_mins_512(b);
         const __m512i pairs = _mm512_load_si512((const void *)GROUP_PAIRS);
         *scale = _mm512_permutexvar_ps(pairs, v);
         *corr = _mm512_permutexvar_ps(_mm512_add_epi32(pairs, _mm512_set1_epi32(8)), v);
@@ -133,8 +137,41 @@ static const int32_t LANE_GROUPS[4][16] __attribute__((aligned(64))) = {
     {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15},
 };
 
+/* lane l of pair p: sub-block 2p + l / 8 (the types of 32-value sub-blocks) */
+static const int32_t LANE_SUBBLOCKS[4][16] __attribute__((aligned(64))) = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},
+    {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},
+    {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+};
+
+/* Q4_K, Q5_K: one vector [d sc_j dx_j (j < 8), dmin m_j dx_j sum_j] per super-block serves all
+ * four pairs (a permute each) and the minimums (the upper half, summed at the end). */
+KQ_INLINE float kq_row_decode_32(int type, const uint8_t * row, int64_t nsb, const kq_token * x) {
+    const size_t bb = type_block_bytes(type);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), corr_acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < nsb; s++) {
+        const uint8_t * b = row + (size_t)s * bb;
+        _mm_prefetch((const char *)(b + PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + PREFETCH + 64), _MM_HINT_T0);
+        __m512i code[4];
+        kq_unpack_codes(type, b, code);
+        const __m512 eff = _mm512_mul_ps(kq_scales_mins_512(b), _mm512_loadu_ps(x->dxs32 + s * 16));
+        corr_acc = _mm512_mask_add_ps(corr_acc, 0xff00, corr_acc, eff);
+        const int8_t * xq = x->code + s * QKK;
+        for (int p = 0; p < 4; p += 2) {
+            const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), code[p], _mm512_loadu_si512((const void *)(xq + 64 * p)));
+            const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), code[p + 1], _mm512_loadu_si512((const void *)(xq + 64 * p + 64)));
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(_mm512_load_si512((const void *)LANE_SUBBLOCKS[p]), eff), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(_mm512_load_si512((const void *)LANE_SUBBLOCKS[p + 1]), eff), acc1);
+        }
+    }
+    return _mm512_reduce_add_ps(_mm512_sub_ps(_mm512_add_ps(acc0, acc1), corr_acc));
+}
+
 /* dot(row, x) for one token. */
 KQ_INLINE float kq_row_decode(int type, const uint8_t * row, int64_t nsb, const kq_token * x) {
+    if (type == TYPE_Q4_K || type == TYPE_Q5_K) return kq_row_decode_32(type, row, nsb, x);
     const size_t bb = type_block_bytes(type);
     const int offset = kq_offset(type) != 0;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), corr_acc = _mm512_setzero_ps();
@@ -195,9 +232,14 @@ KQ_INLINE void kq_transpose16(__m512i v[16]) {
     }
 }
 
+/* The panel's per-group factors: for Q4_K / Q5_K one per 32-value sub-block (8 per
+ * super-block, the scale and minimum), for the others one per 16-value group. */
+KQ_INLINE int kq_group_values(int type) { return type == TYPE_Q4_K || type == TYPE_Q5_K ? 32 : 16; }
+
 KQ_INLINE void kq_panel_fill(int type, kq_panel * panel, const uint8_t * w, size_t row_bytes, int64_t r, int nr, int64_t s0,
                              int ns) {
     const size_t bb = type_block_bytes(type);
+    const int groups = QKK / kq_group_values(type);
     float * scale = (float *)panel->scale;
     float * corr = (float *)panel->corr;
     for (int s = 0; s < ns; s++) {
@@ -205,19 +247,24 @@ KQ_INLINE void kq_panel_fill(int type, kq_panel * panel, const uint8_t * w, size
         for (int i = 0; i < 16; i++) {
             if (i >= nr) {
                 for (int p = 0; p < 4; p++) code[i][p] = _mm512_setzero_si512();
-                for (int g = 0; g < 16; g++) scale[(s * 16 + g) * 16 + i] = corr[(s * 16 + g) * 16 + i] = 0.0f;
+                for (int g = 0; g < groups; g++) scale[(s * groups + g) * 16 + i] = corr[(s * groups + g) * 16 + i] = 0.0f;
                 continue;
             }
             const uint8_t * b = w + (size_t)(r + i) * row_bytes + (size_t)(s0 + s) * bb;
             kq_unpack_codes(type, b, code[i]);
-            __m512 sc, co;
-            kq_unpack_scales(type, b, &sc, &co);
             float sv[16], cv[16];
-            _mm512_storeu_ps(sv, sc);
-            _mm512_storeu_ps(cv, co);
-            for (int g = 0; g < 16; g++) {
-                scale[(s * 16 + g) * 16 + i] = sv[g];
-                corr[(s * 16 + g) * 16 + i] = cv[g];
+            if (groups == 8) { /* [d sc_0..7, dmin m_0..7] */
+                _mm512_storeu_ps(sv, kq_scales_mins_512(b));
+                memcpy(cv, sv + 8, 8 * sizeof(float));
+            } else {
+                __m512 sc, co;
+                kq_unpack_scales(type, b, &sc, &co);
+                _mm512_storeu_ps(sv, sc);
+                _mm512_storeu_ps(cv, co);
+            }
+            for (int g = 0; g < groups; g++) {
+                scale[(s * groups + g) * 16 + i] = sv[g];
+                corr[(s * groups + g) * 16 + i] = cv[g];
             }
         }
         for (int p = 0; p < 4; p++) {
@@ -229,28 +276,41 @@ KQ_INLINE void kq_panel_fill(int type, kq_panel * panel, const uint8_t * w, size
     }
 }
 
-/* y rows [r, r + nr) of tokens [t, t + TT) (+)= the panel's super-blocks times the tokens. */
+/* y rows [r, r + nr) of tokens [t, t + TT) (+)= the panel's super-blocks times the tokens.
+ * Per group (GV values, one scale per row): GV / 4 VPDPBUSD per token into one integer sum,
+ * then the scale times the token's dx, and the minimum times its sum (types with minimums);
+ * the offsets of Q6_K / Q3_K start the integer sum. */
 KQ_INLINE void kq_panel_apply(int type, int TT, const kq_panel * panel, int ns, const void * xp, int64_t n, int64_t s0, int t,
                               int64_t r, int nr, int first, float * y, int64_t ldy) {
     const int offset = kq_offset(type) != 0;
+    const int gv = kq_group_values(type), groups = QKK / gv;
     kq_token x[PANEL_TOKENS];
     for (int j = 0; j < TT; j++) x[j] = kq_token_at(xp, n, t + j);
     __m512 acc[PANEL_TOKENS];
     for (int j = 0; j < TT; j++) acc[j] = _mm512_setzero_ps();
-    for (int g = 0; g < ns * 16; g++) {
-        const int64_t group = s0 * 16 + g; /* in the row */
+    for (int g = 0; g < ns * groups; g++) {
+        const int64_t sb = s0 + g / groups, in_sb = g % groups; /* super-block in the row, group in it */
         __m512i dot[PANEL_TOKENS];
-        for (int j = 0; j < TT; j++) dot[j] = offset ? _mm512_set1_epi32(x[j].bias16[group]) : _mm512_setzero_si512();
-        for (int k = 0; k < 4; k++) {
-            const __m512i code = panel->code[g * 4 + k];
+        for (int j = 0; j < TT; j++) dot[j] = offset ? _mm512_set1_epi32(x[j].bias16[sb * 16 + in_sb]) : _mm512_setzero_si512();
+        for (int k = 0; k < gv / 4; k++) {
+            const __m512i code = panel->code[g * (gv / 4) + k];
             for (int j = 0; j < TT; j++) {
-                dot[j] = _mm512_dpbusd_epi32(dot[j], code, _mm512_set1_epi32((int32_t)load_u32(x[j].code + group * 16 + k * 4)));
+                const int8_t * xq = x[j].code + sb * QKK + in_sb * gv + k * 4;
+                dot[j] = _mm512_dpbusd_epi32(dot[j], code, _mm512_set1_epi32((int32_t)load_u32(xq)));
             }
         }
         const __m512 scale = panel->scale[g];
         for (int j = 0; j < TT; j++) {
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_mul_ps(scale, _mm512_set1_ps(x[j].dx[group])), acc[j]);
-            if (!offset) acc[j] = _mm512_fnmadd_ps(panel->corr[g], _mm512_set1_ps(x[j].xs[group]), acc[j]);
+            float dx, xs;
+            if (gv == 32) {
+                dx = x[j].dxs32[sb * 16 + in_sb];
+                xs = x[j].dxs32[sb * 16 + 8 + in_sb];
+            } else {
+                dx = x[j].dx[sb * 16 + in_sb];
+                xs = x[j].xs[sb * 16 + in_sb];
+            }
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_mul_ps(scale, _mm512_set1_ps(dx)), acc[j]);
+            if (!offset) acc[j] = _mm512_fnmadd_ps(panel->corr[g], _mm512_set1_ps(xs), acc[j]);
         }
     }
     const __mmask16 mask = (__mmask16)((1u << nr) - 1);

@@ -26,6 +26,7 @@ void kq_prepare_scalar(int type, const float * x, int64_t n, int T, void * dst) 
         float * xs = (float *)k.xs;
         int32_t * bias16 = (int32_t *)k.bias16;
         int32_t * bias4 = (int32_t *)k.bias4;
+        float * dxs32 = (float *)k.dxs32;
         const float * xt = x + (size_t)t * (size_t)n;
         for (int64_t b = 0; b < np / 32; b++) {
             int8_t * q = code + b * 32;
@@ -44,13 +45,17 @@ void kq_prepare_scalar(int type, const float * x, int64_t n, int T, void * dst) 
                 const float id = d >= FLT_MIN ? 1.0f / d : 0.0f;
                 for (int64_t j = 0; j < len; j++) q[j] = (int8_t)lrintf(xt[b * 32 + j] * id);
             }
+            int32_t sum32 = 0;
             for (int h = 0; h < 2; h++) {
                 int32_t sum = 0;
                 for (int j = 0; j < 16; j++) sum += q[16 * h + j];
                 dx[2 * b + h] = d;
                 xs[2 * b + h] = d * (float)sum;
                 if (offset) bias16[2 * b + h] = -offset * sum;
+                sum32 += sum;
             }
+            dxs32[(b / 8) * 16 + b % 8] = d;
+            dxs32[(b / 8) * 16 + 8 + b % 8] = d * (float)sum32;
             if (offset) {
                 for (int j = 0; j < 8; j++) bias4[8 * b + j] = -offset * (q[4 * j] + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
             }

@@ -32,7 +32,8 @@ KQ_INLINE int32_t kq_hsum_epi32(__m128i s) {
 }
 
 /* One 32-value block of x (all 32 readable) to codes, dx, xs and (offset != 0) the biases. */
-KQ_INLINE void kq_quantize_block(const float * x, int8_t * q, float * dx, float * xs, int32_t * bias16, int32_t * bias4, int offset) {
+KQ_INLINE void kq_quantize_block(const float * x, int8_t * q, float * dx, float * xs, int32_t * bias16, int32_t * bias4, float * dx32,
+                                 float * xs32, int offset) {
     const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
     const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8), v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
     /* |x| compared as integers: NaN patterns sort above infinity, above every finite value */
@@ -42,7 +43,7 @@ KQ_INLINE void kq_quantize_block(const float * x, int8_t * q, float * dx, float 
     const int32_t amax_bits = kq_hmax8_epi32(a);
     if (amax_bits >= 0x7f800000) {
         memset(q, 0, 32);
-        dx[0] = dx[1] = xs[0] = xs[1] = NAN;
+        dx[0] = dx[1] = xs[0] = xs[1] = *dx32 = *xs32 = NAN;
         if (offset) {
             bias16[0] = bias16[1] = 0;
             memset(bias4, 0, 8 * sizeof(int32_t));
@@ -62,9 +63,10 @@ KQ_INLINE void kq_quantize_block(const float * x, int8_t * q, float * dx, float 
     __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
     p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i *)q, p);
-    dx[0] = dx[1] = d;
+    dx[0] = dx[1] = *dx32 = d;
     xs[0] = d * (float)s0;
     xs[1] = d * (float)s1;
+    *xs32 = d * (float)(s0 + s1);
     if (offset) {
         bias16[0] = -offset * s0;
         bias16[1] = -offset * s1;
@@ -84,6 +86,7 @@ KQ_INLINE void kq_prepare_x86(int type, const float * x, int64_t n, int T, void 
         float * xs = (float *)k.xs;
         int32_t * bias16 = (int32_t *)k.bias16;
         int32_t * bias4 = (int32_t *)k.bias4;
+        float * dxs32 = (float *)k.dxs32;
         const float * xt = x + (size_t)t * (size_t)n;
         for (int64_t b = 0; b < np / 32; b++) {
             const float * src = xt + b * 32;
@@ -93,9 +96,24 @@ KQ_INLINE void kq_prepare_x86(int type, const float * x, int64_t n, int T, void 
                 if (n > b * 32) memcpy(tail, src, (size_t)(n - b * 32) * sizeof(float));
                 src = tail;
             }
-            kq_quantize_block(src, code + b * 32, dx + 2 * b, xs + 2 * b, bias16 + 2 * b, bias4 + 8 * b, offset);
+            float * d32 = dxs32 + (b / 8) * 16 + b % 8;
+            kq_quantize_block(src, code + b * 32, dx + 2 * b, xs + 2 * b, bias16 + 2 * b, bias4 + 8 * b, d32, d32 + 8, offset);
         }
     }
+}
+
+/* Q4_K / Q5_K: the 8 six-bit scales and the 8 minimums as bytes [sc_0..7, m_0..7], from the
+ * 12 bytes at s (16 bytes are read: s lies 4 bytes into a 144- or 176-byte block). */
+KQ_INLINE __m128i kq_scales_mins_4k(const uint8_t * s) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)s);
+    /* low parts: sc_0..3 = s0..3, sc_4..7 from s8..11, m_0..3 = s4..7, m_4..7 from s8..11 (high nibbles) */
+    const __m128i a = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    /* the top 2 bits of s0..3 (for sc_4..7) and s4..7 (for m_4..7) */
+    const __m128i b = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    const __m128i upper = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1);
+    const __m128i low = _mm_and_si128(_mm_blendv_epi8(a, _mm_srli_epi16(a, 4), upper),
+                                      _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15));
+    return _mm_or_si128(low, _mm_and_si128(_mm_srli_epi16(b, 2), _mm_set1_epi8(0x30)));
 }
 
 /* Q4_K / Q5_K: the 8 six-bit scales (bytes 0..7 of *sc) and minimums (*mn) from scales[12]. */

@@ -28,20 +28,23 @@ void kquant_dequantize_row(int type, const uint8_t * src, float * dst, int64_t n
  *   xs[n/16]     float, dx times the sum of the group's codes (what a minimum multiplies)
  *   bias16[n/16] int32, -offset times the sum of the group's codes
  *   bias4[n/4]   int32, -offset times the sum of each 4 codes
+ *   dxs32[n/16]  float, per super-block the 8 blocks' dx, then their 8 sums dx * sum(codes):
+ *                what the types with 32-value sub-blocks (Q4_K, Q5_K) use
  * where offset is what the weight codes of the type carry (32 for Q6_K, 4 for Q3_K, 0 for the
  * others; the bias arrays are only written for those two). The dot product of a super-block
  * with x is then, with the integer sums exact,
  *   Q6_K, Q3_K        sum_g scale[g] dx[g] (sum_{i in g} code_w[i] code_x[i] + bias16[g])
  *   Q4_K, Q5_K, Q2_K  sum_g scale[g] dx[g] (sum_{i in g} code_w[i] code_x[i]) - corr[g] xs[g].
- * Each token's record is 64-byte aligned (n * 11/4 bytes). */
+ * Each token's record is 64-byte aligned (n * 3 bytes). */
 static inline int64_t kq_padded(int64_t n) { return (n + QKK - 1) / QKK * QKK; }
-static inline size_t kq_token_bytes(int64_t n) { return (size_t)kq_padded(n) * 11 / 4; }
+static inline size_t kq_token_bytes(int64_t n) { return (size_t)kq_padded(n) * 3; }
 static inline int kq_offset(int type) { return type == TYPE_Q6_K ? 32 : type == TYPE_Q3_K ? 4 : 0; }
 
 typedef struct kq_token {
     const int8_t * code;
     const float *dx, *xs;
     const int32_t *bias16, *bias4;
+    const float * dxs32;
 } kq_token;
 
 static inline kq_token kq_token_at(const void * xp, int64_t n, int t) {
@@ -49,7 +52,8 @@ static inline kq_token kq_token_at(const void * xp, int64_t n, int t) {
     const int8_t * code = (const int8_t *)xp + (size_t)t * kq_token_bytes(n);
     const float * dx = (const float *)(code + np);
     const int32_t * bias16 = (const int32_t *)(dx + np / 8);
-    kq_token x = {code, dx, dx + np / 16, bias16, bias16 + np / 16};
+    const int32_t * bias4 = bias16 + np / 16;
+    kq_token x = {code, dx, dx + np / 16, bias16, bias4, (const float *)(bias4 + np / 4)};
     return x;
 }
 

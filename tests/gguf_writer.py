@@ -204,32 +204,67 @@ class GGUFTensor:
     data: bytes
 
 
+def _header(metadata: dict, infos: list[tuple[str, str, tuple[int, ...], int]], version: int,
+            align: int) -> bytes:
+    head = bytearray(b"GGUF" + struct.pack("<IQQ", version, len(infos), len(metadata)))
+    for key, value in metadata.items():
+        vtype, v = _infer(value)
+        head += _string(key) + struct.pack("<I", vtype) + _value(vtype, v)
+    for name, kind, shape, offset in infos:
+        dims = tuple(reversed(shape))
+        head += _string(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+        head += struct.pack("<IQ", GGUF_TYPE_IDS[kind], offset)
+    head += b"\0" * (-len(head) % align)
+    return bytes(head)
+
+
 def write_container(path: Path, metadata: dict, tensors: list[GGUFTensor], version: int = 3,
                     alignment: int | None = None) -> Path:
     align = alignment or 32
     kvs = dict(metadata)
     if alignment is not None:
         kvs["general.alignment"] = (U32, alignment)
-    head = bytearray(b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs)))
-    for key, value in kvs.items():
-        vtype, v = _infer(value)
-        head += _string(key) + struct.pack("<I", vtype) + _value(vtype, v)
-    offset = 0
-    offsets = []
+    infos, offset = [], 0
     for t in tensors:
-        offsets.append(offset)
+        infos.append((t.name, t.kind, t.shape, offset))
         offset += (len(t.data) + align - 1) // align * align
-    for t, off in zip(tensors, offsets):
-        dims = tuple(reversed(t.shape))
-        head += _string(t.name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
-        head += struct.pack("<IQ", GGUF_TYPE_IDS[t.kind], off)
-    head += b"\0" * (-len(head) % align)
     with open(path, "wb") as f:
-        f.write(head)
+        f.write(_header(kvs, infos, version, align))
         for t in tensors:
             f.write(t.data)
             f.write(b"\0" * (-len(t.data) % align))
     return Path(path)
+
+
+class _StreamingContainer:
+    """Tensor data goes to a side file as it comes; the header (which lists every tensor)
+    is written in front of it at the end."""
+
+    def __init__(self, path: Path, alignment: int | None):
+        self.path = Path(path)
+        self.align = alignment or 32
+        self.alignment = alignment
+        self.data_path = self.path.with_name(self.path.name + ".data")
+        self.data = open(self.data_path, "wb")  # noqa: SIM115 (closed by finish)
+        self.infos: list[tuple[str, str, tuple[int, ...], int]] = []
+
+    def add(self, name: str, kind: str, shape: tuple[int, ...], chunks: Iterable[bytes]) -> None:
+        offset = self.data.tell()
+        for chunk in chunks:
+            self.data.write(chunk)
+        self.data.write(b"\0" * (-(self.data.tell() - offset) % self.align))
+        self.infos.append((name, kind, shape, offset))
+
+    def finish(self, metadata: dict, version: int) -> None:
+        self.data.close()
+        kvs = dict(metadata)
+        if self.alignment is not None:
+            kvs["general.alignment"] = (U32, self.alignment)
+        with open(self.path, "wb") as out, open(self.data_path, "rb") as data:
+            out.write(_header(kvs, self.infos, version, self.align))
+            while block := data.read(1 << 24):
+                out.write(block)
+        self.data_path.unlink()
 
 
 # ---- RWKV files as llama.cpp lays them out ----------------------------------------------------
@@ -311,6 +346,9 @@ def gguf_name(arch: str, key: str) -> str:
     return f"blk.{block}.{name}" + ("" if name.endswith((".weight", ".bias")) else ".weight")
 
 
+ROWS_PER_CHUNK = 2048  # rows encoded at a time: bounded memory for the large shapes
+
+
 def write_rwkv_gguf(
     path: str | Path,
     arch: str,
@@ -329,42 +367,56 @@ def write_rwkv_gguf(
     version: int = 3,
     alignment: int | None = None,
     file_type: int | None = None,
+    keep_values: bool = True,
 ) -> RWKVGGUF:
     """Write our rwkv.cpp-convention tensors (e.g. `synthetic.random_tensors`) as llama.cpp's
-    GGUF of `arch` ("6" or "7"). Returns the path and the values the file holds, back in
-    rwkv.cpp's keys and shapes (v6 files with `rescale_every` hold their output and value
-    matrices divided by 2^(block // rescale_every), as llama.cpp's converter writes them)."""
+    GGUF of `arch` ("6" or "7"), streaming tensor by tensor. Returns the path and (keep_values)
+    the values the file holds, back in rwkv.cpp's keys and shapes (v6 files with
+    `rescale_every` hold their output and value matrices divided by 2^(block // rescale_every),
+    as llama.cpp's converter writes them)."""
     path = Path(path)
     choose = kind_of or (lambda key, shape: default_kind(key, shape, kind))
-    source = dict(tensors)
     out = RWKVGGUF(path)
-    gguf_tensors: list[GGUFTensor] = []
+    sink = _StreamingContainer(path, alignment)
+    shapes: dict[str, tuple[int, ...]] = {}
+    pending_mixes: dict[str, np.ndarray] = {}
 
     def add(name: str, array: np.ndarray, tkind: str,
             back: Callable[[np.ndarray], dict[str, np.ndarray]]):
         array = np.ascontiguousarray(array, np.float32)
-        stored = encode(array, tkind)
-        gguf_tensors.append(GGUFTensor(name, tkind, tuple(array.shape), np.asarray(stored).tobytes()))
+        rows = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(1, -1)
+        decoded = []
+
+        def chunks():
+            for r0 in range(0, rows.shape[0], ROWS_PER_CHUNK):
+                part = rows[r0:r0 + ROWS_PER_CHUNK]
+                stored = encode(part, tkind)
+                if keep_values:
+                    decoded.append(decode(stored, tkind, part.shape))
+                yield np.asarray(stored).tobytes()
+
+        sink.add(name, tkind, tuple(array.shape), chunks())
         out.kinds[name] = tkind
-        out.values.update(back(decode(stored, tkind, array.shape)))
+        if keep_values:
+            out.values.update(back(np.concatenate(decoded).reshape(array.shape)))
 
     rng = np.random.default_rng(11)
-    for key, value in source.items():
+    for key, value in tensors:
         blk = _block(key)
-        scale = 1.0
+        shapes[key] = tuple(value.shape)
         if arch == "6" and rescale_every and blk and blk[1] in ("att.output.weight", "ffn.value.weight"):
-            scale = 2.0 ** (blk[0] // rescale_every)
-        value = np.asarray(value, np.float32) / np.float32(scale)
+            value = np.asarray(value, np.float32) / np.float32(2.0 ** (blk[0] // rescale_every))
+        value = np.asarray(value, np.float32)
         shape = value.shape
-        if arch == "6" and blk and blk[1].startswith("att.time_maa_") and blk[1][-1] in V6_MIXES \
-                and len(blk[1]) == len("att.time_maa_w"):
+        if arch == "6" and blk and blk[1] in tuple(f"att.time_maa_{m}" for m in V6_MIXES):
             if v6_fused_mixes:
-                if blk[1] != "att.time_maa_w":
-                    continue  # written once, with w
-                prefix = f"blocks.{blk[0]}.att.time_maa_"
-                fused = np.stack([source[prefix + m].reshape(-1) for m in V6_MIXES])
-                add(f"blk.{blk[0]}.time_mix_lerp_fused.weight", fused.reshape(5, 1, 1, -1),
-                    "F32", lambda v, p=prefix: {p + m: v.reshape(5, -1)[i] for i, m in enumerate(V6_MIXES)})
+                pending_mixes[blk[1][-1]] = value.reshape(-1)
+                if len(pending_mixes) == len(V6_MIXES):
+                    prefix = f"blocks.{blk[0]}.att.time_maa_"
+                    fused = np.stack([pending_mixes[m] for m in V6_MIXES])
+                    pending_mixes.clear()
+                    add(f"blk.{blk[0]}.time_mix_lerp_fused.weight", fused.reshape(5, 1, 1, -1), "F32",
+                        lambda v, p=prefix: {p + m: v.reshape(5, -1)[i] for i, m in enumerate(V6_MIXES)})
             else:
                 add(f"blk.{blk[0]}.time_mix_lerp_{blk[1][-1]}.weight", value.reshape(-1), "F32",
                     lambda v, k=key: {k: v})
@@ -384,11 +436,8 @@ def write_rwkv_gguf(
         else:
             array = value
         tkind = choose(key, shape) if array.ndim >= 2 and key.endswith(".weight") else "F32"
-
-        def back(v, k=key, s=shape):
-            return {k: v.reshape(s)}
-
-        add(name, array, tkind, back)
+        add(name, array, tkind, lambda v, k=key, s=shape: {k: v.reshape(s)})
+        del value, array
         if arch == "7" and layer0_value_lora and key == "blocks.0.att.a0":
             dv = 32
             for suffix, arr in (("v0", rng.standard_normal(n_embed)),
@@ -402,21 +451,21 @@ def write_rwkv_gguf(
         f"{arch_name}.context_length": 1048576,
         f"{arch_name}.embedding_length": n_embed,
         f"{arch_name}.block_count": n_layer,
-        f"{arch_name}.feed_forward_length": int(source["blocks.0.ffn.key.weight"].shape[0]),
+        f"{arch_name}.feed_forward_length": int(shapes["blocks.0.ffn.key.weight"][0]),
         f"{arch_name}.attention.layer_norm_epsilon": 1e-5,
         f"{arch_name}.wkv.head_size": head_size,
     }
     if arch == "6":
         md[f"{arch_name}.rescale_every_n_layers"] = rescale_every
-        md[f"{arch_name}.time_mix_extra_dim"] = int(source["blocks.0.att.time_maa_w2"].shape[2])
-        md[f"{arch_name}.time_decay_extra_dim"] = int(source["blocks.0.att.time_decay_w1"].shape[0])
+        md[f"{arch_name}.time_mix_extra_dim"] = int(shapes["blocks.0.att.time_maa_w2"][2])
+        md[f"{arch_name}.time_decay_extra_dim"] = int(shapes["blocks.0.att.time_decay_w1"][0])
     else:
         md[f"{arch_name}.token_shift_count"] = 2
         for key, meta in (("w1", "decay_lora_rank"), ("a1", "iclr_lora_rank"),
                           ("v1", "value_residual_mix_lora_rank"), ("g1", "gate_lora_rank")):
             layer = 1 if key == "v1" and n_layer > 1 else 0
-            if f"blocks.{layer}.att.{key}" in source:
-                md[f"{arch_name}.attention.{meta}"] = int(source[f"blocks.{layer}.att.{key}"].shape[0])
+            if f"blocks.{layer}.att.{key}" in shapes:
+                md[f"{arch_name}.attention.{meta}"] = int(shapes[f"blocks.{layer}.att.{key}"][0])
     if file_type is not None:
         md["general.file_type"] = file_type
     if tokens is not None:
@@ -425,5 +474,5 @@ def write_rwkv_gguf(
         md["tokenizer.ggml.bos_token_id"] = 0
         md["tokenizer.ggml.eos_token_id"] = 0
     md.update(metadata or {})
-    write_container(path, md, gguf_tensors, version=version, alignment=alignment)
+    sink.finish(md, version)
     return out
