@@ -99,7 +99,9 @@ DebugOpt = typer.Option(False, "--debug", help="Show tracebacks of errors.")
 StopOpt = typer.Option(None, "--stop", help="Stop string (repeatable).")
 SeedOpt = typer.Option(None, "--seed", help="Seed for reproducible sampling.")
 PromptArg = typer.Argument(..., help="The text to continue ('-' reads standard input).")
-CheckpointArg = typer.Argument(..., help="A .pth or .safetensors checkpoint.")
+CheckpointArg = typer.Argument(
+    ..., help="A .pth or .safetensors checkpoint, or a Hugging Face checkpoint folder (RWKV-6/7)."
+)
 ModelOutArg = typer.Argument(..., help="The rwkv.cpp model file to write.")
 QuantizeSrcArg = typer.Argument(..., help="An FP32 or FP16 rwkv.cpp model file.")
 QuantizeDestArg = typer.Argument(..., help="The quantized file to write.")
@@ -341,7 +343,8 @@ def convert_command(
     dest: Path = ModelOutArg,
     data_type: str = typer.Option("FP16", "--type", help="FP16 or FP32."),
 ) -> None:
-    """Convert a PyTorch checkpoint to an rwkv.cpp model file (no torch needed)."""
+    """Convert a checkpoint (.pth, .safetensors, Hugging Face folder) to an rwkv.cpp model file
+    (no torch needed)."""
     from .setup_wizard import convert_with_progress
 
     convert_with_progress(_console(), src, dest, data_type.upper())

@@ -116,7 +116,7 @@ def _progress_callback(progress: Progress, task) -> Callable[[int, int], None]:
 def convert_with_progress(console: Console, src: Path, dest: Path, data_type: str = "FP16") -> Path:
     from .convert import convert
 
-    if not Path(src).is_file():
+    if not Path(src).exists():
         raise FileNotFoundError(f"checkpoint not found: {src}")
     with _work_progress(console) as progress:
         task = progress.add_task(f"Converting to {data_type}", total=None)

@@ -150,6 +150,18 @@ def test_convert_then_quantize(tmp_path):
     assert not (tmp_path / "x.bin").exists()
 
 
+def test_convert_reads_a_hugging_face_folder(tmp_path):
+    import checkpoints
+
+    raw = checkpoints.raw_checkpoint("7", checkpoints.Shape(n_layer=2, n_embed=64, head_size=16))
+    folder = checkpoints.write_hf_checkpoint(tmp_path / "hf", raw, "7", shards=2)
+    out = tmp_path / "hf-FP16.bin"
+    converted = run_cli(tmp_path, "convert", str(folder), str(out))
+    assert converted.returncode == 0, converted.stderr
+    assert "RWKV v7" in converted.stdout
+    assert out.stat().st_size > 0
+
+
 def test_disk_full_and_other_os_errors_become_one_line():
     message = _user_message(OSError(28, "No space left on device", "/m/model.bin"))
     assert message is not None and message.startswith("disk full") and "/m/model.bin" in message

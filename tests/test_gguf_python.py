@@ -106,7 +106,7 @@ def test_a_vocabulary_of_its_own_is_used_as_it_is(tmp_path, world):
     dropped = world.encode(" dragon")[0]
     table[dropped] = b""
     tokens = llama_cpp_tokens(table)
-    tokens[dropped] = "[PAD%d]" % dropped  # llama.cpp's unused marker
+    tokens[dropped] = f"[PAD{dropped}]"  # llama.cpp's unused marker
     path = tmp_path / "own.gguf"
     write_rwkv_gguf(path, "7", random_tensors("7", 1, 64, 65536, 32, seed=2), 1, 64, 32, kind="F16",
                     tokens=tokens, keep_values=False)
