@@ -106,6 +106,11 @@ void attention_output(context * ctx, const layer * L, float * x, float * y, cons
 void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits) {
     const model * m = ctx->m;
     if (!logits) return;
+    if (ctx->all_logits) {
+        layer_norm_rows(scratch, x, m->ln_out_w, m->ln_out_b, T, m->n_embed, m->ln_eps);
+        ctx_matmul(ctx, &m->head, scratch, T, logits, m->n_vocab);
+        return;
+    }
     layer_norm(scratch, x + (int64_t)(T - 1) * m->n_embed, m->ln_out_w, m->ln_out_b, m->n_embed, m->ln_eps);
     ctx_head(ctx, scratch, logits);
 }

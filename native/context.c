@@ -211,8 +211,9 @@ void ctx_head(context * ctx, const float * x, float * logits) {
 
 /* ---- evaluation ---- */
 
+/* all_logits: logits_out holds n rows, one per token. */
 static bool eval_tokens(context * ctx, const char * fn, const uint32_t * tokens, size_t n, size_t chunk,
-                        const float * state_in, float * state_out, float * logits_out) {
+                        const float * state_in, float * state_out, float * logits_out, bool all_logits) {
     error_slot * slot = slot_of((struct rwkv_context *)ctx);
     if (!ctx) FAIL(ctx, slot, RWKV_ERROR_ARGS, "%s: ctx is NULL", fn);
     if (!state_out) FAIL(ctx, slot, RWKV_ERROR_ARGS, "%s: state_out is NULL", fn);
@@ -232,21 +233,30 @@ static bool eval_tokens(context * ctx, const char * fn, const uint32_t * tokens,
         memmove(state_out, state_in, state_len * sizeof(float));
     }
     if (chunk == 0 || chunk > (size_t)ctx->chunk) chunk = (size_t)ctx->chunk;
+    ctx->all_logits = all_logits && logits_out;
     for (size_t i = 0; i < n; i += chunk) {
         const size_t T = n - i < chunk ? n - i : chunk;
         const bool last = i + T == n;
-        m->ops->forward(ctx, tokens + i, (int)T, state_out, last ? logits_out : NULL);
+        float * logits = ctx->all_logits ? logits_out + i * (size_t)m->n_vocab : last ? logits_out : NULL;
+        m->ops->forward(ctx, tokens + i, (int)T, state_out, logits);
     }
+    ctx->all_logits = false;
     return true;
 }
 
 bool rwkv_eval(struct rwkv_context * ctx, const uint32_t token, const float * state_in, float * state_out, float * logits_out) {
-    return eval_tokens((context *)ctx, "rwkv_eval", &token, 1, 1, state_in, state_out, logits_out);
+    return eval_tokens((context *)ctx, "rwkv_eval", &token, 1, 1, state_in, state_out, logits_out, false);
 }
 
 bool rwkv_eval_sequence(struct rwkv_context * ctx, const uint32_t * tokens, size_t sequence_len, const float * state_in,
                         float * state_out, float * logits_out) {
-    return eval_tokens((context *)ctx, "rwkv_eval_sequence", tokens, sequence_len, 0, state_in, state_out, logits_out);
+    return eval_tokens((context *)ctx, "rwkv_eval_sequence", tokens, sequence_len, 0, state_in, state_out, logits_out, false);
+}
+
+bool rwkv_eval_sequence_all_logits(struct rwkv_context * ctx, const uint32_t * tokens, size_t sequence_len, const float * state_in,
+                                   float * state_out, float * logits_out) {
+    return eval_tokens((context *)ctx, "rwkv_eval_sequence_all_logits", tokens, sequence_len, 0, state_in, state_out, logits_out,
+                       true);
 }
 
 bool rwkv_eval_sequence_in_chunks(struct rwkv_context * ctx, const uint32_t * tokens, const size_t sequence_len,
@@ -256,7 +266,7 @@ bool rwkv_eval_sequence_in_chunks(struct rwkv_context * ctx, const uint32_t * to
         FAIL((context *)ctx, slot, RWKV_ERROR_ARGS, "rwkv_eval_sequence_in_chunks: chunk_size is 0");
     }
     return eval_tokens((context *)ctx, "rwkv_eval_sequence_in_chunks", tokens, sequence_len, chunk_size, state_in, state_out,
-                       logits_out);
+                       logits_out, false);
 }
 
 /* ---- information ---- */

@@ -255,6 +255,7 @@ struct context {
     int chunk;          /* token capacity of the scratch (sequence-mode chunk) */
     float * work;       /* chunk * ops->scratch_per_token(m) floats, carved up by forward() */
     size_t work_floats;
+    bool all_logits;    /* forward() writes the logits of every token, not only the last one's */
     void * prepared;    /* activations prepared for the kernels */
     size_t prepared_cap;
     size_t allocations; /* heap blocks this context allocated (all at creation) */
@@ -289,7 +290,8 @@ void add_rows(float * x, const float * bias, int T, int64_t C);
 void tanh_array(context * ctx, float * x, int64_t n);
 /* v5/v6: x += att_o(gate(group_norm(y))), the gate SiLU(g) when g is not NULL; out is scratch. */
 void attention_output(context * ctx, const layer * L, float * x, float * y, const float * g, int T, float * out);
-/* logits = head(ln_out(x_{T-1})) when logits is not NULL; scratch holds n_embed floats. */
+/* logits = head(ln_out(x_{T-1})) when logits is not NULL; scratch holds n_embed floats. With
+ * ctx->all_logits, T rows of logits for every x_t (scratch then holds T x n_embed floats). */
 void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits);
 
 /* v4/v5 store time_mix as the weight of the current token; the token shift above weights the

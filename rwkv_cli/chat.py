@@ -59,10 +59,19 @@ def load_model(
     quiet: bool = False,
 ) -> RWKV:
     """Check the file header (for a clear message), then load it in the engine."""
+    from .gguf import is_gguf, read_gguf
     from .model import RWKV
     from .modelfile import read_header
 
-    read_header(choice.path)  # ModelFileError: not an rwkv.cpp file, old quantized format, ...
+    if is_gguf(choice.path):
+        info = read_gguf(choice.path, tensors=False)  # GGUFError: malformed
+        if info.rwkv_version is None:
+            raise ChatError(
+                f"{choice.path}: a GGUF file of architecture {info.architecture!r}; this engine "
+                "runs RWKV-6 and RWKV-7 GGUF files (rwkv6, rwkv7)"
+            )
+    else:
+        read_header(choice.path)  # ModelFileError: not an rwkv.cpp file, old quantized format, ...
     model = RWKV(choice.path, threads=threads, gpu_offload=gpu, tokenizer=choice.tokenizer)
     if quiet:
         return model.setup()

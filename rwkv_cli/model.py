@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import native
+from .perplexity import Accumulator, PerplexityProgress, PerplexityResult, chunk_count
 from .sampling import Sampler, SamplingParams
 from .state_cache import DEFAULT_MAX_BYTES, StateCache
 from .tokenizer import Tokenizer, check_tokenizer_name, load_tokenizer
@@ -37,7 +38,7 @@ from .tokenizer import Tokenizer, check_tokenizer_name, load_tokenizer
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["RWKV", "CompletionResult", "Perf", "Usage", "physical_cores"]
+__all__ = ["RWKV", "CompletionResult", "Perf", "PerplexityResult", "Usage", "physical_cores"]
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_STATE_CACHE_SIZE = 50
@@ -572,6 +573,76 @@ class RWKV:
 
     def clear_cache(self, keep_pinned: bool = False) -> None:
         self._cache.clear(keep_pinned=keep_pinned)
+
+    # ---- perplexity ----
+
+    def perplexity(
+        self,
+        text: str,
+        ctx: int = 512,
+        reference: RWKV | str | os.PathLike | None = None,
+        progress: PerplexityProgress | None = None,
+        bos: int | None = None,
+    ) -> PerplexityResult:
+        """Perplexity on `text` as llama.cpp's perplexity tool computes it (rwkv_cli.perplexity):
+        chunks of `ctx` tokens, each from a fresh state, scoring the second half of each.
+
+        `reference`: another model file of the same model (or an `RWKV`): its next-token
+        distributions are compared with ours on every scored token (mean KL divergence, top-1
+        agreement). `bos`: a token put at the start of every chunk (llama.cpp does that for
+        vocabularies that ask for it). `progress(done, total, perplexity_so_far)` is called
+        after each chunk.
+        """
+        tokens = self.tokenizer.encode(text)
+        chunks = chunk_count(len(tokens), ctx)
+        other: RWKV | None = None
+        if reference is not None:
+            other = reference if isinstance(reference, RWKV) else RWKV(
+                reference, threads=self.threads, tokenizer=self.tokenizer, state_cache_size=0)
+            other.setup()
+            if other.n_vocab != self.n_vocab:
+                raise ValueError(
+                    f"the reference model {other.path} has n_vocab {other.n_vocab}, this one "
+                    f"{self.n_vocab}: not a file of the same model"
+                )
+        acc = Accumulator()
+        start = time.perf_counter()
+        try:
+            for c in range(chunks):
+                chunk = np.array(tokens[c * ctx:(c + 1) * ctx], dtype=np.uint32)
+                if bos is not None:
+                    chunk[0] = bos
+                first = ctx // 2
+                logits = self._scored_logits(chunk, first)
+                ref = other._scored_logits(chunk, first) if other is not None else None
+                acc.add(logits, chunk[first + 1:].astype(np.int64), ref)
+                if progress is not None:
+                    progress(c + 1, chunks, acc.perplexity)
+        finally:
+            if other is not None and other is not reference:
+                other.free()
+        return acc.result(len(tokens), chunks, ctx, time.perf_counter() - start)
+
+    def _scored_logits(self, chunk: np.ndarray, first: int) -> np.ndarray:
+        """The logits after tokens first .. len(chunk)-2 of a chunk run from a fresh state."""
+        lib = self._loaded()
+        worker = self._acquire()
+        try:
+            rows = chunk[first:-1]
+            out = np.empty((len(rows), self.n_vocab), dtype=np.float32)
+            state = worker.state
+            if first > 0:
+                lib.eval_sequence(worker.ctx, chunk[:first], None, state, None)
+            else:
+                lib.init_state(worker.ctx, state)
+            if lib.has_all_logits:
+                lib.eval_sequence_all_logits(worker.ctx, rows, state, state, out)
+            else:  # an rwkv.cpp library: one token at a time
+                for i, token in enumerate(rows):
+                    lib.eval(worker.ctx, int(token), state, state, out[i])
+            return out
+        finally:
+            self._release(worker)
 
     def _check_init_state(self, init_state: Any) -> np.ndarray:
         state_len = self.state_len

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from rwkv_cli import __version__
 from rwkv_cli.cli import _user_message, app
 
-SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup")
+SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup", "perplexity")
 ROOT_FLAGS = ("--setup", "--threads", "--gpu", "--modelPath", "--model-path", "--dragon",
               "--size", "--model", "--yes", "--json", "--debug", "--version", "--help")
 
