@@ -222,3 +222,36 @@ def decode_token(text: str) -> bytes:
         else:
             raise ValueError(f"token {text!r}: unknown escape \\{e}")
     return bytes(out)
+
+
+# the layers' big matrices: what decides a file's type when general.file_type is absent
+_MATRIX_SUFFIXES = ("_key.weight", "_value.weight", "_receptance.weight", "_output.weight",
+                    "_gate.weight")
+
+
+def describe(path: str | os.PathLike) -> dict:
+    """A summary of an RWKV GGUF file for listings (as modelfile.describe for rwkv.cpp files)."""
+    info = read_gguf(path)
+    if info.rwkv_version is None:
+        raise GGUFError(
+            f"{path}: GGUF architecture {info.architecture!r} is not one this engine runs "
+            "(rwkv6, rwkv7)"
+        )
+    data_type = info.file_type
+    if data_type is None:
+        sizes: dict[str, int] = {}
+        for t in info.tensors:
+            if t.name.startswith("blk.") and t.name.endswith(_MATRIX_SUFFIXES):
+                sizes[t.type_name] = sizes.get(t.type_name, 0) + math.prod(t.shape)
+        label = max(sizes, key=sizes.get) if sizes else "FP32"
+        data_type = {"F32": "FP32", "F16": "FP16"}.get(label, label)
+    return {
+        "arch": info.rwkv_version,
+        "data_type": data_type,
+        "n_vocab": info.n_vocab or 0,
+        "n_embed": int(info.arch_value("embedding_length", 0)),
+        "n_layer": int(info.arch_value("block_count", 0)),
+        "n_params": int(sum(math.prod(t.shape) for t in info.tensors)),
+        "file_size": os.path.getsize(path),
+        "version": info.version,
+    }

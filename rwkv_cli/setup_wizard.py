@@ -279,13 +279,23 @@ def ensure_tokenizer(console: Console, catalog: Catalog, model: CatalogModel,
                   asset.sha256)
 
 
+def describe_model(path: Path) -> dict:
+    """The registry's summary of an rwkv.cpp or GGUF model file."""
+    from .gguf import describe as describe_gguf
+    from .gguf import is_gguf
+    from .modelfile import describe
+
+    return describe_gguf(path) if is_gguf(path) else describe(path)
+
+
 def _installed_record(model: CatalogModel, path: Path, data_type: str | None,
                       tokenizer_path: Path | None, source: str) -> home.InstalledModel:
-    from .modelfile import ModelFileError, describe
+    from .gguf import GGUFError
+    from .modelfile import ModelFileError
 
     try:
-        info = describe(path)
-    except ModelFileError as exc:
+        info = describe_model(path)
+    except (ModelFileError, GGUFError) as exc:
         path.unlink(missing_ok=True)
         hint = ""
         if "old block layout" in str(exc) or "version 100" in str(exc):

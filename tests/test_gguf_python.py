@@ -135,3 +135,22 @@ def test_rwkv_runs_a_gguf_with_no_other_file(world_gguf, world):
         assert result.usage.completionTokens == 5
         state = model.get_state("hello")
         assert state.shape == (model.state_len,) and np.isfinite(state).all()
+
+
+@pytest.mark.parametrize("file,label", [
+    ("rwkv7-0.1B-world-Q4_K_M.gguf", "Q4_K_M"), ("rwkv7-1.5B-world-F16.gguf", "FP16"),
+    ("model.q6_k.gguf", "Q6_K"), ("rwkv-7-world-2.9b-Q8_0.gguf", "Q8_0"), ("weights.gguf", "GGUF"),
+])
+def test_gguf_file_names_give_their_type(file, label):
+    from rwkv_cli.catalog import gguf_quantization
+
+    assert gguf_quantization(file) == label
+
+
+def test_describe_summarizes_a_gguf(world_gguf):
+    from rwkv_cli.gguf import describe
+
+    info = describe(world_gguf)
+    assert (info["arch"], info["data_type"], info["n_vocab"], info["n_embed"], info["n_layer"]) == (
+        "7", "FP16", 65536, 64, 1)
+    assert info["file_size"] == world_gguf.stat().st_size
