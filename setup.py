@@ -8,6 +8,9 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE_SOURCES = sorted(glob.glob(os.path.join("native", "*.c")))
+# Built into rwkv_cli/engine/ besides the extension module: our engine as a plain C library,
+# and the copy of its header that the binding reads at run time.
+ENGINE_FILES = ("librwkv.so", "rwkv.h")
 NATIVE_CFLAGS = ["-std=gnu11", "-O3", "-fPIC", "-pthread", "-Wall", "-Wno-unused-function"]
 
 
@@ -29,26 +32,29 @@ class BuildEngine(build_ext):
         super().build_extensions()
         # The same engine as a plain C library, beside the extension module.
         self.compiler.link_shared_object(
-            objects, self._library_path(), libraries=["m"], extra_postargs=["-pthread"]
+            objects, self._engine_path("librwkv.so"), libraries=["m"], extra_postargs=["-pthread"]
         )
+        # The header too: Library(path) declares an external rwkv.cpp library from it.
+        self.copy_file(os.path.join("native", "rwkv.h"), self._engine_path("rwkv.h"))
 
-    def _library_path(self):
-        return os.path.join(self.build_lib, "rwkv_cli", "librwkv.so")
+    def _engine_path(self, name):
+        return os.path.join(self.build_lib, "rwkv_cli", "engine", name)
 
     def copy_extensions_to_source(self):
-        # in-place and editable builds: put the library beside the extension in the tree
+        # in-place and editable builds: put the library and header beside the extension
         super().copy_extensions_to_source()
-        package_dir = self.get_finalized_command("build_py").get_package_dir("rwkv_cli")
-        self.copy_file(self._library_path(), os.path.join(package_dir, "librwkv.so"))
+        package_dir = self.get_finalized_command("build_py").get_package_dir("rwkv_cli.engine")
+        for name in ENGINE_FILES:
+            self.copy_file(self._engine_path(name), os.path.join(package_dir, name))
 
     def get_outputs(self):
-        return super().get_outputs() + [self._library_path()]
+        return super().get_outputs() + [self._engine_path(name) for name in ENGINE_FILES]
 
     def get_output_mapping(self):
         # editable installs copy what this maps into the source tree
         mapping = dict(super().get_output_mapping())
-        build_lib_path = os.path.join(self.build_lib, "rwkv_cli", "librwkv.so")
-        mapping[build_lib_path] = os.path.join("rwkv_cli", "librwkv.so")
+        for name in ENGINE_FILES:
+            mapping[self._engine_path(name)] = os.path.join("rwkv_cli", "engine", name)
         return mapping
 
 

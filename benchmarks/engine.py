@@ -42,8 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkv_cli import modelfile, native
-from rwkv_cli.synthetic import random_tensors, write_random_model
+from rwkv_cli import engine as native
+from rwkv_cli.formats import modelfile
+from rwkv_cli.formats.synthetic import random_tensors, write_random_model
 
 SHAPES = {"169M": (12, 768), "430M": (24, 1024), "1.5B": (24, 2048), "3B": (32, 2560)}
 TYPES = ["FP16", "Q8_0", "Q5_1", "Q4_0"]

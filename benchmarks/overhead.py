@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkv_cli import RWKV, native
-from rwkv_cli.synthetic import write_random_model
+from rwkv_cli import RWKV
+from rwkv_cli import engine as native
+from rwkv_cli.formats.synthetic import write_random_model
 
 PROMPT = "User: Tell me a story about a dragon who learned to fly.\n\nAssistant:"
 

@@ -363,7 +363,7 @@ def engine_logits(path: Path, tokens=TOKENS) -> np.ndarray:
     import pytest
 
     try:
-        from rwkv_cli.native import RWKVError, default_library
+        from rwkv_cli.engine import RWKVError, default_library
 
         lib = default_library()
     except (ImportError, OSError) as exc:

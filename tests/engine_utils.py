@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rwkv_cli import native
+from rwkv_cli import engine as native
 
 
 def run_serial(lib: native.Library, ctx, tokens, state=None):

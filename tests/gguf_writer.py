@@ -1,6 +1,6 @@
 """A small GGUF writer for the tests and benchmarks: RWKV-6 and RWKV-7 files laid out as
 llama.cpp writes them (its tensor names, shapes and metadata keys, GGUF_NOTES.md), from the
-tensors of our random-weight models (rwkv.cpp's conventions, `rwkv_cli.synthetic`).
+tensors of our random-weight models (rwkv.cpp's conventions, `rwkv_cli.formats.synthetic`).
 
 The container and the K-quant quantizers are ours, written from the format's description
 (native/kquants.c documents the block layouts). The classic block types and BF16 come from the

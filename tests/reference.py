@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkv_cli.modelfile import detect_arch, read_model
+from rwkv_cli.formats.modelfile import detect_arch, read_model
 
 LN_EPS = 1e-5  # every LayerNorm
 V6_V7_LN_X_EPS = 64e-5  # the per-head group norm of v6 and v7

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from rwkv_cli import modelfile, native
-from rwkv_cli.synthetic import write_random_model
+from rwkv_cli import engine as native
+from rwkv_cli.formats import modelfile
+from rwkv_cli.formats.synthetic import write_random_model
 
 UNDER_SANITIZERS = os.environ.get("RWKV_TEST_SANITIZED") == "1"
 
@@ -155,6 +156,49 @@ def with_first_tensor(good: Path, record: bytes) -> bytes:
 def test_bad_tensor_records(lib, tmp_path, good_files, record, message):
     path = write_bytes(tmp_path, with_first_tensor(good_files["fp32"], record))
     assert_refused(lib, path, message)
+
+
+BAD_RECORDS = [
+    tensor_record("x", [4], n_dims=0),
+    tensor_record("x", [4], n_dims=9),
+    tensor_record("x", [4], key_len=1 << 30),
+    tensor_record("x", [4], key_len=-5),
+    tensor_record("x" * (modelfile.MAX_KEY_LEN + 1), [1], data=b"\0" * 4),
+    tensor_record("x", [4], type_id=4),
+    tensor_record("x", [-4]),
+    tensor_record("x", [1 << 30, 1 << 30, 1 << 30]),
+    tensor_record("x", [0x7FFFFFFF, 0x7FFFFFFF]),
+    tensor_record("x", [1 << 20, 1 << 15]),
+    tensor_record("x", [33], type_id=8),
+    tensor_record("x\x00y", [1], data=b"\0" * 4),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BAD_RECORDS)))
+def test_the_python_reader_refuses_what_the_engine_refuses(lib, tmp_path, good_files, index):
+    path = write_bytes(tmp_path, with_first_tensor(good_files["fp32"], BAD_RECORDS[index]))
+    assert_refused(lib, path)
+    with pytest.raises(modelfile.ModelFileError):
+        modelfile.list_tensors(path)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("n_vocab", 0), ("n_embed", -1), ("n_layer", 100000), ("n_vocab", (1 << 24) + 1),
+     ("n_embed", (1 << 20) + 1), ("n_layer", 4097)],
+)
+def test_the_python_reader_has_the_engines_header_limits(lib, tmp_path, good_files, field, value):
+    path = write_bytes(tmp_path, replace_header(good_files["fp32"], **{field: value}))
+    assert_refused(lib, path, "implausible header")
+    with pytest.raises(modelfile.ModelFileError, match="implausible header"):
+        modelfile.read_header(path)
+
+
+def test_the_largest_header_values_the_engine_allows_pass_the_python_check(tmp_path, good_files):
+    limits = {"n_vocab": 1 << 24, "n_embed": 1 << 20, "n_layer": 4096}
+    path = write_bytes(tmp_path, replace_header(good_files["fp32"], **limits))
+    header = modelfile.read_header(path)
+    assert (header.n_vocab, header.n_embed, header.n_layer) == (1 << 24, 1 << 20, 4096)
 
 
 def test_trailing_garbage(lib, tmp_path, good_files):

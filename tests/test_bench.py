@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers import tiny_model
 
-from rwkv_cli.bench import DRAGON_PROMPT, SYNTHETIC_SHAPE, synthetic_model_path
+from rwkv_cli.app.bench import DRAGON_PROMPT, SYNTHETIC_SHAPE, synthetic_model_path
 
 PERF_KEYS = (
     "promptTime", "completionTime", "totalTime", "timePerPrompt", "timePerCompletion",

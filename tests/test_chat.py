@@ -121,7 +121,7 @@ def tiny_rwkv():
 def test_the_chat_state_is_the_state_after_the_whole_conversation(tiny_rwkv):
     import threading
 
-    from rwkv_cli.chat import ChatSession
+    from rwkv_cli.app.chat import ChatSession
 
     session = ChatSession(tiny_rwkv, "raven", sampling={"max_tokens": 30, "seed": 1})
     session.reply("Hello there")
@@ -144,7 +144,7 @@ def test_the_chat_state_is_the_state_after_the_whole_conversation(tiny_rwkv):
 
 
 def test_a_turn_evaluates_only_what_the_reply_did_not_already_feed(tiny_rwkv, monkeypatch):
-    from rwkv_cli.chat import ChatSession
+    from rwkv_cli.app.chat import ChatSession
 
     session = ChatSession(tiny_rwkv, "raven", sampling={"max_tokens": 40, "seed": 3})
     prompts = []

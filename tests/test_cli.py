@@ -13,7 +13,7 @@ from helpers import tiny_model
 from typer.testing import CliRunner
 
 from rwkv_cli import __version__
-from rwkv_cli.cli import _user_message, app
+from rwkv_cli.app.cli import _user_message, app
 
 SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup", "perplexity")
 ROOT_FLAGS = ("--setup", "--threads", "--gpu", "--modelPath", "--model-path", "--dragon",
@@ -59,9 +59,9 @@ def test_help_does_not_import_the_engine_numpy_or_httpx(tmp_path):
     code = (
         "import sys\n"
         "sys.argv = ['rwkv-cpp', '--help']\n"
-        "from rwkv_cli.cli import main\n"
+        "from rwkv_cli.app.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('numpy', 'httpx', 'rwkv_cli.model', 'rwkv_cli.native')"
+        "heavy = [m for m in ('numpy', 'httpx', 'rwkv_cli.core.model', 'rwkv_cli.engine')"
         " if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
@@ -91,6 +91,17 @@ def test_old_quantized_format_is_refused_clearly(tmp_path):
     result = run_cli(tmp_path, "chat", "--model-path", str(old))
     assert result.returncode == 1
     assert "old block layout" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_20b_tokenizer_is_one_line_with_the_setup_advice(tmp_path):
+    from rwkv_cli.formats.synthetic import write_random_model
+
+    model = write_random_model(tmp_path / "neox.bin", "4", 1, 32, 50277, data_type="FP16")
+    result = run_cli(tmp_path / "home", "complete", "hi", "--model-path", str(model))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "20B_tokenizer.json" in lines[0]
+    assert "rwkv-cpp --setup" in lines[0] and "Traceback" not in result.stderr
 
 
 def test_gpu_flag_without_a_gpu_engine_is_a_clear_error(tmp_path):
@@ -132,7 +143,7 @@ def test_models_with_nothing_installed(tmp_path):
 
 def test_convert_then_quantize(tmp_path):
     checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.convert")
+    pytest.importorskip("rwkv_cli.formats.convert")
     src = tmp_path / "tiny.pth"
     shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
     checkpoints.write_pth(src, checkpoints.raw_checkpoint("4", shape), dtype="BF16")
@@ -142,7 +153,7 @@ def test_convert_then_quantize(tmp_path):
     quantized = run_cli(tmp_path, "quantize", str(fp16), str(q8), "q8_0")
     assert quantized.returncode == 0, quantized.stderr
     assert 0 < q8.stat().st_size < fp16.stat().st_size
-    from rwkv_cli.modelfile import read_header
+    from rwkv_cli.formats.modelfile import read_header
 
     assert read_header(q8).data_type_name == "Q8_0"
     bad = run_cli(tmp_path, "quantize", str(fp16), str(tmp_path / "x.bin"), "Q3_K")

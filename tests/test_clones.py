@@ -9,8 +9,8 @@ import psutil
 import pytest
 from engine_utils import run_sequence, run_serial
 
-from rwkv_cli import native
-from rwkv_cli.synthetic import write_random_model
+from rwkv_cli import engine as native
+from rwkv_cli.formats.synthetic import write_random_model
 
 
 @pytest.fixture(scope="module")

@@ -34,14 +34,14 @@ from checkpoints import (
 from helpers import FIXTURE_VERSIONS, TINY
 from reference import Reference
 
-from rwkv_cli import modelfile
-from rwkv_cli.convert import (
+from rwkv_cli.formats import modelfile
+from rwkv_cli.formats.convert import (
     ConversionError,
     convert,
     detect_checkpoint_arch,
     quantize,
 )
-from rwkv_cli.pth import read_pth, read_stored
+from rwkv_cli.formats.pth import read_pth, read_stored
 
 V7_MIXES = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
 V7_LOW_RANK = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
@@ -385,7 +385,7 @@ def test_unsupported_output_type_is_refused(tmp_path):
 
 def test_quantize_writes_through_a_temporary_file(tmp_path):
     try:
-        from rwkv_cli.native import default_library
+        from rwkv_cli.engine import default_library
 
         default_library()
     except (ImportError, OSError) as exc:
@@ -430,7 +430,7 @@ def high_water_mark():  # VmHWM: this process's peak RSS (reset by exec, unlike 
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
-from rwkv_cli.convert import convert
+from rwkv_cli.formats.convert import convert
 
 before = high_water_mark()
 if len(sys.argv) > 1:
@@ -464,7 +464,7 @@ _NO_TORCH_SCRIPT = r"""
 import sys
 sys.modules["torch"] = None  # any `import torch` now fails, even where torch is installed
 sys.modules["safetensors"] = None
-from rwkv_cli.convert import convert
+from rwkv_cli.formats.convert import convert
 print(convert(sys.argv[1], sys.argv[2])["arch"])
 """
 

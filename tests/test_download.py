@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from http_range_server import serve
 
-from rwkv_cli.download import (
+from rwkv_cli.app.download import (
     DownloadError,
     DownloadInterrupted,
     check_free_space,

@@ -11,9 +11,9 @@ from engine_utils import run_sequence, run_serial, within_fixture_limit
 from helpers import FIXTURE_TOKENS, tiny_expected, tiny_model
 from reference import Reference
 
-from rwkv_cli import native
-from rwkv_cli.modelfile import ModelWriter
-from rwkv_cli.synthetic import random_tensors, stored_type, write_random_model
+from rwkv_cli import engine as native
+from rwkv_cli.formats.modelfile import ModelWriter
+from rwkv_cli.formats.synthetic import random_tensors, stored_type, write_random_model
 
 QUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 

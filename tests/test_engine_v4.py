@@ -9,8 +9,9 @@ from engine_utils import run_sequence, run_serial, within_fixture_limit
 from helpers import FIXTURE_TOKENS, tiny_expected, tiny_model
 from reference import Reference
 
-from rwkv_cli import modelfile, native
-from rwkv_cli.synthetic import write_random_model
+from rwkv_cli import engine as native
+from rwkv_cli.formats import modelfile
+from rwkv_cli.formats.synthetic import write_random_model
 
 FILE_LIMITS = {"FP32": 0.001, "FP16": 0.013652, "Q5_0": 0.170404, "Q5_1": 0.278034}
 QUANTIZED_LIMITS = {

@@ -12,8 +12,8 @@ from engine_utils import run_sequence, run_serial
 from gguf_writer import write_rwkv_gguf
 from reference import Reference
 
-from rwkv_cli import native
-from rwkv_cli.synthetic import random_tensors, write_random_model
+from rwkv_cli import engine as native
+from rwkv_cli.formats.synthetic import random_tensors, write_random_model
 
 N_LAYER, N_EMBED, HEAD_SIZE, N_VOCAB = 2, 256, 64, 300
 FFN_DIM = 1024  # rows of 256 everywhere: every K-quant fits (v6's default would be 896)

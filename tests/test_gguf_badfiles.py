@@ -24,8 +24,8 @@ from gguf_writer import (
     write_rwkv_gguf,
 )
 
-from rwkv_cli import native
-from rwkv_cli.synthetic import random_tensors
+from rwkv_cli import engine as native
+from rwkv_cli.formats.synthetic import random_tensors
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,14 @@ import pytest
 from gguf_writer import write_rwkv_gguf
 
 from rwkv_cli import RWKV
-from rwkv_cli.gguf import GGUFError, decode_token, is_gguf, read_gguf
-from rwkv_cli.synthetic import random_tensors
-from rwkv_cli.tokenizer import GreedyTokenizer, WorldTokenizer, load_tokenizer, tokenizer_from_gguf
+from rwkv_cli.core.tokenizer import (
+    GreedyTokenizer,
+    WorldTokenizer,
+    load_tokenizer,
+    tokenizer_from_gguf,
+)
+from rwkv_cli.formats.gguf import GGUFError, decode_token, is_gguf, read_gguf
+from rwkv_cli.formats.synthetic import random_tensors
 
 TEXTS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
@@ -142,13 +147,13 @@ def test_rwkv_runs_a_gguf_with_no_other_file(world_gguf, world):
     ("model.q6_k.gguf", "Q6_K"), ("rwkv-7-world-2.9b-Q8_0.gguf", "Q8_0"), ("weights.gguf", "GGUF"),
 ])
 def test_gguf_file_names_give_their_type(file, label):
-    from rwkv_cli.catalog import gguf_quantization
+    from rwkv_cli.app.catalog import gguf_quantization
 
     assert gguf_quantization(file) == label
 
 
 def test_describe_summarizes_a_gguf(world_gguf):
-    from rwkv_cli.gguf import describe
+    from rwkv_cli.formats.gguf import describe
 
     info = describe(world_gguf)
     assert (info["arch"], info["data_type"], info["n_vocab"], info["n_embed"], info["n_layer"]) == (

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from checkpoints import ARCHES, Shape, engine_logits, raw_checkpoint, reference_logits, write_pth
 
-from rwkv_cli.convert import convert
+from rwkv_cli.formats.convert import convert
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 

@@ -1,7 +1,7 @@
 """The RWKV class: completions, streaming, stop strings, the state cache, threads and asyncio.
 
 Most tests run the shared v4 fixture (byte vocabulary, tokenizer "bytes"); the tokenizer
-choices run on tiny random-weight models written by `rwkv_cli.synthetic`.
+choices run on tiny random-weight models written by `rwkv_cli.formats.synthetic`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from helpers import TOKENIZERS, tiny_model
 
-from rwkv_cli import RWKV, native
+from rwkv_cli import RWKV
+from rwkv_cli import engine as native
 
 PROMPT = "\nThe dragon"
 
@@ -73,7 +74,7 @@ def test_model_information(model, v4_path):
     assert model.arch == "4"
     assert model.data_type == "FP32"
     assert model.n_vocab == 256
-    assert model.state_len == model.library.get_state_len(model._contexts[0])
+    assert model.state_len == model.library.get_state_len(model._loaded.contexts[0].pointer)
     assert model.tokenizer.name == "bytes"
     assert model.path == v4_path
     assert model.threads == 1
@@ -453,7 +454,7 @@ def test_bad_constructor_options_raise_value_error(v4_path, kwargs, message):
 
 @pytest.fixture(scope="module")
 def synthetic_models(tmp_path_factory):
-    synthetic = pytest.importorskip("rwkv_cli.synthetic")
+    synthetic = pytest.importorskip("rwkv_cli.formats.synthetic")
     folder = tmp_path_factory.mktemp("synthetic")
     return {
         "world": synthetic.write_random_model(folder / "v4-world.bin", "4", 2, 64, 65536),
@@ -634,7 +635,7 @@ def test_scripted_unfinished_character_at_the_end_is_replaced(v4_path):
 
 
 def test_scripted_end_of_text_token_ends_the_completion(v4_path):
-    from rwkv_cli.tokenizer import BytesTokenizer
+    from rwkv_cli.core.tokenizer import BytesTokenizer
 
     class BytesWithEnd(BytesTokenizer):
         eos_token = 0
@@ -644,3 +645,102 @@ def test_scripted_end_of_text_token_ends_the_completion(v4_path):
     assert result.finish_reason == "eos"
     assert result.tokens == [104, 105, 0]
     assert result.fed_tokens == 2
+
+
+# ---- streaming as an iterator ----
+
+
+def test_stream_iterator_gives_the_plain_completion_in_pieces(model):
+    kwargs = {"max_tokens": 40, "temperature": 1.0, "top_p": 0.9, "seed": 5, "stop": ["xq"]}
+    plain = model.completion(PROMPT, **kwargs)
+    chunks = list(model.completion(PROMPT, stream=True, **kwargs))
+    *pieces, last = chunks
+    assert pieces and all(chunk.text for chunk in pieces)
+    assert "".join(chunk.text for chunk in pieces) == plain.completion
+    assert all(chunk.completion == "".join(c.text for c in pieces[: i + 1]) for i, chunk in enumerate(pieces))
+    counts = [chunk.usage.completionTokens for chunk in pieces]
+    assert counts == sorted(counts) and all(chunk.finish_reason is None for chunk in pieces)
+    assert last.text == "" and last.finish_reason == plain.finish_reason
+    assert last.result.completion == plain.completion and last.result.tokens == plain.tokens
+    assert last.usage == last.result.usage and last.usage.promptTokens == plain.usage.promptTokens
+
+
+def test_stream_options_are_checked_when_the_stream_is_made(model):
+    with pytest.raises(ValueError, match="top_p"):
+        model.completion(PROMPT, top_p=0, stream=True)
+    with pytest.raises(ValueError, match="stream_callback"):
+        model.completion(PROMPT, stream=True, stream_callback=lambda text, so_far: None)
+
+
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_leaving_a_stream_early_frees_the_context_for_the_next_completion(v4_path, how):
+    with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=1) as single:
+        stream = single.completion(PROMPT, max_tokens=100_000, temperature=0, stream=True)
+        first = [next(stream).text for _ in range(3)]
+        assert len(first) == 3 and single.active_work_count() == 1
+        if how == "close":
+            stream.close()
+        else:
+            del stream
+        assert single.active_work_count() == 0
+        after = single.completion(PROMPT, max_tokens=3, temperature=0)
+        assert after.usage.completionTokens == 3
+
+
+def test_free_closes_an_open_stream(v4_path):
+    single = RWKV(v4_path, threads=1, tokenizer="bytes").setup()
+    stream = single.completion(PROMPT, max_tokens=100_000, temperature=0, stream=True)
+    next(stream)
+    single.free()
+    assert not single.loaded
+    assert list(stream) == []
+
+
+def test_async_stream_gives_the_plain_completion_in_pieces(v4_path):
+    with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=2) as shared:
+        kwargs = {"max_tokens": 30, "temperature": 1.0, "top_p": 0.9, "seed": 11}
+        plain = shared.completion(PROMPT, **kwargs)
+
+        async def read_all():
+            stream = await shared.acompletion(PROMPT, stream=True, **kwargs)
+            return [chunk async for chunk in stream]
+
+        *pieces, last = asyncio.run(read_all())
+    assert "".join(chunk.text for chunk in pieces) == plain.completion
+    assert last.result.completion == plain.completion and last.finish_reason == plain.finish_reason
+
+
+@pytest.mark.parametrize("how", ["aclose", "drop"])
+def test_leaving_an_async_stream_early_frees_the_context(v4_path, how):
+    with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=1) as single:
+
+        async def read_some_then_leave():
+            stream = await single.acompletion(PROMPT, max_tokens=100_000, temperature=0, stream=True)
+            seen = []
+            async for chunk in stream:
+                seen.append(chunk.text)
+                if len(seen) == 3:
+                    break
+            if how == "aclose":
+                await stream.aclose()
+                assert single.active_work_count() == 0
+            else:
+                del stream  # asyncio closes an abandoned async generator for us
+            # With one context, this completion runs only once the stream gave it back.
+            after = await asyncio.wait_for(
+                single.acompletion(PROMPT, max_tokens=3, temperature=0), timeout=30
+            )
+            return seen, after
+
+        seen, after = asyncio.run(read_some_then_leave())
+        assert single.active_work_count() == 0
+    assert len(seen) == 3
+    assert after.usage.completionTokens == 3 and after.finish_reason == "length"
+
+
+def test_async_stream_options_are_checked_at_the_await(model):
+    async def bad():
+        await model.acompletion(PROMPT, top_k=-1, stream=True)
+
+    with pytest.raises(ValueError, match="top_k"):
+        asyncio.run(bad())

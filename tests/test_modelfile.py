@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import FIXTURE_VERSIONS, tiny_model
 
-from rwkv_cli.modelfile import (
+from rwkv_cli.formats.modelfile import (
     BLOCK_BYTES,
     DATA_TYPES,
     QUANTIZED_TYPES,
@@ -23,8 +23,9 @@ from rwkv_cli.modelfile import (
     read_model,
     read_tensor,
     should_quantize,
+    tensor_type,
 )
-from rwkv_cli.synthetic import ARCHS, random_tensors, write_random_model
+from rwkv_cli.formats.synthetic import ARCHS, random_tensors, write_random_model
 
 ARCH_OF_VERSION = {"4v0": "4", "5v1": "5.1", "5v2": "5.2", "6v0": "6", "7v0": "7"}
 FIXTURE_FILES = [
@@ -365,3 +366,32 @@ def test_random_model_is_reproducible_from_its_seed(tmp_path):
     b = write_random_model(tmp_path / "b.bin", "6", 1, 64, 50, head_size=16, seed=7)
     c = write_random_model(tmp_path / "c.bin", "6", 1, 64, 50, head_size=16, seed=8)
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+# ---- the one table of tensor types ----
+
+
+def test_tensor_types_by_name_and_id():
+    assert tensor_type("q5_1") is tensor_type(8)
+    assert tensor_type("Q5_1").nbytes(64) == 2 * BLOCK_BYTES["Q5_1"]
+    assert tensor_type("FP16").nbytes(3) == 6 and not tensor_type("FP16").quantized
+    with pytest.raises(ValueError, match="Q3_K"):
+        tensor_type("Q3_K")
+    with pytest.raises(ValueError, match="id 4"):
+        tensor_type(4)
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED_TYPES)
+def test_the_table_sizes_the_tensors_the_engine_quantizer_writes(tmp_path, qtype):
+    from rwkv_cli.engine import default_library
+
+    source = write_random_model(tmp_path / "fp32.bin", "7", 1, 64, 96, seed=3)
+    target = tmp_path / f"{qtype}.bin"
+    default_library().quantize_model_file(source, target, qtype)
+    infos = list_tensors(target)
+    assert any(info.data_type_name == qtype for info in infos)
+    for info in infos:
+        assert info.nbytes == tensor_type(info.data_type).nbytes(info.n_values), info.key
+    # The records tile the file exactly: the sizes are those the engine wrote.
+    end = infos[-1].offset + infos[-1].nbytes
+    assert end == target.stat().st_size

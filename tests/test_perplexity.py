@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from reference import Reference
 
-from rwkv_cli import RWKV, native
-from rwkv_cli.synthetic import write_random_model
+from rwkv_cli import RWKV
+from rwkv_cli import engine as native
+from rwkv_cli.formats.synthetic import write_random_model
 
 TEXT = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "

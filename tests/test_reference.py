@@ -7,7 +7,7 @@ import pytest
 from helpers import FIXTURE_TOKENS, tiny_expected, tiny_model
 from reference import Reference
 
-from rwkv_cli.synthetic import ARCHS, write_random_model
+from rwkv_cli.formats.synthetic import ARCHS, write_random_model
 
 # rwkv.cpp normalizes v5 heads with eps 1e-5 (the official code uses 64e-5).
 RWKV_CPP_V5_EPS = {"5v1": 1e-5, "5v2": 1e-5}

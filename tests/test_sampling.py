@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rwkv_cli.sampling import Sampler, SamplingParams, sample_logits
+from rwkv_cli.core.sampling import Sampler, SamplingParams, sample_logits
 
 N_VOCAB = 65536
 

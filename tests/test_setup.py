@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from http_range_server import serve
 
-from rwkv_cli.synthetic import write_random_model
+from rwkv_cli.formats.synthetic import write_random_model
 
 HF = "resolve/main"
 
@@ -158,7 +158,7 @@ def test_20b_models_get_the_verified_tokenizer(site, tokenizer_20b):
 
 def test_checkpoint_is_converted_and_quantized_and_intermediates_removed(site):
     checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.convert")
+    pytest.importorskip("rwkv_cli.formats.convert")
     shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
     tensors = checkpoints.raw_checkpoint("7", shape)
     src = site["root"] / "test" / "tiny" / HF / "tiny-v7.pth"
@@ -198,7 +198,7 @@ def test_interactive_picker_installs_the_chosen_model(site):
 
 def test_checkpoints_newer_than_the_catalog_are_discovered_and_installable(site):
     checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.convert")
+    pytest.importorskip("rwkv_cli.formats.convert")
     shape = checkpoints.Shape(n_layer=1, n_embed=32, n_vocab=256, head_size=16)
     folder = site["root"] / "test" / "tiny" / HF
     checkpoints.write_pth(folder / "tiny-v7.pth", checkpoints.raw_checkpoint("7", shape))
@@ -286,7 +286,7 @@ def test_a_server_that_keeps_failing_gives_up_after_retries_with_one_line(site):
 def test_gguf_entries_install_as_they_are_and_new_ones_are_discovered(site):
     from gguf_writer import write_rwkv_gguf
 
-    from rwkv_cli.synthetic import random_tensors
+    from rwkv_cli.formats.synthetic import random_tensors
 
     folder = site["root"] / "test" / "gguf" / HF
     folder.mkdir(parents=True)

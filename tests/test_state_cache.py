@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from rwkv_cli.state_cache import StateCache
+from rwkv_cli.core.state_cache import StateCache
 
 
 def state(value: float, n: int = 8) -> np.ndarray:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import TOKENIZERS
 
-from rwkv_cli.tokenizer import (
+from rwkv_cli.core.tokenizer import (
+    TOKENIZER_20B_URL,
     BytesTokenizer,
     HFTokenizer,
     WorldTokenizer,
@@ -132,7 +133,10 @@ def test_auto_20b_without_the_file_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("RWKV_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="20B_tokenizer.json") as info:
         load_tokenizer("auto", 50277, tmp_path / "model.bin")
-    assert "--setup" in str(info.value)
+    # The library says where to get it; the command adds its own advice (`rwkv-cpp --setup`).
+    assert TOKENIZER_20B_URL in str(info.value) and "tokenizer=" in str(info.value)
+    assert str(tmp_path) in str(info.value)
+    assert "rwkv-cpp" not in str(info.value)
 
 
 def test_auto_20b_found_beside_the_model(tmp_path, monkeypatch):

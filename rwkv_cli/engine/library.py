@@ -5,12 +5,13 @@ Arrays go in and out as numpy float32 buffers without copies; a C failure become
 is used; `Library(path)` (or the environment variable `RWKV_CPP_LIB`) loads an external
 rwkv.cpp `librwkv.so` through the same declarations instead.
 
-`python -m rwkv_cli.native --lib-path` prints the path of our engine as a plain shared
+`python -m rwkv_cli.engine --lib-path` prints the path of our engine as a plain shared
 library, for programs written against rwkv.cpp's C API.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -19,49 +20,80 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._cdef import CDEF
-
-ERROR_AREAS = {
-    1 << 8: "bad arguments",
-    2 << 8: "file error",
-    3 << 8: "model error",
-    4 << 8: "model parameters error",
-    5 << 8: "graph error",
-    6 << 8: "context error",
-}
-ERROR_DETAILS = {
-    1: "allocation failed",
-    2: "cannot open file",
-    3: "cannot stat file",
-    4: "cannot read file",
-    5: "cannot write file",
-    6: "bad magic (not an rwkv.cpp model file)",
-    7: "unsupported file version",
-    8: "unsupported data type",
-    9: "unsupported",
-    10: "bad shape",
-    11: "bad dimension count",
-    12: "bad key",
-    13: "bad data",
-    14: "missing parameter",
-}
+from ..errors import EngineNotBuilt, FileMissing, InvalidArgument, NotAFile, RWKVError, UserError
+from .header import cdef_from_header, packaged_header
 
 FloatArray = np.ndarray
-Context = Any  # a cffi `struct rwkv_context *`
+ContextPointer = Any  # a cffi `struct rwkv_context *`; a `Context` (context.py) owns one
+
+# What the flags of rwkv.h's `enum rwkv_error_flags` mean; their values come from the header
+# (through the ffi), so this is the only table of them. An error is an area (high byte) or'ed
+# with a detail (low byte).
+FLAG_DESCRIPTIONS = {
+    "RWKV_ERROR_ARGS": "bad arguments",
+    "RWKV_ERROR_FILE": "file error",
+    "RWKV_ERROR_MODEL": "model error",
+    "RWKV_ERROR_MODEL_PARAMS": "model parameters error",
+    "RWKV_ERROR_GRAPH": "graph error",
+    "RWKV_ERROR_CTX": "context error",
+    "RWKV_ERROR_ALLOC": "allocation failed",
+    "RWKV_ERROR_FILE_OPEN": "cannot open file",
+    "RWKV_ERROR_FILE_STAT": "cannot stat file",
+    "RWKV_ERROR_FILE_READ": "cannot read file",
+    "RWKV_ERROR_FILE_WRITE": "cannot write file",
+    "RWKV_ERROR_FILE_MAGIC": "bad magic (not an rwkv.cpp model file)",
+    "RWKV_ERROR_FILE_VERSION": "unsupported file version",
+    "RWKV_ERROR_DATA_TYPE": "unsupported data type",
+    "RWKV_ERROR_UNSUPPORTED": "unsupported",
+    "RWKV_ERROR_SHAPE": "bad shape",
+    "RWKV_ERROR_DIMENSION": "bad dimension count",
+    "RWKV_ERROR_KEY": "bad key",
+    "RWKV_ERROR_DATA": "bad data",
+    "RWKV_ERROR_PARAM_MISSING": "missing parameter",
+}
+_AREA_MASK = 0xFF00
+_DETAIL_MASK = 0x00FF
 
 
-class RWKVError(RuntimeError):
-    """A failure reported by the engine; `flags` holds rwkv.cpp's error flags."""
-
-    def __init__(self, message: str, flags: int = 0):
-        super().__init__(message)
-        self.flags = flags
+def _package_folder() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def describe_flags(flags: int) -> str:
-    area = ERROR_AREAS.get(flags & 0xFF00)
-    detail = ERROR_DETAILS.get(flags & 0xFF)
-    return ", ".join(p for p in (area, detail) if p) or f"error flags {flags:#x}"
+def _compiled_module():
+    """The cffi extension compiled at install time."""
+    try:
+        from . import _rwkv_native  # type: ignore[attr-defined]
+    except ImportError:
+        raise EngineNotBuilt.in_package(_package_folder()) from None
+    return _rwkv_native
+
+
+@functools.cache
+def header_cdef() -> str:
+    """The declarations of the packaged rwkv.h, for loading an external library."""
+    path = packaged_header()
+    try:
+        return cdef_from_header(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EngineNotBuilt.in_package(_package_folder()) from None
+
+
+def error_flag_values(ffi: Any) -> dict[str, int]:
+    """`enum rwkv_error_flags` as declared to `ffi`: name -> value."""
+    return dict(ffi.typeof("enum rwkv_error_flags").relements)
+
+
+def describe_flags(flags: int, ffi: Any = None) -> str:
+    """Words for an engine error's flags, e.g. "file error, bad magic (...)"."""
+    if ffi is None:
+        ffi = _compiled_module().ffi
+    name_of = {value: name for name, value in error_flag_values(ffi).items()}
+    parts = [
+        FLAG_DESCRIPTIONS[name_of[part]]
+        for part in (flags & _AREA_MASK, flags & _DETAIL_MASK)
+        if part and name_of.get(part) in FLAG_DESCRIPTIONS
+    ]
+    return ", ".join(parts) or f"error flags {flags:#x}"
 
 
 def bundled_library_path() -> str:
@@ -75,11 +107,11 @@ def _as_f32(array: np.ndarray | None, length: int, name: str, writable: bool) ->
     if not isinstance(array, np.ndarray) or array.dtype != np.float32:
         raise TypeError(f"{name} must be a numpy float32 array")
     if not array.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+        raise InvalidArgument(f"{name} must be C-contiguous")
     if writable and not array.flags.writeable:
-        raise ValueError(f"{name} must be writable")
+        raise InvalidArgument(f"{name} must be writable")
     if array.size != length:
-        raise ValueError(f"{name} has {array.size} elements, expected {length}")
+        raise InvalidArgument(f"{name} has {array.size} elements, expected {length}")
     return array
 
 
@@ -89,23 +121,22 @@ class Library:
     def __init__(self, path: str | None = None):
         path = path or os.environ.get("RWKV_CPP_LIB") or None
         if path is None:
-            from . import _rwkv_native  # type: ignore[attr-defined]
-
-            self.ffi = _rwkv_native.ffi
-            self.lib = _rwkv_native.lib
+            compiled = _compiled_module()
+            self.ffi = compiled.ffi
+            self.lib = compiled.lib
             self.path = bundled_library_path()
             self.external = False
         else:
             from cffi import FFI
 
             if not os.path.exists(path):
-                raise RWKVError(f"rwkv library not found: {path}")
+                raise FileMissing(f"rwkv library not found: {path}")
             self.ffi = FFI()
-            self.ffi.cdef(CDEF)
+            self.ffi.cdef(header_cdef())
             try:
                 self.lib = self.ffi.dlopen(path)
             except OSError as exc:
-                raise RWKVError(f"cannot load rwkv library {path}: {exc}") from exc
+                raise UserError(f"cannot load rwkv library {path}: {exc}") from exc
             self.path = path
             self.external = True
         self._has_messages = self._has("rwkv_get_last_error_message")
@@ -125,7 +156,7 @@ class Library:
 
     # ---- errors ----
 
-    def _raise(self, ctx: Context | None, what: str) -> None:
+    def _raise(self, ctx: ContextPointer | None, what: str) -> None:
         handle = ctx if ctx is not None else self.ffi.NULL
         message = ""
         if self._has_messages:
@@ -133,18 +164,18 @@ class Library:
                 "utf-8", "replace"
             )
         flags = int(self.lib.rwkv_get_last_error(handle))
-        raise RWKVError(message or f"{what} failed: {describe_flags(flags)}", flags)
+        raise RWKVError(message or f"{what} failed: {describe_flags(flags, self.ffi)}", flags)
 
-    def set_print_errors(self, ctx: Context | None, print_errors: bool) -> None:
+    def set_print_errors(self, ctx: ContextPointer | None, print_errors: bool) -> None:
         self.lib.rwkv_set_print_errors(ctx if ctx is not None else self.ffi.NULL, bool(print_errors))
 
-    def get_print_errors(self, ctx: Context | None) -> bool:
+    def get_print_errors(self, ctx: ContextPointer | None) -> bool:
         return bool(self.lib.rwkv_get_print_errors(ctx if ctx is not None else self.ffi.NULL))
 
-    def get_last_error(self, ctx: Context | None) -> int:
+    def get_last_error(self, ctx: ContextPointer | None) -> int:
         return int(self.lib.rwkv_get_last_error(ctx if ctx is not None else self.ffi.NULL))
 
-    def get_last_error_message(self, ctx: Context | None) -> str:
+    def get_last_error_message(self, ctx: ContextPointer | None) -> str:
         if not self._has_messages:
             return ""
         handle = ctx if ctx is not None else self.ffi.NULL
@@ -152,30 +183,30 @@ class Library:
 
     # ---- contexts ----
 
-    def init_from_file(self, path: str | os.PathLike, n_threads: int, n_gpu_layers: int = 0) -> Context:
+    def init_from_file(self, path: str | os.PathLike, n_threads: int, n_gpu_layers: int = 0) -> ContextPointer:
         path = os.fspath(path)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"model file not found: {path}")
+            raise FileMissing(f"model file not found: {path}")
         if os.path.isdir(path):
-            raise IsADirectoryError(f"model path is a directory, not a file: {path}")
+            raise NotAFile(f"model path is a directory, not a file: {path}")
         if n_threads < 1:
-            raise ValueError("n_threads must be at least 1")
+            raise InvalidArgument("n_threads must be at least 1")
         ctx = self.lib.rwkv_init_from_file(path.encode(), int(n_threads), int(n_gpu_layers))
         if ctx == self.ffi.NULL:
             self._raise(None, f"loading {path}")
         return ctx
 
-    def clone_context(self, ctx: Context, n_threads: int) -> Context:
+    def clone_context(self, ctx: ContextPointer, n_threads: int) -> ContextPointer:
         clone = self.lib.rwkv_clone_context(ctx, int(n_threads))
         if clone == self.ffi.NULL:
             self._raise(ctx, "cloning the context")
         return clone
 
-    def gpu_offload_layers(self, ctx: Context, n_layers: int) -> None:
+    def gpu_offload_layers(self, ctx: ContextPointer, n_layers: int) -> None:
         if not self.lib.rwkv_gpu_offload_layers(ctx, int(n_layers)):
             self._raise(ctx, "GPU offload")
 
-    def free(self, ctx: Context) -> None:
+    def free(self, ctx: ContextPointer) -> None:
         self.lib.rwkv_free(ctx)
 
     # ---- evaluation ----
@@ -185,11 +216,11 @@ class Library:
             return self.ffi.NULL
         return self.ffi.from_buffer("float[]", array)
 
-    def _buffers(self, ctx: Context, state_in, state_out, logits_out):
+    def _buffers(self, ctx: ContextPointer, state_in, state_out, logits_out):
         """Checked pointers: the C side writes state_len / logits_len floats, unchecked."""
         n_state = int(self.lib.rwkv_get_state_len(ctx))
         if state_out is None:
-            raise ValueError("state_out is required")
+            raise InvalidArgument("state_out is required")
         _as_f32(state_in, n_state, "state_in", writable=False)
         _as_f32(state_out, n_state, "state_out", writable=True)
         if logits_out is not None:
@@ -198,7 +229,7 @@ class Library:
 
     def eval(
         self,
-        ctx: Context,
+        ctx: ContextPointer,
         token: int,
         state_in: FloatArray | None,
         state_out: FloatArray,
@@ -214,7 +245,7 @@ class Library:
 
     def eval_sequence(
         self,
-        ctx: Context,
+        ctx: ContextPointer,
         tokens: Sequence[int] | np.ndarray,
         state_in: FloatArray | None,
         state_out: FloatArray,
@@ -229,7 +260,7 @@ class Library:
 
     def eval_sequence_in_chunks(
         self,
-        ctx: Context,
+        ctx: ContextPointer,
         tokens: Sequence[int] | np.ndarray,
         chunk_size: int,
         state_in: FloatArray | None,
@@ -254,7 +285,7 @@ class Library:
 
     def eval_sequence_all_logits(
         self,
-        ctx: Context,
+        ctx: ContextPointer,
         tokens: Sequence[int] | np.ndarray,
         state_in: FloatArray | None,
         state_out: FloatArray,
@@ -276,22 +307,22 @@ class Library:
 
     # ---- shapes ----
 
-    def get_n_vocab(self, ctx: Context) -> int:
+    def get_n_vocab(self, ctx: ContextPointer) -> int:
         return int(self.lib.rwkv_get_n_vocab(ctx))
 
-    def get_n_embed(self, ctx: Context) -> int:
+    def get_n_embed(self, ctx: ContextPointer) -> int:
         return int(self.lib.rwkv_get_n_embed(ctx))
 
-    def get_n_layer(self, ctx: Context) -> int:
+    def get_n_layer(self, ctx: ContextPointer) -> int:
         return int(self.lib.rwkv_get_n_layer(ctx))
 
-    def get_state_len(self, ctx: Context) -> int:
+    def get_state_len(self, ctx: ContextPointer) -> int:
         return int(self.lib.rwkv_get_state_len(ctx))
 
-    def get_logits_len(self, ctx: Context) -> int:
+    def get_logits_len(self, ctx: ContextPointer) -> int:
         return int(self.lib.rwkv_get_logits_len(ctx))
 
-    def init_state(self, ctx: Context, state: FloatArray) -> None:
+    def init_state(self, ctx: ContextPointer, state: FloatArray) -> None:
         _as_f32(state, int(self.lib.rwkv_get_state_len(ctx)), "state", writable=True)
         self.lib.rwkv_init_state(ctx, self._ptr(state))
 
@@ -324,26 +355,26 @@ class Library:
     def get_system_info_string(self) -> str:
         return self.ffi.string(self.lib.rwkv_get_system_info_string()).decode("utf-8", "replace")
 
-    def _ext_string(self, name: str, ctx: Context, default: str) -> str:
+    def _ext_string(self, name: str, ctx: ContextPointer, default: str) -> str:
         if not self._has(name):
             return default
         return self.ffi.string(getattr(self.lib, name)(ctx)).decode("utf-8", "replace")
 
-    def get_arch_version(self, ctx: Context) -> str:
+    def get_arch_version(self, ctx: ContextPointer) -> str:
         return self._ext_string("rwkv_get_arch_version", ctx, "unknown")
 
-    def get_kernel_path(self, ctx: Context) -> str:
+    def get_kernel_path(self, ctx: ContextPointer) -> str:
         return self._ext_string("rwkv_get_kernel_path", ctx, "unknown")
 
-    def get_data_type_name(self, ctx: Context) -> str:
+    def get_data_type_name(self, ctx: ContextPointer) -> str:
         return self._ext_string("rwkv_get_data_type_name", ctx, "unknown")
 
-    def get_weight_bytes_per_token(self, ctx: Context) -> int:
+    def get_weight_bytes_per_token(self, ctx: ContextPointer) -> int:
         if not self._has("rwkv_get_weight_bytes_per_token"):
             return 0
         return int(self.lib.rwkv_get_weight_bytes_per_token(ctx))
 
-    def get_allocation_count(self, ctx: Context) -> int:
+    def get_allocation_count(self, ctx: ContextPointer) -> int:
         if not self._has("rwkv_get_allocation_count"):
             return -1
         return int(self.lib.rwkv_get_allocation_count(ctx))
@@ -364,15 +395,19 @@ def default_library() -> Library:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args == ["--lib-path"]:
-        print(bundled_library_path())
-        return 0
-    if args == ["--system-info"]:
-        print(default_library().get_system_info_string())
-        return 0
-    print("usage: python -m rwkv_cli.native [--lib-path | --system-info]", file=sys.stderr)
-    return 2
+    if args not in (["--lib-path"], ["--system-info"]):
+        print("usage: python -m rwkv_cli.engine [--lib-path | --system-info]", file=sys.stderr)
+        return 2
+    try:
+        if args == ["--lib-path"]:
+            path = bundled_library_path()
+            if not os.path.isfile(path):
+                raise EngineNotBuilt.in_package(_package_folder())
+            print(path)
+        else:
+            print(default_library().get_system_info_string())
+    except RWKVError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

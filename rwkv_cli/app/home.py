@@ -17,18 +17,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import FileMissing, UserError
+from ..paths import rwkv_home, tokenizer_20b_path  # noqa: F401 (the app reaches them here)
+
 REGISTRY_FILE = "models.json"
-TOKENIZER_20B_FILE = "20B_tokenizer.json"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError):
     """The registry file exists but cannot be read."""
-
-
-def rwkv_home() -> Path:
-    """The home folder: `$RWKV_HOME` if set, else `~/.rwkv`."""
-    value = os.environ.get("RWKV_HOME")
-    return Path(value).expanduser() if value else Path.home() / ".rwkv"
 
 
 def models_dir() -> Path:
@@ -41,10 +37,6 @@ def downloads_dir() -> Path:
 
 def synthetic_dir() -> Path:
     return rwkv_home() / "synthetic"
-
-
-def tokenizer_20b_path() -> Path:
-    return rwkv_home() / TOKENIZER_20B_FILE
 
 
 @dataclass
@@ -151,7 +143,7 @@ def last_model() -> InstalledModel | None:
     return max(present, key=lambda m: m.installed_at)
 
 
-class NoModelError(RuntimeError):
+class NoModelError(UserError):
     """No model to run: none installed, or the name asked for is not installed."""
 
 
@@ -172,7 +164,7 @@ def resolve_model(model_path: str | os.PathLike | None = None,
     if model_path is not None:
         path = Path(model_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
+            raise FileMissing(f"model file not found: {path}")
         for entry in load_registry().models.values():
             if Path(entry.path) == path.resolve() or Path(entry.path) == path:
                 return _choice(entry)

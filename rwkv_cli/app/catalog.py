@@ -24,46 +24,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from ..core.chat_format import PROMPT_FORMATS
+from ..errors import UserError
+from ..formats.tensor_types import GGUF_TYPES, QUANTIZED_TYPES, TENSOR_TYPES
+
 HF_BASE = "https://huggingface.co"
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
 
-QUANT_TYPES = ("FP16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
-
-# Bytes stored per weight in a file of each type (ggml blocks of 32 values; K-quants in
-# super-blocks of 256; llama.cpp's _S/_M/_L mixes roughly, from their usual composition).
-BYTES_PER_WEIGHT = {
-    "FP32": 4.0,
-    "FP16": 2.0,
-    "BF16": 2.0,
-    "Q8_0": 34 / 32,
-    "Q5_1": 24 / 32,
-    "Q5_0": 22 / 32,
-    "Q4_1": 20 / 32,
-    "Q4_0": 18 / 32,
-    "Q6_K": 210 / 256,
-    "Q5_K": 176 / 256,
-    "Q5_K_S": 176 / 256,
-    "Q5_K_M": 0.71,
-    "Q4_K": 144 / 256,
-    "Q4_K_S": 144 / 256,
-    "Q4_K_M": 0.61,
-    "Q3_K": 110 / 256,
-    "Q3_K_S": 110 / 256,
-    "Q3_K_M": 0.49,
-    "Q3_K_L": 0.53,
-    "Q2_K": 84 / 256,
-}
+# Bytes stored per weight in a file of each type: rwkv.cpp's, the GGUF types the engine runs,
+# and llama.cpp's _S/_M/_L mixes of K-quants (roughly, from their usual composition).
+BYTES_PER_WEIGHT = {t.name: t.bytes_per_value for t in TENSOR_TYPES}
+BYTES_PER_WEIGHT.update({t.label: t.bytes_per_value for t in GGUF_TYPES if t.runs})
+BYTES_PER_WEIGHT.update({"Q5_K_S": 176 / 256, "Q5_K_M": 0.71, "Q4_K_S": 144 / 256,
+                         "Q4_K_M": 0.61, "Q3_K_S": 110 / 256, "Q3_K_M": 0.49, "Q3_K_L": 0.53,
+                         "Q2_K_S": 84 / 256})
+# What a checkpoint can be installed as, largest first.
+QUANT_TYPES = ("FP16",) + tuple(sorted(QUANTIZED_TYPES, key=lambda name: -BYTES_PER_WEIGHT[name]))
 FORMATS = ("pth", "bin", "gguf")
 
 TOKENIZERS = ("world", "20B", "bytes")
-PROMPT_FORMATS = {
-    # (user label, assistant label) of the chat format each family was tuned on.
-    "world": ("User", "Assistant"),
-    "raven": ("User", "Bot"),
-}
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """The catalog file is missing, malformed, or does not name what was asked for."""
 
 

@@ -45,6 +45,7 @@ from . import modelfile
 from .hf import is_hf_checkpoint, read_hf_checkpoint
 from .pth import ConversionError, StoredTensor, is_torch_zip, read_pth, read_stored, rows_of
 from .safetensors_io import read_safetensors
+from .tensor_types import FLOAT_TYPES, QUANTIZED_TYPES
 
 __all__ = [
     "ARCH_NAMES",
@@ -66,8 +67,7 @@ ARCH_NAMES = {
     "6": "RWKV v6 (Finch)",
     "7": "RWKV v7 (Goose)",
 }
-OUTPUT_TYPES = ("FP16", "FP32")
-QUANTIZED_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+OUTPUT_TYPES = FLOAT_TYPES  # what a checkpoint converts to; quantize() does the rest
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _V7_MIX_ORDER = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
@@ -471,12 +471,12 @@ def quantize(
         header = modelfile.read_header(src)
     except (modelfile.ModelFileError, OSError) as exc:
         raise ConversionError(f"{src}: not an rwkv.cpp model file ({exc})") from exc
-    if header.data_type_name not in OUTPUT_TYPES:
+    if header.data_type_name not in FLOAT_TYPES:
         raise ConversionError(
             f"{src}: is already {header.data_type_name}; quantize an FP32 or FP16 file"
         )
     if library is None:
-        from .native import default_library
+        from ..engine import default_library
 
         library = default_library()
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")

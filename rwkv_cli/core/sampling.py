@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidArgument
+
 _BLOCK = 256
 # Top-p: tokens at least this probable relative to the best one are the first candidates,
 # sorted outright when they are at most _SMALL_NUCLEUS and hold top_p of the mass.
@@ -32,7 +34,7 @@ _MAX_REJECTIONS = 200
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """The knobs of one completion; `check()` raises ValueError naming the bad one."""
+    """The knobs of one completion; `check()` raises InvalidArgument naming the bad one."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -42,18 +44,18 @@ class SamplingParams:
 
     def check(self) -> SamplingParams:
         if not _is_real(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0 (0 is greedy), got {self.temperature!r}")
+            raise InvalidArgument(f"temperature must be a number >= 0 (0 is greedy), got {self.temperature!r}")
         if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)):
-            # ValueError, not TypeError: every bad option is a ValueError for callers.
-            raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")  # noqa: TRY004
+            # InvalidArgument (a ValueError), not TypeError: every bad option is one for callers.
+            raise InvalidArgument(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k!r}")
+            raise InvalidArgument(f"top_k must be >= 0 (0 disables it), got {self.top_k!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not _is_real(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+                raise InvalidArgument(f"{name} must be a finite number, got {value!r}")
         return self
 
     @property

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..errors import UserError
+
 ProgressCallback = Callable[[int, Optional[int]], None]  # (bytes done, total or None)
 
 CHUNK_SIZE = 1 << 20
@@ -23,7 +25,7 @@ CHUNK_SIZE = 1 << 20
 DISK_MARGIN = 64 * 1024 * 1024
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A download that could not complete; the message is one line a user can act on."""
 
 

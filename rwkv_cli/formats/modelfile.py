@@ -17,6 +17,7 @@ with rwkv.cpp's (it is the independent check of the C quantizer).
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Iterable
@@ -26,42 +27,33 @@ from typing import BinaryIO, Union
 
 import numpy as np
 
-MAGIC = 0x67676D66
-VERSIONS = (100, 101)
-# Quantized files of version 100 use an older block layout.
-QUANTIZED_MIN_VERSION = 101
-
-DATA_TYPES: dict[str, int] = {
-    "FP32": 0,
-    "FP16": 1,
-    "Q4_0": 2,
-    "Q4_1": 3,
-    "Q5_0": 7,
-    "Q5_1": 8,
-    "Q8_0": 9,
-}
-DATA_TYPE_NAMES: dict[int, str] = {v: k for k, v in DATA_TYPES.items()}
-QUANTIZED_TYPES: tuple[str, ...] = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
-
-BLOCK_SIZE = 32
-# Bytes per block of 32 values for the quantized types.
-BLOCK_BYTES: dict[str, int] = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
+from ..errors import UserError
+from .tensor_types import (  # noqa: F401 (re-exported: the facts of the format, with its reader)
+    BLOCK_BYTES,
+    BLOCK_SIZE,
+    DATA_TYPE_NAMES,
+    DATA_TYPES,
+    MAGIC,
+    MAX_DIMS,
+    MAX_ELEMENTS,
+    MAX_KEY_LEN,
+    MAX_N_EMBED,
+    MAX_N_LAYER,
+    MAX_N_VOCAB,
+    QUANTIZED_MIN_VERSION,
+    QUANTIZED_TYPES,
+    VERSIONS,
+    should_quantize,
+    tensor_type,
+)
 
 HEADER_STRUCT = struct.Struct("<6i")
 TENSOR_HEAD_STRUCT = struct.Struct("<3i")
-MAX_DIMS = 4
-MAX_KEY_LEN = 4096
-
-# 2-D tensors never quantized: the embedding and head (quality), v7 low-rank matrices and r_k.
-_NEVER_QUANTIZED_KEYS = ("emb.weight", "head.weight")
-_NEVER_QUANTIZED_SUFFIXES = tuple(
-    f"att.{name}" for name in ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2", "r_k")
-)
 
 PathLike = Union[str, os.PathLike]
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """A model file that cannot be read or written; the message names file, offset and key."""
 
 
@@ -101,32 +93,16 @@ class TensorInfo:
 
 def type_id(data_type: str | int) -> int:
     """The numeric id of a data type given by name ("Q5_1") or id (8)."""
-    if isinstance(data_type, str):
-        name = data_type.upper()
-        if name not in DATA_TYPES:
-            raise ModelFileError(
-                f"unknown data type {data_type!r}; expected one of {', '.join(DATA_TYPES)}"
-            )
-        return DATA_TYPES[name]
-    if int(data_type) not in DATA_TYPE_NAMES:
-        raise ModelFileError(
-            f"unknown data type id {data_type}; expected one of {sorted(DATA_TYPE_NAMES)}"
-        )
-    return int(data_type)
+    return tensor_type(data_type).id
 
 
 def type_name(data_type: str | int) -> str:
-    return DATA_TYPE_NAMES[type_id(data_type)]
+    return tensor_type(data_type).name
 
 
 def tensor_nbytes(data_type: str | int, n_values: int) -> int:
     """Bytes of `n_values` values stored as `data_type` (n_values a multiple of 32 if quantized)."""
-    name = type_name(data_type)
-    if name == "FP32":
-        return 4 * n_values
-    if name == "FP16":
-        return 2 * n_values
-    return (n_values // BLOCK_SIZE) * BLOCK_BYTES[name]
+    return tensor_type(data_type).nbytes(n_values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,10 +130,15 @@ def _parse_header(raw: bytes, path: PathLike) -> ModelHeader:
         raise ModelFileError(
             f"{path}: unsupported file version {version} at offset 4 (expected 100 or 101)"
         )
-    for name, value, off in (("n_vocab", n_vocab, 8), ("n_embed", n_embed, 12),
-                             ("n_layer", n_layer, 16)):
-        if value <= 0:
-            raise ModelFileError(f"{path}: bad {name} {value} at offset {off} in the header")
+    # The limits of native/model.c: larger values are damage, not models.
+    for name, value, off, limit in (("n_vocab", n_vocab, 8, MAX_N_VOCAB),
+                                    ("n_embed", n_embed, 12, MAX_N_EMBED),
+                                    ("n_layer", n_layer, 16, MAX_N_LAYER)):
+        if not 0 < value <= limit:
+            raise ModelFileError(
+                f"{path}: implausible header: {name} {value} at offset {off} "
+                f"(1 to {limit} allowed)"
+            )
     if data_type not in DATA_TYPE_NAMES:
         raise ModelFileError(
             f"{path}: unsupported data type {data_type} at offset 20 in the header "
@@ -193,7 +174,8 @@ def _iter_tensor_infos(f: BinaryIO, path: PathLike, header: ModelHeader, file_si
             )
         if not 0 < key_len <= MAX_KEY_LEN:
             raise ModelFileError(
-                f"{path}: bad key length {key_len} in the tensor header at offset {start}"
+                f"{path}: bad key length {key_len} in the tensor header at offset {start} "
+                f"(1 to {MAX_KEY_LEN} allowed)"
             )
         dims = struct.unpack(
             f"<{n_dims}i", _read_exact(f, 4 * n_dims, path, offset, "tensor dimensions")
@@ -207,6 +189,10 @@ def _iter_tensor_infos(f: BinaryIO, path: PathLike, header: ModelHeader, file_si
             raise ModelFileError(
                 f"{path}: tensor key at offset {offset - key_len} is not utf-8: {key_raw!r}"
             ) from exc
+        if "\x00" in key:
+            raise ModelFileError(
+                f"{path}: tensor key at offset {offset - key_len} contains a NUL byte: {key!r}"
+            )
         if data_type not in DATA_TYPE_NAMES:
             raise ModelFileError(
                 f"{path}: tensor {key!r} (offset {start}) has unsupported data type {data_type}"
@@ -215,6 +201,11 @@ def _iter_tensor_infos(f: BinaryIO, path: PathLike, header: ModelHeader, file_si
         if any(d <= 0 for d in dims):
             raise ModelFileError(
                 f"{path}: tensor {key!r} (offset {start}) has bad dimensions {list(dims)}"
+            )
+        n_values = math.prod(dims)  # Python integers: four int32 dimensions overflow int64
+        if n_values > MAX_ELEMENTS:
+            raise ModelFileError(
+                f"{path}: tensor {key!r} (offset {start}) is too large: dimensions {list(dims)}"
             )
         if name in QUANTIZED_TYPES:
             if header.version < QUANTIZED_MIN_VERSION:
@@ -231,7 +222,6 @@ def _iter_tensor_infos(f: BinaryIO, path: PathLike, header: ModelHeader, file_si
         if key in seen:
             raise ModelFileError(f"{path}: duplicate tensor key {key!r} at offset {start}")
         seen.add(key)
-        n_values = int(np.prod(dims, dtype=np.int64))
         nbytes = tensor_nbytes(data_type, n_values)
         if offset + nbytes > file_size:
             raise ModelFileError(
@@ -459,15 +449,6 @@ def dequantize_bytes(raw: bytes, type_name: str, n_values: int) -> np.ndarray:
     else:  # Q8_0
         values = blocks[:, 2:34].view(np.int8).astype(np.float32) * d
     return values.astype(np.float32, copy=False).reshape(-1)
-
-
-def should_quantize(key: str, shape: Iterable[int], data_type: str | int) -> bool:
-    """rwkv.cpp's rule: only 2-D FP32/FP16 tensors, except emb, head, v7 low-rank and r_k."""
-    if len(tuple(shape)) != 2 or type_name(data_type) not in ("FP32", "FP16"):
-        return False
-    if key in _NEVER_QUANTIZED_KEYS:
-        return False
-    return not key.endswith(_NEVER_QUANTIZED_SUFFIXES)
 
 
 # ----------------------------------------------------------------------------------------------

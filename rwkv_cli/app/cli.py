@@ -19,7 +19,8 @@ from typing import Any, Optional, Union
 
 import typer
 
-from . import __version__
+from ..errors import RWKVError, UserError
+from ..version import __version__
 
 app = typer.Typer(
     name="rwkv-cpp",
@@ -41,7 +42,7 @@ app = typer.Typer(
 )
 
 
-class CLIError(RuntimeError):
+class CLIError(UserError):
     """An error with a message a user can act on; printed as one line."""
 
 
@@ -328,7 +329,7 @@ def models_command(
     json_output: Optional[bool] = JsonOpt,
 ) -> None:
     """Installed models: name, architecture, type, size, path."""
-    from .setup_wizard import show_installed
+    from .model_files import show_installed
 
     show_installed(_console(), json_output=bool(json_output))
 
@@ -371,7 +372,7 @@ def convert_command(
 ) -> None:
     """Convert a checkpoint (.pth, .safetensors, Hugging Face folder) to an rwkv.cpp model file
     (no torch needed)."""
-    from .setup_wizard import convert_with_progress
+    from .model_files import convert_with_progress
 
     convert_with_progress(_console(), src, dest, data_type.upper())
 
@@ -383,7 +384,7 @@ def quantize_command(
     type_name: str = QuantTypeArg,
 ) -> None:
     """Quantize an rwkv.cpp model file."""
-    from .setup_wizard import quantize_with_progress
+    from .model_files import quantize_with_progress
 
     quantize_with_progress(_console(), src, dest, type_name.upper())
 
@@ -393,37 +394,13 @@ def quantize_command(
 
 def _user_message(exc: BaseException) -> Optional[str]:
     """The one-line message for errors a user can act on; None for programming errors."""
-    from .catalog import CatalogError
-    from .download import DownloadError
-    from .home import NoModelError, RegistryError
-
-    known: tuple[type, ...] = (CLIError, CatalogError, DownloadError, NoModelError, RegistryError)
-    try:
-        from .chat import ChatError
-        from .setup_wizard import SetupError
-
-        known += (ChatError, SetupError)
-    except ImportError:
-        pass
-    try:
-        from .modelfile import ModelFileError
-
-        known += (ModelFileError,)
-    except ImportError:
-        pass
-    try:
-        from .native import RWKVError
-
-        known += (RWKVError,)
-    except ImportError:
-        pass
-    if isinstance(exc, known):
+    if isinstance(exc, RWKVError):  # ours: every error the package raises on purpose
         return str(exc)
     if isinstance(exc, FileNotFoundError):
         return str(exc) if not exc.filename else f"file not found: {exc.filename}"
     if isinstance(exc, OSError) and exc.errno == 28:
         return f"disk full: {exc.filename or ''} {exc.strerror}".replace("  ", " ")
-    if isinstance(exc, (ValueError, PermissionError, OSError)):
+    if isinstance(exc, OSError):  # permissions, I/O errors: the system's message names the file
         return str(exc)
     return None
 

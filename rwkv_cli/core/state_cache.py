@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidArgument
+
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 
 
@@ -51,9 +53,9 @@ class StateCache:
 
     def __init__(self, max_entries: int = 50, max_bytes: int | None = DEFAULT_MAX_BYTES):
         if isinstance(max_entries, bool) or int(max_entries) != max_entries or max_entries < 0:
-            raise ValueError(f"state cache size must be an integer >= 0, got {max_entries!r}")
+            raise InvalidArgument(f"state cache size must be an integer >= 0, got {max_entries!r}")
         if max_bytes is not None and max_bytes < 0:
-            raise ValueError(f"state cache byte limit must be >= 0, got {max_bytes!r}")
+            raise InvalidArgument(f"state cache byte limit must be >= 0, got {max_bytes!r}")
         self.max_entries = int(max_entries)
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[int, ...], CacheEntry] = OrderedDict()

@@ -33,6 +33,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..errors import UserError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 # Element types we can read: name -> (numpy little-endian storage dtype, itemsize).
@@ -43,7 +45,7 @@ ELEMENT_TYPES: dict[str, np.dtype] = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint that cannot be read or converted; the message names the file and the fault."""
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .modelfile import QUANTIZED_TYPES, ModelFileError, ModelWriter, should_quantize, type_name
+from ..errors import InvalidArgument
+from .modelfile import ModelFileError, ModelWriter, type_name
+from .tensor_types import QUANTIZED_TYPES, should_quantize
 
 ARCHS = ("4", "5.1", "5.2", "6", "7")
 
@@ -208,11 +210,11 @@ def random_tensors(
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(key, float32 array in PyTorch shape) for every tensor, in rwkv.cpp's file order."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+        raise InvalidArgument(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
     if arch != "4" and n_embed % head_size:
-        raise ValueError(f"n_embed {n_embed} is not a multiple of head_size {head_size}")
+        raise InvalidArgument(f"n_embed {n_embed} is not a multiple of head_size {head_size}")
     if n_layer <= 0 or n_embed <= 0 or n_vocab <= 0:
-        raise ValueError(f"bad shape: n_layer={n_layer}, n_embed={n_embed}, n_vocab={n_vocab}")
+        raise InvalidArgument(f"bad shape: n_layer={n_layer}, n_embed={n_embed}, n_vocab={n_vocab}")
     ffn = ffn_dim or default_ffn_dim(arch, n_embed)
     n_head = n_embed // head_size if arch != "4" else 0
     r = _Random(seed)

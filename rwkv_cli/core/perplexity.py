@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import InvalidArgument
+
 # progress(chunks done, chunks in all, perplexity so far)
 PerplexityProgress = Callable[[int, int, float], None]
 
@@ -55,10 +57,10 @@ class PerplexityResult:
 
 def chunk_count(n_tokens: int, ctx: int) -> int:
     if ctx < 2:
-        raise ValueError(f"ctx must be at least 2, got {ctx}")
+        raise InvalidArgument(f"ctx must be at least 2, got {ctx}")
     chunks = n_tokens // ctx
     if chunks == 0:
-        raise ValueError(f"the text has {n_tokens} tokens, fewer than one chunk of ctx={ctx}")
+        raise InvalidArgument(f"the text has {n_tokens} tokens, fewer than one chunk of ctx={ctx}")
     return chunks
 
 

@@ -8,25 +8,22 @@ after its file has been verified and read back as an rwkv.cpp model.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
-    TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
 
+from ..errors import UserError
 from . import home
 from .catalog import QUANT_TYPES, Catalog, CatalogError, CatalogModel, discover, load_catalog
 from .download import (
@@ -38,9 +35,10 @@ from .download import (
     part_path,
     sha256_of,
 )
+from .model_files import convert_with_progress, quantize_with_progress
 
 
-class SetupError(RuntimeError):
+class SetupError(UserError):
     """Setup could not finish; the message says what to do."""
 
 
@@ -56,16 +54,6 @@ def _download_progress(console: Console) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
-    )
-
-
-def _work_progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold blue]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
     )
 
 
@@ -103,53 +91,6 @@ def _env_float(name: str, default: float) -> float:
         raise SetupError(f"{name} must be a number of seconds, not {value!r}") from None
 
 
-# ---- conversion (the converter lives in convert.py) ----
-
-
-def _progress_callback(progress: Progress, task) -> Callable[[int, int], None]:
-    def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total or None)
-
-    return update
-
-
-def convert_with_progress(console: Console, src: Path, dest: Path, data_type: str = "FP16") -> Path:
-    from .convert import convert
-
-    if not Path(src).exists():
-        raise FileNotFoundError(f"checkpoint not found: {src}")
-    with _work_progress(console) as progress:
-        task = progress.add_task(f"Converting to {data_type}", total=None)
-        info = convert(src, dest, data_type=data_type,
-                       progress=_progress_callback(progress, task))
-    if isinstance(info, dict) and info.get("arch_name"):
-        console.print(
-            f"{info['arch_name']}: {info.get('n_layer')} layers x {info.get('n_embed')}, "
-            f"vocabulary {info.get('n_vocab')}"
-        )
-    _report_file(console, "Wrote", dest, src)
-    return Path(dest)
-
-
-def quantize_with_progress(console: Console, src: Path, dest: Path, type_name: str) -> Path:
-    from .convert import quantize
-
-    if not Path(src).is_file():
-        raise FileNotFoundError(f"model file not found: {src}")
-    with _work_progress(console) as progress:
-        task = progress.add_task(f"Quantizing to {type_name}", total=None)
-        quantize(src, dest, type_name, progress=_progress_callback(progress, task))
-    _report_file(console, "Wrote", dest, src)
-    return Path(dest)
-
-
-def _report_file(console: Console, verb: str, dest: Path, src: Path) -> None:
-    before, after = Path(src).stat().st_size, Path(dest).stat().st_size
-    console.print(
-        f"{verb} {dest} ({human_bytes(after)}; source {human_bytes(before)})", highlight=False
-    )
-
-
 # ---- listings ----
 
 
@@ -172,37 +113,6 @@ def show_catalog(console: Console, catalog: Catalog | None = None, refresh: bool
         )
     console.print(table)
     console.print("Install one with: [bold]rwkv-cpp --setup --model NAME --yes[/]")
-
-
-def show_installed(console: Console, json_output: bool = False) -> None:
-    registry = home.load_registry()
-    models = list(registry.models.values())
-    if json_output:
-        rows = [
-            {
-                "name": m.name, "arch": m.arch, "dataType": m.data_type, "fileSize": m.file_size,
-                "path": m.path, "present": m.exists, "last": m.name == registry.last,
-            }
-            for m in models
-        ]
-        print(json.dumps(rows))
-        return
-    if not models:
-        console.print(
-            f"No models installed in {home.rwkv_home()}. Run [bold]rwkv-cpp --setup[/] to add one."
-        )
-        return
-    table = Table(title=f"Installed models ({home.rwkv_home()})", title_justify="left")
-    for column, justify in (("name", "left"), ("arch", "center"), ("type", "center"),
-                            ("size", "right"), ("path", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for m in models:
-        name = m.name + (" [bold green]*[/]" if m.name == registry.last else "")
-        path = m.path if m.exists else f"[red]{m.path} (missing)[/]"
-        table.add_row(name, f"v{m.arch}" if m.arch else "?", m.data_type or "?",
-                      human_bytes(m.file_size), path)
-    console.print(table)
-    console.print("[bold green]*[/] the model `rwkv-cpp` chats with (the last installed)")
 
 
 # ---- the wizard ----
@@ -281,17 +191,17 @@ def ensure_tokenizer(console: Console, catalog: Catalog, model: CatalogModel,
 
 def describe_model(path: Path) -> dict:
     """The registry's summary of an rwkv.cpp or GGUF model file."""
-    from .gguf import describe as describe_gguf
-    from .gguf import is_gguf
-    from .modelfile import describe
+    from ..formats.gguf import describe as describe_gguf
+    from ..formats.gguf import is_gguf
+    from ..formats.modelfile import describe
 
     return describe_gguf(path) if is_gguf(path) else describe(path)
 
 
 def _installed_record(model: CatalogModel, path: Path, data_type: str | None,
                       tokenizer_path: Path | None, source: str) -> home.InstalledModel:
-    from .gguf import GGUFError
-    from .modelfile import ModelFileError
+    from ..formats.gguf import GGUFError
+    from ..formats.modelfile import ModelFileError
 
     try:
         info = describe_model(path)
@@ -415,10 +325,7 @@ def run_setup(
 __all__ = [
     "DownloadError",
     "SetupError",
-    "convert_with_progress",
     "ensure_tokenizer",
-    "quantize_with_progress",
     "run_setup",
     "show_catalog",
-    "show_installed",
 ]

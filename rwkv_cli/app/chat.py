@@ -16,18 +16,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 
+from ..core.chat_format import ChatFormat
+from ..errors import UserError
 from . import home
-from .catalog import PROMPT_FORMATS
+from .load import load_model
 
 if TYPE_CHECKING:
-    from .model import RWKV, CompletionResult
-
-# A first exchange that sets the tone; both families were tuned on this turn format.
-PREAMBLE = (
-    "{user}: Hi! Who are you?\n\n"
-    "{bot}: Hello! I am an AI assistant running on this computer. I answer questions clearly "
-    "and honestly, and I say so when I do not know something.\n\n"
-)
+    from ..core.model import RWKV, CompletionResult
 
 HELP = """[bold]Chat commands[/]
   /reset        start over (forget the conversation)
@@ -40,43 +35,8 @@ Ctrl-C stops the current reply; the chat goes on."""
 StopCheck = Callable[[], bool]
 
 
-class ChatError(RuntimeError):
+class ChatError(UserError):
     """A chat command that could not be done (bad file, state of another model)."""
-
-
-def prompt_format_for(n_vocab: int, known: str = "") -> str:
-    if known in PROMPT_FORMATS:
-        return known
-    # World vocabulary -> the World/G1 turn labels; the 20B (Raven) and byte models use Bot.
-    return "world" if n_vocab == 65536 else "raven"
-
-
-def load_model(
-    console: Console,
-    choice: home.ModelChoice,
-    threads: int | None = None,
-    gpu: int | str = 0,
-    quiet: bool = False,
-) -> RWKV:
-    """Check the file header (for a clear message), then load it in the engine."""
-    from .gguf import is_gguf, read_gguf
-    from .model import RWKV
-    from .modelfile import read_header
-
-    if is_gguf(choice.path):
-        info = read_gguf(choice.path, tensors=False)  # GGUFError: malformed
-        if info.rwkv_version is None:
-            raise ChatError(
-                f"{choice.path}: a GGUF file of architecture {info.architecture!r}; this engine "
-                "runs RWKV-6 and RWKV-7 GGUF files (rwkv6, rwkv7)"
-            )
-    else:
-        read_header(choice.path)  # ModelFileError: not an rwkv.cpp file, old quantized format, ...
-    model = RWKV(choice.path, threads=threads, gpu_offload=gpu, tokenizer=choice.tokenizer)
-    if quiet:
-        return model.setup()
-    with console.status(f"Loading {choice.name}...", spinner="dots"):
-        return model.setup()
 
 
 @contextmanager
@@ -102,13 +62,17 @@ def ctrl_c_stops(event: threading.Event):
 class ChatSession:
     """The conversation: its text and the model state after that text."""
 
-    def __init__(self, model: RWKV, prompt_format: str, name: str = "",
+    def __init__(self, model: RWKV, prompt_format: str | ChatFormat, name: str = "",
                  sampling: dict[str, Any] | None = None):
         self.model = model
         self.name = name
-        self.user, self.bot = PROMPT_FORMATS[prompt_format]
+        self.format = (
+            prompt_format if isinstance(prompt_format, ChatFormat)
+            else ChatFormat.named(prompt_format)
+        )
+        self.user, self.bot = self.format.user, self.format.bot
         self.sampling = dict(sampling or {})
-        self.preamble = PREAMBLE.format(user=self.user, bot=self.bot)
+        self.preamble = self.format.preamble
         self._preamble_state = model.get_state(self.preamble)
         self.history = self.preamble
         self.state = self._preamble_state.copy()
@@ -123,14 +87,12 @@ class ChatSession:
         on_text: Callable[[str], None] | None = None,
         stop_event: threading.Event | None = None,
     ) -> CompletionResult:
-        # A blank line ends a turn in this format, so the message must not contain one.
-        message = "\n".join(line for line in message.strip().splitlines() if line.strip())
-        prompt = f"{self.user}: {message}\n\n{self.bot}:"
+        prompt = self.format.turn(message)
         callback = (lambda piece, _so_far: on_text(piece)) if on_text else None
         result = self.model.completion(
             prompt,
             init_state=self.state,
-            stop=["\n\n", f"\n{self.user}:"],
+            stop=self.format.stop,
             stream_callback=callback,
             stop_event=stop_event,
             **self.sampling,
@@ -145,7 +107,7 @@ class ChatSession:
         (the token that ended the reply is sampled, never fed); only the rest of the turn's
         text is evaluated here.
         """
-        turn_end = (result.completion.rstrip() + "\n\n").encode("utf-8")
+        turn_end = self.format.turn_end(result.completion).encode("utf-8")
         fed_bytes = self.model.tokenizer.decode_bytes(result.tokens[: result.fed_tokens])
         state = None
         if result.state is not None and turn_end.startswith(fed_bytes):
@@ -231,7 +193,7 @@ def run_chat(
     choice = home.resolve_model(model_path, model_name)
     model = load_model(console, choice, threads, gpu)
     try:
-        fmt = prompt_format_for(model.n_vocab, choice.prompt_format)
+        fmt = ChatFormat.for_model(model.n_vocab, choice.prompt_format)
         with console.status("Reading the preamble...", spinner="dots"):
             session = ChatSession(
                 model, fmt, name=choice.name,

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import home
-from .chat import load_model
+from .load import load_model
 
 
 def _reference_choice(reference: str) -> home.ModelChoice:

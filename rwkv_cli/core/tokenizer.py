@@ -18,8 +18,11 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..errors import FileMissing, InvalidArgument, UserError
+from ..paths import TOKENIZER_20B_FILE, rwkv_home
+
 WORLD_VOCAB_NAME = "rwkv_vocab_v20230424.txt"
-TOKENIZER_20B_NAME = "20B_tokenizer.json"
+TOKENIZER_20B_NAME = TOKENIZER_20B_FILE
 TOKENIZER_20B_URL = (
     "https://raw.githubusercontent.com/BlinkDL/ChatRWKV/main/20B_tokenizer.json"
 )
@@ -29,9 +32,16 @@ AUTO_BY_N_VOCAB = {50277: "20B", 65536: "world", 256: "bytes"}
 TOKENIZER_NAMES = ("auto", "20B", "world", "bytes")
 
 
-def rwkv_home() -> Path:
-    """Where models and tokenizer files live: $RWKV_HOME, else ~/.rwkv."""
-    return Path(os.environ.get("RWKV_HOME") or Path.home() / ".rwkv").expanduser()
+class TokenizerError(UserError, ValueError):
+    """A tokenizer file that cannot be read; the message names the file and the fault."""
+
+
+class TokenizerNotFound(FileMissing):
+    """The tokenizer a model needs is not on this machine; `name` is the file it looked for."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 class IncrementalDecoder:
@@ -111,10 +121,10 @@ def _parse_world_vocab_line(line: str, path: str | Path, line_no: int):
         token = ast.literal_eval(line[first + 1 : last])
         length = int(line[last + 1 :])
     except (ValueError, SyntaxError) as exc:
-        raise ValueError(f"{path}:{line_no}: not a World vocabulary line: {line[:60]!r}") from exc
+        raise TokenizerError(f"{path}:{line_no}: not a World vocabulary line: {line[:60]!r}") from exc
     data = token if isinstance(token, bytes) else str(token).encode("utf-8")
     if len(data) != length:
-        raise ValueError(
+        raise TokenizerError(
             f"{path}:{line_no}: token {token_id} has {len(data)} bytes, the line says {length}"
         )
     return token_id, data
@@ -142,7 +152,7 @@ class WorldTokenizer(Tokenizer):
 
         path = Path(vocab_path) if vocab_path is not None else world_vocab_path()
         if not path.is_file():
-            raise FileNotFoundError(f"World vocabulary file not found: {path}")
+            raise FileMissing(f"World vocabulary file not found: {path}")
         self.path = path
         self._rust = pyrwkv_tokenizer.WorldTokenizer(str(path))
         # Most tokens are valid UTF-8 and come straight from the Rust vocabulary; the few that
@@ -208,7 +218,7 @@ class GreedyTokenizer(Tokenizer):
                 if found is not None:
                     best, end = found, j
             if best < 0:
-                raise ValueError(f"byte {data[i]:#04x} at offset {i} is in no token of {self.name}")
+                raise InvalidArgument(f"byte {data[i]:#04x} at offset {i} is in no token of {self.name}")
             out.append(best)
             i = end
         return out
@@ -224,13 +234,13 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
 
     The packaged World tokenizer (Rust) when the file's vocabulary is exactly it, else the
     same algorithm over the file's own vocabulary."""
-    from .gguf import decode_token, read_gguf
+    from ..formats.gguf import decode_token, read_gguf
 
     info = read_gguf(path, tensors=False)
     model = info.metadata.get("tokenizer.ggml.model")
     tokens = info.tokens
     if model != "rwkv" or not tokens:
-        raise ValueError(
+        raise InvalidArgument(
             f"{path}: this GGUF file carries no RWKV vocabulary (tokenizer.ggml.model is {model!r}); "
             "pass tokenizer=<name or path>"
         )
@@ -247,7 +257,7 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
         try:
             table.append(decode_token(text))
         except ValueError as exc:
-            raise ValueError(f"{path}: token {token_id}: {exc}") from exc
+            raise InvalidArgument(f"{path}: token {token_id}: {exc}") from exc
     eos = info.metadata.get("tokenizer.ggml.eos_token_id", 0)
     eos = eos if isinstance(eos, int) and 0 <= eos < len(table) else None
     if len(table) == 65536:
@@ -285,11 +295,11 @@ class HFTokenizer(Tokenizer):
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file not found: {path}")
+            raise FileMissing(f"tokenizer file not found: {path}")
         try:
             self._hf = _HF.from_file(str(path))
         except Exception as exc:
-            raise ValueError(f"{path}: not a Hugging Face tokenizer JSON file: {exc}") from exc
+            raise TokenizerError(f"{path}: not a Hugging Face tokenizer JSON file: {exc}") from exc
         self.path = path
         self.name = name or path.name
         with open(path, encoding="utf-8") as handle:
@@ -324,22 +334,23 @@ def find_20b_tokenizer(search: Sequence[str | Path] = ()) -> Path:
         if candidate.is_file():
             return candidate
     looked = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
+    raise TokenizerNotFound(
         f"the 20B tokenizer ({TOKENIZER_20B_NAME}) is needed for this model (n_vocab 50277) "
-        f"and was not found (looked in: {looked}). Run `rwkv-cpp --setup` to download it, or "
-        f"download {TOKENIZER_20B_URL} into {rwkv_home()}, or pass tokenizer=<path of the file>."
+        f"and was not found (looked in: {looked}); download {TOKENIZER_20B_URL} into "
+        f"{rwkv_home()}, or pass tokenizer=<path of the file>",
+        TOKENIZER_20B_NAME,
     )
 
 
 def check_tokenizer_name(tokenizer: str | os.PathLike | Tokenizer) -> None:
-    """Raise ValueError for a tokenizer that is neither a known name nor an existing file."""
+    """Raise InvalidArgument for a tokenizer that is neither a known name nor an existing file."""
     if isinstance(tokenizer, Tokenizer):
         return
     if isinstance(tokenizer, str) and tokenizer.lower() in {n.lower() for n in TOKENIZER_NAMES}:
         return
     if isinstance(tokenizer, (str, os.PathLike)) and Path(tokenizer).is_file():
         return
-    raise ValueError(
+    raise InvalidArgument(
         f"unknown tokenizer {tokenizer!r}: use one of {', '.join(TOKENIZER_NAMES)} "
         "or the path of a tokenizer file (.json for Hugging Face, .txt for a World vocabulary)"
     )
@@ -361,13 +372,13 @@ def load_tokenizer(
         return tokenizer
     kind = tokenizer.lower() if isinstance(tokenizer, str) else None
     if kind == "auto" and model_path is not None:
-        from .gguf import is_gguf, read_gguf
+        from ..formats.gguf import is_gguf, read_gguf
 
         if is_gguf(model_path) and read_gguf(model_path, tensors=False).tokens:
             return tokenizer_from_gguf(model_path)
     if kind == "auto":
         if n_vocab not in AUTO_BY_N_VOCAB:
-            raise ValueError(
+            raise InvalidArgument(
                 f"cannot pick a tokenizer for n_vocab={n_vocab}: known vocabularies are "
                 + ", ".join(f"{n} ({k})" for n, k in AUTO_BY_N_VOCAB.items())
                 + "; pass tokenizer=<name or path>"

@@ -44,7 +44,7 @@ def synthetic_model_path() -> Path:
 
 def ensure_synthetic_model(console: Console | None = None) -> Path:
     """The synthetic benchmark model, written (once) if it is not in RWKV_HOME yet."""
-    from .synthetic import write_random_model
+    from ..formats.synthetic import write_random_model
 
     path = synthetic_model_path()
     if path.is_file():
@@ -92,7 +92,7 @@ def dragon(
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON object. `stream(text)` receives the completion;
     `on_loaded()` is called once the model is loaded, before the prompt is evaluated."""
-    from .chat import load_model
+    from .load import load_model
 
     choice = _choose(model_path, model_name, console)
     quiet = console is None

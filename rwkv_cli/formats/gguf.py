@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+from .tensor_types import GGUF_BY_ID
+
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 
@@ -29,13 +32,7 @@ _ARRAY_CODES = {_U8: "B", _I8: "b", _U16: "H", _I16: "h", _U32: "I", _I32: "i", 
                 _BOOL: "?", _U64: "Q", _I64: "q", _F64: "d"}
 
 # GGUF's tensor type ids, by name
-TYPE_NAMES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
-    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS",
-    24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0",
-    35: "TQ2_0", 39: "MXFP4",
-}
+TYPE_NAMES = {t.id: t.name for t in GGUF_BY_ID.values()}
 
 # llama.cpp's file types (general.file_type), as our type labels
 FILE_TYPES = {
@@ -48,7 +45,7 @@ _FILE_TYPE_GUESSED = 1024
 ARCHITECTURES = {"rwkv6": "6", "rwkv7": "7"}
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError, ValueError):
     """A file that is not a GGUF file, or a malformed one."""
 
 
