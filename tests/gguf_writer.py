@@ -20,6 +20,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
+from rwkv_cli.formats.synthetic import v7_lora_dims
+
 GGUF_TYPE_IDS = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8,
     "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14, "BF16": 30,
@@ -439,7 +441,7 @@ def write_rwkv_gguf(
         add(name, array, tkind, lambda v, k=key, s=shape: {k: v.reshape(s)})
         del value, array
         if arch == "7" and layer0_value_lora and key == "blocks.0.att.a0":
-            dv = 32
+            dv = v7_lora_dims(n_embed)["v"]  # the rank of the later layers' (llama.cpp checks it)
             for suffix, arr in (("v0", rng.standard_normal(n_embed)),
                                 ("v1", rng.standard_normal((dv, n_embed)) * 0.1),
                                 ("v2", rng.standard_normal((n_embed, dv)) * 0.1)):

@@ -145,3 +145,11 @@ def test_command_prints_one_json_line(models, tmp_path):
     assert payload["klDivergence"] == pytest.approx(want.kl_divergence)
     assert payload["ctx"] == CTX and payload["chunks"] == want.chunks
     assert payload["reference"] == "b.bin"
+
+
+def test_max_chunks_takes_the_first_chunks(models):
+    tokens = list(TEXT.encode())
+    with RWKV(models[0], threads=1) as model:
+        two = model.perplexity(TEXT, ctx=CTX, max_chunks=2)
+        head = model.perplexity(bytes(tokens[:2 * CTX]).decode(), ctx=CTX)
+    assert two.chunks == 2 and two.perplexity == pytest.approx(head.perplexity)

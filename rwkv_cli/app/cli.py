@@ -308,6 +308,9 @@ def perplexity_command(
     threads: Optional[int] = ThreadsOpt,
     gpu: Optional[str] = GpuOpt,
     ctx_size: int = typer.Option(512, "--ctx", help="Tokens per chunk (llama.cpp's -c)."),
+    chunks: Optional[int] = typer.Option(
+        None, "--chunks", help="At most this many chunks from the start (llama.cpp's --chunks)."
+    ),
     reference: Optional[str] = typer.Option(
         None, "--reference",
         help="Another file of the same model (path or installed name): mean KL divergence and "
@@ -321,7 +324,8 @@ def perplexity_command(
     if ctx_size < 2:
         raise CLIError(f"--ctx must be at least 2, got {ctx_size}")
     options = _model_options(ctx, model_path, model, threads, gpu)
-    run_perplexity(_console(), text_file, **options, ctx=ctx_size, reference=reference)
+    run_perplexity(_console(), text_file, **options, ctx=ctx_size, reference=reference,
+                   max_chunks=chunks)
 
 
 @app.command("models")

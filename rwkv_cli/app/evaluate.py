@@ -31,6 +31,7 @@ def run_perplexity(
     gpu: int | str = 0,
     ctx: int = 512,
     reference: str | None = None,
+    max_chunks: int | None = None,
 ) -> dict:
     text_file = Path(text_file)
     if not text_file.is_file():
@@ -54,7 +55,8 @@ def run_perplexity(
             def progress(done: int, total: int, ppl: float) -> None:
                 bar.update(task, completed=done, total=total, ppl=f"{ppl:.4f}")
 
-            result = model.perplexity(text, ctx=ctx, reference=ref_model, progress=progress)
+            result = model.perplexity(text, ctx=ctx, reference=ref_model, progress=progress,
+                                      max_chunks=max_chunks)
     finally:
         if ref_model is not None:
             ref_model.free()

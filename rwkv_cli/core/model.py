@@ -402,6 +402,7 @@ class RWKV:
         reference: RWKV | str | os.PathLike | None = None,
         progress: PerplexityProgress | None = None,
         bos: int | None = None,
+        max_chunks: int | None = None,
     ) -> PerplexityResult:
         """Perplexity on `text` as llama.cpp's perplexity tool computes it (core/perplexity.py):
         chunks of `ctx` tokens, each from a fresh state, scoring the second half of each.
@@ -409,11 +410,14 @@ class RWKV:
         `reference`: another model file of the same model (or an `RWKV`): its next-token
         distributions are compared with ours on every scored token (mean KL divergence, top-1
         agreement). `bos`: a token put at the start of every chunk (llama.cpp does that for
-        vocabularies that ask for it). `progress(done, total, perplexity_so_far)` is called
-        after each chunk.
+        vocabularies that ask for it). `max_chunks`: at most that many chunks from the start
+        (llama.cpp's --chunks). `progress(done, total, perplexity_so_far)` is called after each
+        chunk.
         """
         tokens = self.tokenizer.encode(text)
         chunks = chunk_count(len(tokens), ctx)
+        if max_chunks is not None:
+            chunks = min(chunks, options.positive_int("max_chunks", max_chunks))
         other: RWKV | None = None
         if reference is not None:
             other = reference if isinstance(reference, RWKV) else RWKV(
