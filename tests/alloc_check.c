@@ -34,6 +34,7 @@ int main(int argc, char ** argv) {
     const size_t state_len = rwkv_get_state_len(ctx), vocab = rwkv_get_logits_len(ctx);
     float * state = __libc_malloc(state_len * sizeof(float));
     float * logits = __libc_malloc(vocab * sizeof(float));
+    float * all_logits = __libc_malloc(150 * vocab * sizeof(float));
     uint32_t tokens[150];
     for (int i = 0; i < 150; i++) tokens[i] = (uint32_t)(i * 7919) % (uint32_t)vocab;
     if (!rwkv_eval(ctx, 1, NULL, state, logits) || !rwkv_eval_sequence(ctx, tokens, 150, state, state, logits)) return 1;
@@ -44,6 +45,7 @@ int main(int argc, char ** argv) {
     }
     if (!rwkv_eval_sequence(ctx, tokens, 150, state, state, logits)) return 1;
     if (!rwkv_eval_sequence_in_chunks(ctx, tokens, 150, 7, NULL, state, logits)) return 1;
+    if (!rwkv_eval_sequence_all_logits(ctx, tokens, 150, NULL, state, all_logits)) return 1;
     const long counted = atomic_load(&allocations);
 
     rwkv_free(ctx);

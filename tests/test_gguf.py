@@ -172,7 +172,7 @@ def test_mixed_types_in_one_file(lib, tmp_path):
         assert np.max(np.abs(logits - want)) < 0.05 * np.abs(want).max()
 
 
-@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K", "BF16"])
+@pytest.mark.parametrize("kind", ["BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 def test_threads_and_kernel_paths_agree(lib, tmp_path, kind, monkeypatch):
     written = write_rwkv_gguf(tmp_path / "m.gguf", "7", tensors("7"), N_LAYER, N_EMBED, HEAD_SIZE,
                               kind=kind)

@@ -231,10 +231,24 @@ def alloc_harness(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("arch", ["4", "5.2", "6", "7"])
+def _gguf_model(path: Path, arch: str) -> Path:
+    """A K-quant GGUF (llama.cpp's layout; v6 with its residual rescaling)."""
+    from gguf_writer import write_rwkv_gguf
+
+    from rwkv_cli.formats.synthetic import random_tensors
+
+    tensors = random_tensors(arch, 2, 256, 300, 64, ffn_dim=1024, seed=5)
+    return write_rwkv_gguf(path, arch, tensors, 2, 256, 64, kind="Q4_K", rescale_every=1 if arch == "6" else 0,
+                           keep_values=False).path
+
+
+@pytest.mark.parametrize("arch", ["4", "5.2", "6", "7", "gguf-6", "gguf-7"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_evaluating_tokens_allocates_nothing(alloc_harness, tmp_path, arch, threads):
-    model = write_random_model(tmp_path / f"{arch}.bin", arch, 2, 64, 300, data_type="Q8_0", seed=5)
+    if arch.startswith("gguf-"):
+        model = _gguf_model(tmp_path / f"{arch}.gguf", arch[5:])
+    else:
+        model = write_random_model(tmp_path / f"{arch}.bin", arch, 2, 64, 300, data_type="Q8_0", seed=5)
     proc = subprocess.run(
         [str(alloc_harness), str(model), str(threads)], capture_output=True, text=True, timeout=120,
         check=False,
