@@ -174,17 +174,23 @@ def test_mixed_types_in_one_file(lib, tmp_path):
 
 @pytest.mark.parametrize("kind", ["BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 def test_threads_and_kernel_paths_agree(lib, tmp_path, kind, monkeypatch):
+    """Thread counts change nothing on a path (rows are split, not sums). Between paths the
+    products' float sums run in another order; for block types that moves an activation now
+    and then across an int8 rounding boundary (one code of 254 in a block), which then moves
+    the logits by about 1% of their spread: the kernel harness (test_kernels.py) bounds each
+    product tightly; here a misread layout would be off by about 100%."""
     written = write_rwkv_gguf(tmp_path / "m.gguf", "7", tensors("7"), N_LAYER, N_EMBED, HEAD_SIZE,
                               kind=kind)
     monkeypatch.setenv("RWKV_KERNELS", "scalar")
     (reference, _), _, _ = evaluate(lib, written.path, PROMPT, threads=1)
-    monkeypatch.delenv("RWKV_KERNELS")
     info = lib.get_system_info_string()
     paths = info.split("kernels available: ")[1].split(" |")[0].split()
+    tolerance = 1e-5 if kind == "BF16" else 2e-2  # relative L2
     for path in paths:
         monkeypatch.setenv("RWKV_KERNELS", path)
-        for threads in (1, 3):
-            (serial, _), (sequence, _), _ = evaluate(lib, written.path, PROMPT, threads=threads)
-            spread = float(np.std(reference))
-            assert np.max(np.abs(serial - reference)) < 1e-4 * spread, (path, threads)
-            assert np.max(np.abs(sequence - reference)) < 1e-2 * spread, (path, threads)
+        (one, _), (one_seq, _), _ = evaluate(lib, written.path, PROMPT, threads=1)
+        (three, _), (three_seq, _), _ = evaluate(lib, written.path, PROMPT, threads=3)
+        np.testing.assert_array_equal(one, three)
+        np.testing.assert_array_equal(one_seq, three_seq)
+        for logits in (one, one_seq):
+            assert np.linalg.norm(logits - reference) < tolerance * np.linalg.norm(reference), path
