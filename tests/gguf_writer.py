@@ -441,7 +441,7 @@ def write_rwkv_gguf(
         add(name, array, tkind, lambda v, k=key, s=shape: {k: v.reshape(s)})
         del value, array
         if arch == "7" and layer0_value_lora and key == "blocks.0.att.a0":
-            dv = v7_lora_dims(n_embed)["v"]  # the rank of the later layers' (llama.cpp checks it)
+            dv = v7_lora_dims(n_embed)["a"]  # llama.cpp gives layer 0's the iclr (a) rank
             for suffix, arr in (("v0", rng.standard_normal(n_embed)),
                                 ("v1", rng.standard_normal((dv, n_embed)) * 0.1),
                                 ("v2", rng.standard_normal((n_embed, dv)) * 0.1)):
