@@ -54,11 +54,9 @@ const char * rwkv_get_last_error_message(const struct rwkv_context * ctx) { retu
 
 /* ---- contexts ---- */
 
-static void * ctx_alloc(context * ctx, size_t bytes) {
+static void * ctx_alloc(size_t bytes) {
     bytes = (bytes + 63) & ~(size_t)63;
-    void * p = aligned_alloc(64, bytes ? bytes : 64);
-    if (p) ctx->allocations++;
-    return p;
+    return aligned_alloc(64, bytes ? bytes : 64);
 }
 
 static void context_destroy(context * ctx) {
@@ -89,7 +87,7 @@ static context * context_create(model * m, uint32_t n_threads, error_slot * err)
         return NULL;
     }
     ctx->work_floats = (size_t)ctx->chunk * m->ops->scratch_per_token(m);
-    ctx->work = ctx_alloc(ctx, ctx->work_floats * sizeof(float));
+    ctx->work = ctx_alloc(ctx->work_floats * sizeof(float));
     /* the widest product decides the size of the prepared activations */
     int64_t widest = m->n_embed;
     for (int i = 0; i < m->n_tensors; i++) widest = m->tensors[i].ne[0] > widest ? m->tensors[i].ne[0] : widest;
@@ -101,7 +99,7 @@ static context * context_create(model * m, uint32_t n_threads, error_slot * err)
         prepared = b > prepared ? b : prepared;
     }
     ctx->prepared_cap = prepared;
-    ctx->prepared = ctx_alloc(ctx, prepared);
+    ctx->prepared = ctx_alloc(prepared);
     ctx->pool = pool_create(ctx->n_threads);
     if (!ctx->work || !ctx->prepared || !ctx->pool) {
         error_set(err, RWKV_ERROR_CTX | RWKV_ERROR_ALLOC, "out of memory creating a context (%zu bytes of scratch)",
@@ -290,7 +288,6 @@ const char * rwkv_get_arch_version(const struct rwkv_context * ctx) { return ((c
 const char * rwkv_get_kernel_path(const struct rwkv_context * ctx) { return ((const context *)ctx)->kern->name; }
 const char * rwkv_get_data_type_name(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->type_label; }
 size_t rwkv_get_weight_bytes_per_token(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->weight_bytes_per_token; }
-size_t rwkv_get_allocation_count(const struct rwkv_context * ctx) { return ((const context *)ctx)->allocations; }
 
 const char * rwkv_get_system_info_string(void) {
     static char info[256];

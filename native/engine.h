@@ -111,7 +111,8 @@ typedef struct kernels {
                    float * y, int64_t ldy, int64_t r0, int64_t r1);
     /* y = e^x and y = 1 / (1 + e^-x) over n values (y may be x): the forward passes' many
      * exponentials, vectorized (libm's expf is scalar, and the engine's baseline build may
-     * not use wider instructions outside these files). Within 2 ulp of expf. */
+     * not use wider instructions outside these files). Over the whole float range: exp within
+     * 2 ulp of expf, sigmoid within 3 ulp of the exact value, NaN in gives NaN out. */
     void (*exp)(float * y, const float * x, int64_t n);
     void (*sigmoid)(float * y, const float * x, int64_t n);
 } kernels;
@@ -258,7 +259,6 @@ struct context {
     bool all_logits;    /* forward() writes the logits of every token, not only the last one's */
     void * prepared;    /* activations prepared for the kernels */
     size_t prepared_cap;
-    size_t allocations; /* heap blocks this context allocated (all at creation) */
 };
 
 /* y (T rows of tensor_rows(W) floats, row stride ldy) = W x (T rows of W->ne[0] floats). */

@@ -10,18 +10,46 @@
 #include "engine.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+
 extern const kernels kernels_avx2 __attribute__((weak));
 extern const kernels kernels_avx512 __attribute__((weak));
-static bool cpu_has_avx2(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+
+/* What the CPU can run, read from CPUID and, for the wider registers, from XCR0: a CPU may
+ * implement AVX or AVX-512 while the operating system does not save their registers on a
+ * context switch, and then the instructions must not be used. (gcc's __builtin_cpu_supports
+ * does not know every feature name in every version, and clang's knows fewer.) */
+typedef struct cpu_features {
+    bool avx2, avx512;
+} cpu_features;
+
+static uint64_t read_xcr0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
 }
-static bool cpu_has_avx512(void) {
-    __builtin_cpu_init();
-    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+
+static cpu_features detect_cpu(void) {
+    cpu_features f = {false, false};
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+    if (!osxsave || !avx) return f;
+    const uint64_t xcr0 = read_xcr0();
+    const bool ymm_state = (xcr0 & 0x6) == 0x6;    /* SSE and AVX registers */
+    const bool zmm_state = (xcr0 & 0xe0) == 0xe0;  /* opmask, upper ZMM0-15, ZMM16-31 */
+    if (!ymm_state || __get_cpuid_max(0, NULL) < 7) return f;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool avx2 = b & (1u << 5);
+    const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17), avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
+    const bool avx512vbmi = c & (1u << 1), avx512vnni = c & (1u << 11);
+    f.avx2 = avx2 && fma && f16c;
+    f.avx512 = f.avx2 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl && avx512vbmi && avx512vnni;
+    return f;
 }
+
+static bool cpu_has_avx2(void) { return detect_cpu().avx2; }
+static bool cpu_has_avx512(void) { return detect_cpu().avx512; }
 #define HAVE_X86 1
 #endif
 

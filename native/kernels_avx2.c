@@ -15,13 +15,15 @@
 
 #include <immintrin.h>
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+/* Every function here carries this target attribute (per function, as gcc and clang both
+ * accept; a function without it cannot inline the intrinsics, so a forgotten one fails to
+ * build rather than running wider instructions where kernels.c did not select them). */
+#define X86_TARGET __attribute__((target("avx2,fma,f16c")))
 
 #include "kernels_x86.h"
 #include "kquants.h"
 
-#define INLINE static inline __attribute__((always_inline))
+#define INLINE static inline __attribute__((always_inline)) X86_TARGET
 
 enum {
     ROWS = 4,
@@ -31,11 +33,11 @@ enum {
     F_COLS_CHUNK = 1024,
 };
 
-static size_t avx2_prepared_bytes(int type, int64_t n, int T) {
+X86_TARGET static size_t avx2_prepared_bytes(int type, int64_t n, int T) {
     return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 0);
 }
 
-static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) {
     if (type_is_kquant(type)) {
         kq_prepare_avx2(type, x, n, T, dst);
         return;
@@ -287,7 +289,7 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
 }
 
 #define Q_MATMUL(NAME, TYPE)                                                                                          \
-    static void NAME(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy, \
+    X86_TARGET static void NAME(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy, \
                      int64_t r0, int64_t r1) {                                                                        \
         q_matmul(TYPE, w, row_bytes, n, xp, T, y, ldy, r0, r1);                                                        \
     }
@@ -381,22 +383,22 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
     }
 }
 
-static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+X86_TARGET static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
                         int64_t r0, int64_t r1) {
     f_matmul(TYPE_FP32, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
-static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+X86_TARGET static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
                         int64_t r0, int64_t r1) {
     f_matmul(TYPE_FP16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
-static void matmul_bf16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
-                        int64_t r0, int64_t r1) {
+X86_TARGET static void matmul_bf16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                                   int64_t ldy, int64_t r0, int64_t r1) {
     f_matmul(TYPE_BF16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
-static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+X86_TARGET static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                         int64_t ldy, int64_t r0, int64_t r1) {
     switch (type) {
     case TYPE_FP32: matmul_fp32(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
@@ -411,7 +413,6 @@ static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n
     }
 }
 
-#pragma GCC pop_options
 
 const kernels kernels_avx2 = {
     .exp = x86_exp_array,

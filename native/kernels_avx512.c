@@ -19,13 +19,15 @@
 
 #include <immintrin.h>
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")
+/* Every function here carries this target attribute (per function, as gcc and clang both
+ * accept; a function without it cannot inline the intrinsics, so a forgotten one fails to
+ * build rather than running wider instructions where kernels.c did not select them). */
+#define X86_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")))
 
 #include "kernels_x86.h"
 #include "kquants.h"
 
-#define INLINE static inline __attribute__((always_inline))
+#define INLINE static inline __attribute__((always_inline)) X86_TARGET
 
 enum {
     PREFETCH = 3072,           /* bytes ahead in a decode row stream (2 threads: +20-40%) */
@@ -33,11 +35,11 @@ enum {
     Q_DECODE_PAIR_COLS = 1024, /* 4/5-bit decode: shorter rows two at a time (+3-10%; Q8_0 lost) */
 };
 
-static size_t avx512_prepared_bytes(int type, int64_t n, int T) {
+X86_TARGET static size_t avx512_prepared_bytes(int type, int64_t n, int T) {
     return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 1);
 }
 
-static void avx512_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+X86_TARGET static void avx512_prepare(int type, const float * x, int64_t n, int T, void * dst) {
     if (type_is_kquant(type)) {
         kq_prepare_avx2(type, x, n, T, dst); /* the layout and numbers every path shares */
         return;
@@ -354,7 +356,7 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
 }
 
 #define Q_MATMUL(NAME, TYPE)                                                                                          \
-    static void NAME(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy, \
+    X86_TARGET static void NAME(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy, \
                      int64_t r0, int64_t r1) {                                                                        \
         q_matmul(TYPE, w, row_bytes, n, xp, T, y, ldy, r0, r1);                                                        \
     }
@@ -500,22 +502,22 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
     f_matmul_panels(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
 }
 
-static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+X86_TARGET static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
                         int64_t r0, int64_t r1) {
     f_matmul(TYPE_FP32, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
-static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
+X86_TARGET static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
                         int64_t r0, int64_t r1) {
     f_matmul(TYPE_FP16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
-static void matmul_bf16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,
-                        int64_t r0, int64_t r1) {
+X86_TARGET static void matmul_bf16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                                   int64_t ldy, int64_t r0, int64_t r1) {
     f_matmul(TYPE_BF16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
-static void avx512_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+X86_TARGET static void avx512_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                           int64_t ldy, int64_t r0, int64_t r1) {
     switch (type) {
     case TYPE_FP32: matmul_fp32(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
@@ -530,7 +532,6 @@ static void avx512_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t
     }
 }
 
-#pragma GCC pop_options
 
 const kernels kernels_avx512 = {
     .exp = x86_exp_array,

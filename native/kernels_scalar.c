@@ -8,6 +8,7 @@
  * exact, so every path computes the same numbers up to the order of the float sums, and the
  * results land where rwkv.cpp's do (its published fixture limits assume this arithmetic).
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -43,10 +44,24 @@ static void scalar_prepare(int type, const float * x, int64_t n, int T, void * d
     const int64_t nb = n / QK;
     for (int64_t i = 0; i < nb * T; i++) {
         const float * v = x + i * QK;
+        /* NaN and infinity (absurd weights upstream) and scales below FLT_MIN leave rwkv.cpp's
+         * arithmetic as the SIMD paths do (see x86_quantize_block): converting NaN, or a value
+         * times an infinite 1 / d, to an integer is undefined behaviour */
         float amax = 0.0f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(v[j]));
+        bool finite = true;
+        for (int j = 0; j < QK; j++) {
+            const float a = fabsf(v[j]);
+            finite = finite && a <= FLT_MAX;
+            amax = fmaxf(amax, a);
+        }
+        if (!finite) {
+            memset(out[i].q, 0, QK);
+            out[i].d = out[i].s = NAN;
+            out[i].sum = 0;
+            continue;
+        }
         const float d = amax / 127.0f;
-        const float id = d > 0.0f ? 1.0f / d : 0.0f;
+        const float id = d >= FLT_MIN ? 1.0f / d : 0.0f;
         int32_t sum = 0;
         for (int j = 0; j < QK; j++) {
             out[i].q[j] = (int8_t)lrintf(v[j] * id);
@@ -150,7 +165,11 @@ static void scalar_exp(float * y, const float * x, int64_t n) {
 }
 
 static void scalar_sigmoid(float * y, const float * x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
+    /* e = e^-|x| never overflows: for x below -88.7, 1 + e^-x would be infinite (see x86_sigmoid8) */
+    for (int64_t i = 0; i < n; i++) {
+        const float e = expf(-fabsf(x[i]));
+        y[i] = (x[i] >= 0.0f ? 1.0f : e) / (1.0f + e);
+    }
 }
 
 const kernels kernels_scalar = {

@@ -1,8 +1,8 @@
 /*
  * kernels_x86.h: what the AVX2 and AVX-512 kernel files share: the layout of prepared
  * activations and the code that prepares them. Included by kernels_avx2.c and
- * kernels_avx512.c after their `#pragma GCC target`, so every function here is compiled
- * for the including file's instruction set (AVX2 is the floor).
+ * kernels_avx512.c, which first define X86_TARGET as their target attribute, so every
+ * function here is compiled for the including file's instruction set (AVX2 is the floor).
  *
  * Prepared activations
  *   FP32 / FP16 weights: the T rows of x as float32, each padded with zeros to a multiple of
@@ -18,9 +18,15 @@
 #ifndef RWKV_KERNELS_X86_H
 #define RWKV_KERNELS_X86_H
 
+#include <float.h>
 #include <immintrin.h>
 
 #include "engine.h"
+
+#ifndef X86_TARGET
+#error "define X86_TARGET (the including file's target attribute) before including kernels_x86.h"
+#endif
+#define X86_INLINE static inline X86_TARGET
 
 typedef struct xq_scale {
     float d[2];
@@ -38,10 +44,10 @@ typedef struct xq_layout {
 
 enum { XE_MAX_T = 4 };
 
-static inline size_t x86_align64(size_t v) { return (v + 63) & ~(size_t)63; }
-static inline int64_t x86_round16(int64_t v) { return (v + 15) & ~(int64_t)15; }
+X86_INLINE size_t x86_align64(size_t v) { return (v + 63) & ~(size_t)63; }
+X86_INLINE int64_t x86_round16(int64_t v) { return (v + 15) & ~(int64_t)15; }
 
-static inline xq_layout xq_layout_of(int64_t n, int T, int expand) {
+X86_INLINE xq_layout xq_layout_of(int64_t n, int T, int expand) {
     xq_layout L;
     L.nb = (n + QK - 1) / QK;
     L.np = (L.nb + 1) / 2;
@@ -58,7 +64,7 @@ static inline xq_layout xq_layout_of(int64_t n, int T, int expand) {
     return L;
 }
 
-static inline size_t x86_prepared_bytes(int type, int64_t n, int T, int expand) {
+X86_INLINE size_t x86_prepared_bytes(int type, int64_t n, int T, int expand) {
     if (!type_is_quantized(type)) return (size_t)T * (size_t)x86_round16(n) * sizeof(float) + 64;
     size_t bytes = xq_layout_of(n, T, expand).total;
     /* a call with fewer tokens may use the decode layout */
@@ -70,7 +76,7 @@ static inline size_t x86_prepared_bytes(int type, int64_t n, int T, int expand) 
 }
 
 /* The offset a kernel subtracts from stored weight codes (Q8_0 depends on the kernel). */
-static inline int x86_code_offset(int type, int q8_offset) {
+X86_INLINE int x86_code_offset(int type, int q8_offset) {
     switch (type) {
     case TYPE_Q4_0: return 8;
     case TYPE_Q5_0: return 16;
@@ -79,21 +85,22 @@ static inline int x86_code_offset(int type, int q8_offset) {
     }
 }
 
-static inline float x86_hmax8(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
+/* The largest of 8 int32 lanes. */
+X86_INLINE int32_t x86_hmax8_epi32(__m256i v) {
+    __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(m);
 }
 
-static inline float x86_hsum8(__m256 v) {
+X86_INLINE float x86_hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-static inline int32_t x86_hsum8_epi32(__m256i v) {
+X86_INLINE int32_t x86_hsum8_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -104,18 +111,32 @@ static inline int32_t x86_hsum8_epi32(__m256i v) {
  * *exact is the scale before rounding. half_scale: the scale is rounded to half precision
  * after the codes are chosen. rwkv.cpp's activations do that (and keep s = d * sum(q) in
  * half precision too); matching its arithmetic keeps our results on its side of the
- * published fixture limits (measured on the tiny fixtures: v7 Q4_1/Q5_1 failed otherwise). */
-static inline int32_t x86_quantize_block(const float * x, int8_t * q, float * d, float * exact, int half_scale) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
+ * published fixture limits (measured on the tiny fixtures: v7 Q4_1/Q5_1 failed otherwise).
+ * Two kinds of block leave that arithmetic, identically on every kernel path: one holding a
+ * NaN or an infinity (absurd weights upstream) gets zero codes and a NaN scale, so the
+ * products it enters are NaN (converting NaN to int gives INT_MIN lanes, whose sums overflow);
+ * one whose scale is below FLT_MIN (values under 1.5e-36) gets zero codes, as 1 / scale would
+ * overflow to infinity. */
+X86_INLINE int32_t x86_quantize_block(const float * x, int8_t * q, float * d, float * exact, int half_scale) {
+    const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
     __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
     __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
-    __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
-                             _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
-    const float amax = x86_hmax8(a);
+    /* |x| compared as integers: every NaN pattern sorts above infinity, above every finite value */
+    const __m256i a = _mm256_max_epi32(
+        _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v0), magnitude), _mm256_and_si256(_mm256_castps_si256(v1), magnitude)),
+        _mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(v2), magnitude), _mm256_and_si256(_mm256_castps_si256(v3), magnitude)));
+    const int32_t amax_bits = x86_hmax8_epi32(a);
+    if (amax_bits >= 0x7f800000) {
+        memset(q, 0, QK);
+        *d = *exact = NAN;
+        return 0;
+    }
+    float amax;
+    memcpy(&amax, &amax_bits, sizeof amax);
     const float scale = amax / 127.0f;
     *d = half_scale ? _cvtsh_ss(_cvtss_sh(scale, 0)) : scale;
     *exact = scale;
-    const __m256 id = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+    const __m256 id = _mm256_set1_ps(scale >= FLT_MIN ? 1.0f / scale : 0.0f);
     __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, id)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, id));
     __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, id)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, id));
     const int32_t sum = x86_hsum8_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
@@ -126,7 +147,7 @@ static inline int32_t x86_quantize_block(const float * x, int8_t * q, float * d,
     return sum;
 }
 
-static inline void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int expand) {
+X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int expand) {
     uint8_t * base = (uint8_t *)dst;
     if (!type_is_quantized(type)) {
         const int64_t ns = x86_round16(n);
@@ -174,7 +195,7 @@ static inline void x86_prepare(int type, const float * x, int64_t n, int T, void
 
 /* Adds the per-block minimum term of the _1 types, sum_b m_b s_b, for rows [r0, r1), all
  * T tokens, blocks [b0, b1); the rows are still in cache from the main product. */
-static inline void x86_add_min_term(int type, const uint8_t * w, size_t row_bytes, int64_t r0, int64_t r1, int64_t b0,
+X86_INLINE void x86_add_min_term(int type, const uint8_t * w, size_t row_bytes, int64_t r0, int64_t r1, int64_t b0,
                                     int64_t b1, const void * xp, const xq_layout * L, int T, float * y, int64_t ldy) {
     const size_t bb = type_block_bytes(type);
     const float * s = (const float *)((const uint8_t *)xp + L->s_off);
@@ -198,9 +219,13 @@ static inline void x86_add_min_term(int type, const uint8_t * w, size_t row_byte
 
 /* ---- e^x for the forward passes: Cody-Waite reduction x = n ln2 + r, a degree-6 polynomial
  * for e^r on [-ln2/2, ln2/2] (the classic single-precision minimax coefficients), times 2^n.
- * Below the float range the result is 0, as expf's. ---- */
-#define X86_EXP_LO (-87.3365447504f)
-#define X86_EXP_HI 88.3762626647949f
+ * 2^n is applied as 2^(n/2) then 2^(n - n/2), each a normal float, so that e^x past FLT_MAX
+ * overflows to infinity and e^x below FLT_MIN comes out subnormal, rounded once by the last
+ * multiply, as expf's. x is clamped to [-104, 89] first: expf is 0 below -103.98 and infinite
+ * above 88.73, and the clamped values give exactly that. NaN in gives NaN out. Within 2 ulp
+ * of expf over the whole float range (tests/kernels_check.c sweeps it). ---- */
+#define X86_EXP_LO (-104.0f)
+#define X86_EXP_HI 89.0f
 #define X86_LOG2E 1.44269504088896341f
 #define X86_LN2_HI 0.693359375f
 #define X86_LN2_LO (-2.12194440e-4f)
@@ -211,11 +236,12 @@ static inline void x86_add_min_term(int type, const uint8_t * w, size_t row_byte
 #define X86_EXP_P4 1.6666665459e-1f
 #define X86_EXP_P5 5.0000001201e-1f
 
-static inline __m256 x86_exp8(__m256 x) {
-    const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(X86_EXP_LO), _CMP_LT_OQ);
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(X86_EXP_LO)), _mm256_set1_ps(X86_EXP_HI));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(X86_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(X86_LN2_HI), x);
+X86_INLINE __m256 x86_exp8(__m256 x) {
+    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    /* max_ps returns its second operand when the first is NaN: NaN lanes compute e^-104 */
+    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(X86_EXP_LO)), _mm256_set1_ps(X86_EXP_HI));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(X86_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(X86_LN2_HI), xc);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(X86_LN2_LO), r);
     __m256 p = _mm256_set1_ps(X86_EXP_P0);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(X86_EXP_P1));
@@ -224,12 +250,17 @@ static inline __m256 x86_exp8(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(X86_EXP_P4));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(X86_EXP_P5));
     p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    /* 2^n by building the exponent; n + 127 stays in [1, 254] after the clamp */
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    /* n in [-150, 128]: both halves in [-75, 64], so both exponents n_i + 127 are normal */
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    const __m256 e = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    return _mm256_blendv_ps(e, _mm256_add_ps(x, x), nan); /* x + x: a quiet NaN */
 }
 
-static void x86_exp_array(float * y, const float * x, int64_t n) {
+X86_TARGET static void x86_exp_array(float * y, const float * x, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, x86_exp8(_mm256_loadu_ps(x + i)));
     if (i < n) {
@@ -240,18 +271,23 @@ static void x86_exp_array(float * y, const float * x, int64_t n) {
     }
 }
 
-static void x86_sigmoid_array(float * y, const float * x, int64_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+/* 1 / (1 + e^-x) as e / (1 + e) for x < 0, with e = e^-|x| <= 1 never overflowing: for x below
+ * -88.7, 1 + e^-x would be infinite and the result 0 instead of e^x (subnormal, or near
+ * FLT_MIN). NaN in gives NaN out. */
+X86_INLINE __m256 x86_sigmoid8(__m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 e = x86_exp8(_mm256_or_ps(x, _mm256_set1_ps(-0.0f)));
+    const __m256 positive = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ);
+    return _mm256_div_ps(_mm256_blendv_ps(e, one, positive), _mm256_add_ps(one, e));
+}
+
+X86_TARGET static void x86_sigmoid_array(float * y, const float * x, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 e = x86_exp8(_mm256_xor_ps(_mm256_loadu_ps(x + i), sign));
-        _mm256_storeu_ps(y + i, _mm256_div_ps(one, _mm256_add_ps(one, e)));
-    }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, x86_sigmoid8(_mm256_loadu_ps(x + i)));
     if (i < n) {
         float in[8] = {0}, out[8];
         memcpy(in, x + i, (size_t)(n - i) * sizeof(float));
-        const __m256 e = x86_exp8(_mm256_xor_ps(_mm256_loadu_ps(in), sign));
-        _mm256_storeu_ps(out, _mm256_div_ps(one, _mm256_add_ps(one, e)));
+        _mm256_storeu_ps(out, x86_sigmoid8(_mm256_loadu_ps(in)));
         memcpy(y + i, out, (size_t)(n - i) * sizeof(float));
     }
 }

@@ -129,11 +129,12 @@ static int parse_tensor(model * m, reader * r, const char * path, tensor * t, in
             return -1;
         }
         t->ne[i] = d;
-        elements *= d;
-        if (elements > MAX_ELEMENTS) {
+        /* checked before multiplying: elements (up to 2^40) times d (up to 2^31) overflows */
+        if (d > MAX_ELEMENTS / elements) {
             error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "%s: tensor at offset %zu is too large", path, at);
             return -1;
         }
+        elements *= d;
     }
     if (r->size - r->pos < (size_t)key_len) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated tensor key at offset %zu", path, r->pos);

@@ -1,12 +1,15 @@
 /*
  * quantize.c: rwkv_quantize_model_file. Reads an FP32 or FP16 file and writes the same
  * tensors with the 2-D matrices quantized (rwkv.cpp's rule of which tensors stay as they
- * are is part of file compatibility), streaming tensor by tensor.
+ * are is part of file compatibility), streaming tensor by tensor into a temporary file that
+ * takes the output's name only when complete.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -29,6 +32,46 @@ static bool should_quantize(const tensor * t) {
 }
 
 static bool write_all(FILE * f, const void * data, size_t bytes) { return fwrite(data, 1, bytes, f) == bytes; }
+
+static bool all_finite(const float * v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(v[i])) return false;
+    }
+    return true;
+}
+
+/* Creates a new file beside path (same folder, so the final rename stays within one file
+ * system), named .NAME.tmp-PID-N; the mode is the usual 0666 less the umask. Returns the
+ * descriptor and the name (to free), or -1. */
+static int create_temp_beside(const char * path, char ** temp_path) {
+    static atomic_uint counter;
+    const char * slash = strrchr(path, '/');
+    const size_t dir_len = slash ? (size_t)(slash - path) + 1 : 0;
+    const size_t size = strlen(path) + 64;
+    char * name = malloc(size);
+    if (!name) return -1;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        snprintf(name, size, "%.*s.%s.tmp-%ld-%u", (int)dir_len, path, path + dir_len, (long)getpid(),
+                 atomic_fetch_add(&counter, 1));
+        const int fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0) {
+            *temp_path = name;
+            return fd;
+        }
+        if (errno != EEXIST) break;
+    }
+    const int saved = errno;
+    free(name);
+    errno = saved;
+    return -1;
+}
+
+/* Whether path names the file that fd has open (a hard link or symbolic link to it included). */
+static bool is_same_file(int fd, const char * path) {
+    struct stat in, out;
+    if (fstat(fd, &in) != 0 || stat(path, &out) != 0) return false;
+    return in.st_dev == out.st_dev && in.st_ino == out.st_ino;
+}
 
 bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * path_out, const char * format_name,
                                             rwkv_progress_callback callback, void * user_data) {
@@ -59,10 +102,37 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
         model_release(m);
         return false;
     }
-    FILE * out = fopen(path_out, "wb");
+    /* device and inode, not names: another path, a hard link or a symbolic link may all name
+     * the input, which is mapped while it is read */
+    if (is_same_file(m->fd, path_out)) {
+        error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_FILE_WRITE,
+                  "cannot quantize %s onto itself: %s is the same file; choose another output path", path_in, path_out);
+        model_release(m);
+        if (error_print_enabled()) fprintf(stderr, "rwkv: %s\n", err->message);
+        return false;
+    }
+    struct stat out_stat;
+    if (stat(path_out, &out_stat) == 0 && S_ISDIR(out_stat.st_mode)) {
+        error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_FILE_OPEN, "cannot write %s: it is a folder; name the output file",
+                  path_out);
+        model_release(m);
+        if (error_print_enabled()) fprintf(stderr, "rwkv: %s\n", err->message);
+        return false;
+    }
+    /* the output is written to a temporary file renamed over path_out once complete, so a
+     * failure leaves no partial file and an existing path_out as it was */
+    char * temp_path = NULL;
+    const int fd = create_temp_beside(path_out, &temp_path);
+    FILE * out = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!out) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_OPEN, "cannot create %s: %s", path_out, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(temp_path);
+        }
+        free(temp_path);
         model_release(m);
+        if (error_print_enabled()) fprintf(stderr, "rwkv: %s\n", err->message);
         return false;
     }
     int64_t widest = 0;
@@ -95,6 +165,14 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
             const size_t in_bytes = tensor_row_bytes(t), out_bytes = type_row_bytes(target, t->ne[0]);
             for (int64_t r = 0; ok && r < rows; r++) {
                 dequantize_row(t->type, t->data + r * in_bytes, row, t->ne[0]);
+                /* a block's scale would be NaN or infinite, and every value of it lost */
+                if (!all_finite(row, t->ne[0])) {
+                    error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA,
+                              "%s: tensor '%s' holds a value that is not finite (NaN or infinity) in row %lld; "
+                              "refusing to quantize it", path_in, t->key, (long long)r);
+                    ok = false;
+                    break;
+                }
                 quantize_row(target, row, qrow, t->ne[0]);
                 ok = write_all(out, qrow, out_bytes);
             }
@@ -103,11 +181,21 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
         if (ok && callback) callback(user_data, done, total);
     }
     if (!ok && !err->flags) error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_WRITE, "cannot write %s: %s", path_out, strerror(errno));
+    /* on disk before it takes the destination's name */
+    if (ok && (fflush(out) != 0 || fsync(fileno(out)) != 0)) {
+        ok = false;
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_WRITE, "cannot write %s: %s", path_out, strerror(errno));
+    }
     if (fclose(out) != 0 && ok) {
         ok = false;
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_WRITE, "cannot write %s: %s", path_out, strerror(errno));
     }
-    if (!ok) unlink(path_out);
+    if (ok && rename(temp_path, path_out) != 0) {
+        ok = false;
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_WRITE, "cannot replace %s: %s", path_out, strerror(errno));
+    }
+    if (!ok) unlink(temp_path);
+    free(temp_path);
     free(row);
     free(qrow);
     model_release(m);

@@ -124,10 +124,6 @@ RWKV_API bool rwkv_quantize_model_file_with_progress(const char * model_file_pat
  * runs as one matrix product per chunk). */
 RWKV_API bool rwkv_eval_sequence_all_logits(struct rwkv_context * ctx, const uint32_t * tokens, size_t sequence_len, const float * state_in, float * state_out, float * logits_out);
 
-/* Number of heap allocations the engine made since load (a test hook: evaluating tokens
- * must not allocate). */
-RWKV_API size_t rwkv_get_allocation_count(const struct rwkv_context * ctx);
-
 #ifdef __cplusplus
 }
 #endif

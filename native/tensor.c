@@ -173,6 +173,23 @@ void dequantize_row(int type, const void * src, float * dst, int64_t n) {
 
 /* ---- quantization: rwkv.cpp's arithmetic, all in float32 ---- */
 
+/* A weight scaled and offset into [0, cap] (plus rounding slack), truncated to its code.
+ * Converting a float outside int's range to int is undefined behaviour in C, and blocks of
+ * finite but extreme values get there (max - min overflowing to infinity, 1 / d of a
+ * subnormal d), so the value is clamped first. Blocks of ordinary values never reach the
+ * clamps: their codes are rwkv.cpp's. */
+static int unsigned_code(float v, int cap) {
+    if (!(v >= 0.0f)) return 0; /* NaN included */
+    if (v >= (float)cap) return cap;
+    return (int)v;
+}
+
+static int8_t signed_code(float v) {
+    if (!(v >= -127.0f)) return v != v ? 0 : -127;
+    if (v >= 127.0f) return 127;
+    return (int8_t)v;
+}
+
 static void quantize_block(int type, const float * x, uint8_t * b) {
     switch (type) {
     case TYPE_Q4_0:
@@ -195,10 +212,8 @@ static void quantize_block(int type, const float * x, uint8_t * b) {
         uint8_t * qs = b + (five ? 6 : 2);
         uint32_t qh = 0;
         for (int j = 0; j < 16; j++) {
-            int lo = (int8_t)(x[j] * id + bias);
-            int hi = (int8_t)(x[j + 16] * id + bias);
-            lo = lo < cap ? lo : cap;
-            hi = hi < cap ? hi : cap;
+            const int lo = unsigned_code(x[j] * id + bias, cap);
+            const int hi = unsigned_code(x[j + 16] * id + bias, cap);
             qs[j] = (uint8_t)((lo & 0x0f) | ((hi & 0x0f) << 4));
             qh |= (uint32_t)((lo >> 4) & 1) << j;
             qh |= (uint32_t)((hi >> 4) & 1) << (j + 16);
@@ -223,12 +238,8 @@ static void quantize_block(int type, const float * x, uint8_t * b) {
         uint8_t * qs = b + (five ? 8 : 4);
         uint32_t qh = 0;
         for (int j = 0; j < 16; j++) {
-            int lo = (int8_t)((x[j] - min) * id + 0.5f);
-            int hi = (int8_t)((x[j + 16] - min) * id + 0.5f);
-            if (!five) {
-                lo = lo < 15 ? lo : 15;
-                hi = hi < 15 ? hi : 15;
-            }
+            const int lo = unsigned_code((x[j] - min) * id + 0.5f, five ? 31 : 15);
+            const int hi = unsigned_code((x[j + 16] - min) * id + 0.5f, five ? 31 : 15);
             qs[j] = (uint8_t)((lo & 0x0f) | ((hi & 0x0f) << 4));
             qh |= (uint32_t)((lo >> 4) & 1) << j;
             qh |= (uint32_t)((hi >> 4) & 1) << (j + 16);
@@ -243,7 +254,7 @@ static void quantize_block(int type, const float * x, uint8_t * b) {
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         uint16_t dh = fp32_to_fp16(d);
         memcpy(b, &dh, 2);
-        for (int j = 0; j < QK; j++) b[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        for (int j = 0; j < QK; j++) b[2 + j] = (uint8_t)signed_code(roundf(x[j] * id));
         break;
     }
     }

@@ -11,8 +11,35 @@
  * the largest |y - y_ref| / (|w_r| |x_t|) of one element (a bound that does not depend on the
  * product's own size); exact_ratio = the same against the exact product of the stored
  * weights with the float activations (for quantized weights: the int8 activation error). The weights lie at an odd address and end at most one byte before
- * an unreadable page, so an over-read crashes the check. Exit status 2 = path not available here.
+ * an unreadable page, so an over-read crashes the check.
+ *
+ *   kernels_check PATH exp|sigmoid
+ *
+ * sweeps the path's vector function over the whole float range (every 256th bit pattern,
+ * the special values, 2^20 random patterns and 2^20 random values in [-110, 95]) against
+ * expf, or 1 / (1 + e^-x) in double precision rounded to float, and prints
+ *   sweep FUNCTION COUNT MAX_ULP WORST_X NAN_MISMATCHES RANGE_MISMATCHES
+ * MAX_ULP: the largest distance in units in the last place between results that are not
+ * NaN (floats ordered as integers, so subnormals, 0 and infinity count like any other
+ * float); NAN_MISMATCHES: inputs where exactly one of result and reference is NaN;
+ * RANGE_MISMATCHES (exp): inputs above 88.73 whose result is not infinity, or below -103.98
+ * whose result is not 0.
+ *
+ *   kernels_check PATH TYPE nonfinite
+ *
+ * multiplies weights of TYPE with tokens whose activations hold a NaN, an infinity, only
+ * subnormal values or values near FLT_MAX in one block (token t gets pattern t % 6, for 1, 3,
+ * 6 and 9 tokens) and prints per token count
+ *   nonfinite T POISONED_FINITE CLEAN_MISMATCHES
+ * POISONED_FINITE: outputs of tokens holding NaN or infinity that are finite (they must all be
+ * NaN or infinite: an activation quantizer that turns NaN into integer codes gives finite
+ * garbage, and undefined behaviour on the way, which a -fsanitize=undefined build reports);
+ * CLEAN_MISMATCHES: outputs of the other tokens farther from the scalar path than the product
+ * checks allow, or not finite.
+ *
+ * Exit status 2 = path not available here.
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +103,30 @@ static void random_kquant_row(int type, uint8_t * dst, int64_t cols) {
     }
 }
 
+/* A row of weights in `type`: the values themselves where the type can hold them, random
+ * K-quant blocks otherwise (there is no K-quant quantizer in the engine). */
+static void store_row(int type, const float * src, uint8_t * dst, int64_t cols) {
+    if (type == TYPE_FP32) {
+        memcpy(dst, src, (size_t)cols * 4);
+    } else if (type == TYPE_FP16) {
+        for (int64_t c = 0; c < cols; c++) {
+            const uint16_t h = fp32_to_fp16(src[c]);
+            memcpy(dst + 2 * c, &h, 2);
+        }
+    } else if (type == TYPE_BF16) {
+        for (int64_t c = 0; c < cols; c++) {
+            uint32_t bits;
+            memcpy(&bits, &src[c], 4);
+            const uint16_t h = (uint16_t)(bits >> 16); /* truncated: any bfloat16 will do */
+            memcpy(dst + 2 * c, &h, 2);
+        }
+    } else if (type_is_kquant(type)) {
+        random_kquant_row(type, dst, cols);
+    } else {
+        quantize_row(type, src, dst, cols);
+    }
+}
+
 /* Runs one shape; returns 0 on success. */
 static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, int T) {
     const size_t row_bytes = type_row_bytes(type, cols);
@@ -96,21 +147,7 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
     for (int64_t r = 0; r < rows; r++) {
         uint8_t * dst = w + (size_t)r * row_bytes;
         const float * src = wf + r * cols;
-        if (type == TYPE_FP32) memcpy(dst, src, (size_t)cols * 4);
-        else if (type == TYPE_FP16)
-            for (int64_t c = 0; c < cols; c++) {
-                uint16_t h = fp32_to_fp16(src[c]);
-                memcpy(dst + 2 * c, &h, 2);
-            }
-        else if (type == TYPE_BF16)
-            for (int64_t c = 0; c < cols; c++) {
-                uint32_t bits;
-                memcpy(&bits, &src[c], 4);
-                const uint16_t h = (uint16_t)(bits >> 16); /* truncated: any bfloat16 will do */
-                memcpy(dst + 2 * c, &h, 2);
-            }
-        else if (type_is_kquant(type)) random_kquant_row(type, dst, cols);
-        else quantize_row(type, src, dst, cols);
+        store_row(type, src, dst, cols);
     }
     mprotect(map, span - page, PROT_READ);
 
@@ -166,9 +203,152 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
     return bad_padding;
 }
 
+/* ---- activations that are not finite ---- */
+
+static int check_nonfinite(const kernels * k, int type) {
+    const int64_t rows = 21, cols = type_is_kquant(type) ? 256 * 2 : type_is_quantized(type) ? 32 * 5 : 67;
+    const size_t row_bytes = type_row_bytes(type, cols);
+    uint8_t * w = malloc(row_bytes * (size_t)rows);
+    float * wf = malloc(sizeof(float) * (size_t)cols);
+    float * deq = malloc(sizeof(float) * (size_t)cols);
+    double * wnorm = malloc(sizeof(double) * (size_t)rows);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t c = 0; c < cols; c++) wf[c] = uniform();
+        store_row(type, wf, w + (size_t)r * row_bytes, cols);
+        dequantize_row(type, w + (size_t)r * row_bytes, deq, cols);
+        wnorm[r] = 0;
+        for (int64_t c = 0; c < cols; c++) wnorm[r] += (double)deq[c] * deq[c];
+    }
+    const int Ts[] = {1, 3, 6, 9};
+    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+        const int T = Ts[ti];
+        float * x = malloc(sizeof(float) * (size_t)(T * cols));
+        int poisoned[16] = {0}, unchecked[16] = {0};
+        for (int t = 0; t < T; t++) {
+            float * xt = x + (size_t)t * cols;
+            for (int64_t c = 0; c < cols; c++) xt[c] = uniform();
+            switch (t % 6) {
+            case 1: xt[40] = NAN; poisoned[t] = 1; break;
+            case 2: xt[3] = INFINITY; poisoned[t] = 1; break;
+            case 3: xt[cols - 1] = -INFINITY; xt[0] = FLT_MAX; poisoned[t] = 1; break;
+            case 4: for (int c = 32; c < 64; c++) xt[c] = (c & 1 ? 1e-40f : -3e-39f); break;
+            case 5: /* finite, but past half precision's range once divided by 127 (the scale of
+                     * int8 activations is a half float, as rwkv.cpp's) and past float's range
+                     * summed: any result, but no undefined behaviour */
+                for (int c = 0; c < 32; c++) xt[c] = (c & 1 ? 3e38f : -1e38f);
+                unchecked[t] = 1;
+                break;
+            default: break;
+            }
+        }
+        void * xp_ref = aligned(kernels_scalar.prepared_bytes(type, cols, T));
+        void * xp = aligned(k->prepared_bytes(type, cols, T));
+        float * y_ref = calloc((size_t)(T * rows), sizeof(float));
+        float * y = calloc((size_t)(T * rows), sizeof(float));
+        kernels_scalar.prepare(type, x, cols, T, xp_ref);
+        kernels_scalar.matmul(type, w, row_bytes, cols, xp_ref, T, y_ref, rows, 0, rows);
+        k->prepare(type, x, cols, T, xp);
+        k->matmul(type, w, row_bytes, cols, xp, T, y, rows, 0, rows);
+        long poisoned_finite = 0, clean_mismatches = 0;
+        for (int t = 0; t < T; t++) {
+            double xn = 0;
+            for (int64_t c = 0; c < cols; c++) xn += (double)x[t * cols + c] * x[t * cols + c];
+            for (int64_t r = 0; r < rows; r++) {
+                const float v = y[t * rows + r], ref = y_ref[t * rows + r];
+                if (poisoned[t]) {
+                    poisoned_finite += isfinite(v) || isfinite(ref);
+                } else if (!unchecked[t]) {
+                    const double bound = 1e-6 * sqrt(wnorm[r] * xn);
+                    clean_mismatches += !(isfinite(v) && fabs((double)v - ref) <= bound);
+                }
+            }
+        }
+        printf("nonfinite %d %ld %ld\n", T, poisoned_finite, clean_mismatches);
+        free(y);
+        free(y_ref);
+        free(xp);
+        free(xp_ref);
+        free(x);
+    }
+    free(wnorm);
+    free(deq);
+    free(wf);
+    free(w);
+    return 0;
+}
+
+/* ---- exp and sigmoid over the whole float range ---- */
+
+static float float_of(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* floats as integers in the order of their values (-0 and +0 both 0) */
+static int64_t ordered(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? -(int64_t)(u & 0x7fffffffu) : (int64_t)u;
+}
+
+static int sweep(const kernels * k, const char * function) {
+    const int is_exp = strcmp(function, "exp") == 0;
+    if (!is_exp && strcmp(function, "sigmoid") != 0) {
+        fprintf(stderr, "unknown function %s\n", function);
+        return 1;
+    }
+    const float specials[] = {NAN, -NAN, float_of(0x7f800001u), float_of(0xffc00001u), INFINITY, -INFINITY, 0.0f, -0.0f,
+                              FLT_MIN, -FLT_MIN, float_of(1), float_of(0x80000001u), float_of(0x007fffffu), FLT_MAX, -FLT_MAX,
+                              88.37626f, 88.3763f, 88.72283f, 88.722839f, 88.72284f, 88.7229f, 89.0f, 89.5f, -87.33654f,
+                              -87.3366f, -103.27892f, -103.972076f, -103.97208f, -103.9721f, -104.0f, -104.5f, -150.0f,
+                              0.34657359f, -0.34657359f, 1.0f, -1.0f, 16.0f, -16.0f};
+    const size_t n_special = sizeof specials / sizeof specials[0];
+    const size_t n_stride = (size_t)1 << 24, n_random = (size_t)1 << 20;
+    const size_t n = n_special + n_stride + 2 * n_random; /* odd: the vector tail is covered */
+    float * x = malloc(n * sizeof(float));
+    float * y = malloc(n * sizeof(float));
+    if (!x || !y) return 1;
+    size_t i = 0;
+    for (size_t s = 0; s < n_special; s++) x[i++] = specials[s];
+    for (uint64_t b = 0; b < n_stride; b++) x[i++] = float_of((uint32_t)(b << 8));
+    for (size_t r = 0; r < n_random; r++) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        x[i++] = float_of((uint32_t)(rng >> 32));
+        x[i++] = -110.0f + 205.0f * (uniform() + 1.0f) * 0.5f;
+    }
+    if (is_exp) k->exp(y, x, (int64_t)n);
+    else k->sigmoid(y, x, (int64_t)n);
+    int64_t max_ulp = 0;
+    float worst = 0.0f;
+    long nan_mismatches = 0, range_mismatches = 0;
+    for (i = 0; i < n; i++) {
+        const float ref = is_exp ? expf(x[i]) : (float)(1.0 / (1.0 + exp(-(double)x[i])));
+        if (isnan(ref) != isnan(y[i])) {
+            if (nan_mismatches++ == 0) fprintf(stderr, "NaN mismatch at %a: %a, expected %a\n", x[i], y[i], ref);
+            continue;
+        }
+        if (isnan(ref)) continue;
+        if (is_exp && ((x[i] > 88.73f && y[i] != INFINITY) || (x[i] < -103.98f && y[i] != 0.0f))) {
+            if (range_mismatches++ == 0) fprintf(stderr, "range mismatch at %a: %a\n", x[i], y[i]);
+        }
+        const int64_t d = llabs(ordered(y[i]) - ordered(ref));
+        if (d > max_ulp) {
+            max_ulp = d;
+            worst = x[i];
+        }
+    }
+    printf("sweep %s %zu %lld %a %ld %ld\n", function, n, (long long)max_ulp, worst, nan_mismatches, range_mismatches);
+    free(x);
+    free(y);
+    return 0;
+}
+
 int main(int argc, char ** argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s PATH TYPE\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s PATH TYPE [nonfinite] | %s PATH exp|sigmoid\n", argv[0], argv[0]);
         return 1;
     }
     const kernels * k = find_path(argv[1]);
@@ -176,11 +356,13 @@ int main(int argc, char ** argv) {
         printf("unavailable %s (available: %s)\n", argv[1], kernels_available());
         return 2;
     }
+    if (strcmp(argv[2], "exp") == 0 || strcmp(argv[2], "sigmoid") == 0) return sweep(k, argv[2]);
     const int type = type_from_name(argv[2]);
     if (type < 0) {
         fprintf(stderr, "unknown type %s\n", argv[2]);
         return 1;
     }
+    if (argc == 4) return check_nonfinite(k, type);
     const int quantized = type_is_quantized(type), kquant = type_is_kquant(type);
     /* (rows, cols): odd everything; for quantized types columns are whole blocks, with an odd
      * block count; widths crossing the sequence-mode column chunks and the decode strategies */

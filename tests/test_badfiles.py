@@ -282,6 +282,115 @@ def test_quantizer_refuses_bad_input(lib, tmp_path, good_files):
     assert not (tmp_path / "o.bin").exists()
 
 
+# ---- inputs the fuzz targets (tests/fuzz/) once crashed on ---------------------------------------
+
+FUZZ_REGRESSIONS = REPO / "tests" / "fuzz" / "regressions"
+
+
+ENGINE_REGRESSIONS = sorted(
+    (FUZZ_REGRESSIONS / "load").glob("*")) + sorted((FUZZ_REGRESSIONS / "quantize").glob("*")
+)
+
+
+@pytest.mark.parametrize("path", ENGINE_REGRESSIONS, ids=lambda p: f"{p.parent.name}-{p.name}")
+def test_engine_refuses_fuzz_regressions_clearly(lib, path, tmp_path):
+    if path.parent.name == "load":
+        assert_refused(lib, path)
+    else:
+        with pytest.raises(native.RWKVError):
+            lib.quantize_model_file(path, tmp_path / "out.bin", "Q8_0")
+        assert list(tmp_path.iterdir()) == []
+
+
+# ---- the quantizer never harms its input, nor leaves a partial output ---------------------------
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def with_nan_in_last_matrix(source: Path, dest: Path) -> tuple[Path, str]:
+    """A copy of an FP32 model whose last quantizable matrix holds one NaN (in its last row):
+    the quantizer fails after writing most of its output."""
+    data = bytearray(source.read_bytes())
+    last = [
+        info for info in modelfile.list_tensors(source)
+        if modelfile.should_quantize(info.key, info.shape, info.data_type)
+    ][-1]
+    at = last.offset + last.nbytes - 4
+    data[at : at + 4] = struct.pack("<f", float("nan"))
+    dest.write_bytes(bytes(data))
+    return dest, last.key
+
+
+def test_quantizing_a_file_onto_itself_is_refused_and_leaves_it_intact(lib, tmp_path, good_files):
+    source = tmp_path / "model.bin"
+    shutil.copyfile(good_files["fp32"], source)
+    original = source.read_bytes()
+    other_spelling = tmp_path / "." / "model.bin"
+    for out in (source, other_spelling):
+        with pytest.raises(native.RWKVError, match="onto itself") as info:
+            lib.quantize_model_file(source, out, "Q8_0")
+        assert info.value.flags == (1 << 8) | 5  # RWKV_ERROR_ARGS | RWKV_ERROR_FILE_WRITE
+        assert source.read_bytes() == original
+    assert files_in(tmp_path) == ["model.bin"]  # no temporary file left either
+
+
+def test_quantizing_onto_a_hard_link_or_symbolic_link_of_the_input_is_refused(lib, tmp_path, good_files):
+    source = tmp_path / "model.bin"
+    shutil.copyfile(good_files["fp32"], source)
+    original = source.read_bytes()
+    os.link(source, tmp_path / "hard.bin")
+    os.symlink(source, tmp_path / "soft.bin")
+    for out in ("hard.bin", "soft.bin"):
+        with pytest.raises(native.RWKVError, match="same file"):
+            lib.quantize_model_file(source, tmp_path / out, "Q4_0")
+        assert source.read_bytes() == original
+    # and the other way round: the input named through the link
+    with pytest.raises(native.RWKVError, match="onto itself"):
+        lib.quantize_model_file(tmp_path / "hard.bin", source, "Q4_0")
+    assert source.read_bytes() == original
+    assert files_in(tmp_path) == ["hard.bin", "model.bin", "soft.bin"]
+
+
+def test_failed_quantization_leaves_no_partial_output_nor_temporary_file(lib, tmp_path, good_files):
+    source, key = with_nan_in_last_matrix(good_files["fp32"], tmp_path / "nan.bin")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(native.RWKVError, match="not finite") as info:
+        lib.quantize_model_file(source, out_dir / "q.bin", "Q8_0")
+    assert key in str(info.value)
+    assert files_in(out_dir) == []
+    # an existing destination stays as it was until a complete output replaces it
+    previous = out_dir / "q.bin"
+    previous.write_bytes(b"the previous file")
+    with pytest.raises(native.RWKVError, match="not finite"):
+        lib.quantize_model_file(source, previous, "Q8_0")
+    assert previous.read_bytes() == b"the previous file"
+    assert files_in(out_dir) == ["q.bin"]
+
+
+def test_quantization_replaces_an_existing_destination_when_complete(lib, tmp_path, good_files):
+    dest = tmp_path / "q.bin"
+    dest.write_bytes(b"the previous file")
+    lib.quantize_model_file(good_files["fp32"], dest, "Q5_1")
+    assert modelfile.read_header(dest).data_type_name == "Q5_1"
+    lib.free(lib.init_from_file(dest, 1))
+    assert files_in(tmp_path) == ["q.bin"]
+
+
+def test_quantizer_reports_an_output_folder_it_cannot_write(lib, tmp_path, good_files):
+    with pytest.raises(native.RWKVError, match="cannot create"):
+        lib.quantize_model_file(good_files["fp32"], tmp_path / "missing" / "q.bin", "Q8_0")
+
+
+def test_quantizer_refuses_a_folder_as_output_before_writing(lib, tmp_path, good_files):
+    (tmp_path / "models").mkdir()
+    with pytest.raises(native.RWKVError, match="is a folder"):
+        lib.quantize_model_file(good_files["fp32"], tmp_path / "models", "Q8_0")
+    assert files_in(tmp_path) == ["models"] and files_in(tmp_path / "models") == []
+
+
 def _asan_runtime() -> str | None:
     try:
         out = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=True)

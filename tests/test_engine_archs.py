@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_utils import run_sequence, run_serial, within_fixture_limit
+from engine_utils import (
+    QUANTIZED_MAX_ERROR,
+    max_logit_error,
+    run_sequence,
+    run_serial,
+    within_fixture_limit,
+)
 from helpers import FIXTURE_TOKENS, tiny_expected, tiny_model
 from reference import Reference
 
@@ -79,6 +85,18 @@ def test_fixture_files_match_rwkv_cpp_logits(lib, fixture_eps, version, dtype):
     if dtype == "FP32":
         assert np.max(np.abs(serial - expected)) < 1e-4
         assert np.max(np.abs(sequence - expected)) < 1e-4
+    if dtype in QUANT_TYPES:
+        path = tiny_model(version, dtype)
+        assert_close_to_reference_of_the_same_weights(path, version, serial, sequence)
+
+
+def assert_close_to_reference_of_the_same_weights(path, version, serial, sequence):
+    """The signed sum above lets errors cancel; this bounds the largest single one against the
+    NumPy reference run on the file's own (dequantized) weights (see QUANTIZED_MAX_ERROR)."""
+    eps = 1e-5 if version in ("5v1", "5v2") else 64e-5  # as fixture_eps sets for the engine
+    want, _ = Reference.from_file(path, v5_ln_x_eps=eps).forward_sequence(FIXTURE_TOKENS)
+    assert max_logit_error(serial, want) < QUANTIZED_MAX_ERROR[version]
+    assert max_logit_error(sequence, want) < QUANTIZED_MAX_ERROR[version]
 
 
 # rwkv.cpp's limits for files quantized from FP16 carry the error of FP16 products summed in
@@ -108,6 +126,7 @@ def test_files_quantized_by_us_stay_within_limits(lib, fixture_eps, tmp_path, ve
     limit = QUANTIZED_LIMITS[(version, source)][QUANT_TYPES.index(target)]
     assert within_fixture_limit(serial, expected, limit), np.sum(serial - expected)
     assert within_fixture_limit(sequence, expected, limit), np.sum(sequence - expected)
+    assert_close_to_reference_of_the_same_weights(out, version, serial, sequence)
 
 
 def test_7v0_fp16_source_quantizes_exactly_like_the_fp32_source(lib, tmp_path):

@@ -152,7 +152,10 @@ class ChatSession:
                 history = str(data["history"])
         except FileNotFoundError:
             raise ChatError(f"no such file: {path}") from None
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:
+            # np.load's exceptions on a file that is not ours are many and undocumented (found
+            # by tests/fuzz: EOFError for an empty file, zipfile's BadZipFile and
+            # NotImplementedError for a damaged .npz, ValueError, KeyError); each means the same
             raise ChatError(f"{path} is not a conversation saved with /save ({exc})") from exc
         if state.shape[0] != self.model.state_len:
             raise ChatError(

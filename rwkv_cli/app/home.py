@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,20 +73,44 @@ def _registry_path() -> Path:
     return rwkv_home() / REGISTRY_FILE
 
 
+def _installed_model(name: str, entry: object) -> InstalledModel:
+    """One registry entry, its fields checked against InstalledModel's types (unknown ones are
+    ignored: a newer version may have added them)."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"entry {name!r} is a {type(entry).__name__}, not an object")
+    values = {}
+    for spec in fields(InstalledModel):
+        if spec.name not in entry:
+            continue
+        value, wanted = entry[spec.name], int if spec.type == "int" else str
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            raise TypeError(
+                f"entry {name!r}: {spec.name} is {value!r}, expected {wanted.__name__}"
+            )
+        values[spec.name] = value
+    missing = [key for key in ("name", "path") if key not in values]
+    if missing:
+        raise ValueError(f"entry {name!r} lacks {' and '.join(missing)}")
+    return InstalledModel(**values)
+
+
 def load_registry() -> Registry:
     path = _registry_path()
     if not path.exists():
         return Registry()
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        known = set(InstalledModel.__dataclass_fields__)
-        models = {
-            name: InstalledModel(**{k: v for k, v in entry.items() if k in known})
-            for name, entry in raw.get("models", {}).items()
-        }
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        if not isinstance(raw, dict):
+            raise TypeError(f"the file holds a {type(raw).__name__}, not an object")
+        entries = raw.get("models", {})
+        if not isinstance(entries, dict):
+            raise TypeError(f"'models' is a {type(entries).__name__}, not an object")
+        models = {name: _installed_model(name, entry) for name, entry in entries.items()}
+        last = raw.get("last")
+        if last is not None and not isinstance(last, str):
+            raise TypeError(f"'last' is {last!r}, not a model name")
+    except (OSError, ValueError, TypeError) as exc:
         raise RegistryError(f"cannot read the model registry {path}: {exc}") from exc
-    last = raw.get("last")
     return Registry(models=models, last=last if last in models else None)
 
 

@@ -374,11 +374,6 @@ class Library:
             return 0
         return int(self.lib.rwkv_get_weight_bytes_per_token(ctx))
 
-    def get_allocation_count(self, ctx: ContextPointer) -> int:
-        if not self._has("rwkv_get_allocation_count"):
-            return -1
-        return int(self.lib.rwkv_get_allocation_count(ctx))
-
 
 _default: Library | None = None
 _default_lock = threading.Lock()

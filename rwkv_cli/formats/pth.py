@@ -268,6 +268,17 @@ def _member_data_offset(f, info: zipfile.ZipInfo, path: PathLike) -> int:
     return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
 
 
+def _read_member(archive: zipfile.ZipFile, name: str, path: PathLike) -> bytes:
+    """A small member's bytes (data.pkl, byteorder); a damaged entry is a ConversionError."""
+    try:
+        return archive.read(name)
+    except Exception as exc:
+        # zipfile's exceptions on a damaged archive are many and undocumented (found by
+        # tests/fuzz: BadZipFile, UnicodeDecodeError from a name, NotImplementedError from a
+        # compression method, EOFError and zlib.error from a cut stream); each means the same
+        raise ConversionError(f"{path}: cannot read {name} from the zip: {exc}") from exc
+
+
 def is_torch_zip(path: PathLike) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == _LOCAL_MAGIC
@@ -284,7 +295,7 @@ def read_pth(path: PathLike) -> list[StoredTensor]:
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # see _read_member: zipfile raises many kinds on a damaged archive
         with open(path, "rb") as f:
             head = f.read(4)
         if head == _LOCAL_MAGIC:
@@ -307,13 +318,11 @@ def read_pth(path: PathLike) -> list[StoredTensor]:
         prefix = pickles[0][: -len("data.pkl")]
         byteorder = "little"
         if prefix + "byteorder" in members:
-            byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
+            byteorder = _read_member(archive, prefix + "byteorder", path)
+            byteorder = byteorder.decode("ascii", "replace").strip()
             if byteorder not in ("little", "big"):
                 raise ConversionError(f"{path}: unknown byteorder {byteorder!r}")
-        try:
-            pickled = archive.read(pickles[0])
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise ConversionError(f"{path}: cannot read {pickles[0]}: {exc}") from exc
+        pickled = _read_member(archive, pickles[0], path)
 
         unpickler = _RestrictedUnpickler(io.BytesIO(pickled), path)
         try:

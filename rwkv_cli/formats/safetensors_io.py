@@ -30,6 +30,12 @@ def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
+def _is_int_list(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    )
+
+
 def read_safetensors(path: PathLike) -> list[StoredTensor]:
     """The tensors of a .safetensors file, in header order, without reading their data."""
     path = Path(path)
@@ -56,11 +62,19 @@ def read_safetensors(path: PathLike) -> list[StoredTensor]:
         if key == "__metadata__":
             continue
         try:
-            dtype = entry["dtype"]
-            shape = tuple(int(n) for n in entry["shape"])
-            begin, end = (int(v) for v in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
+            dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        except (KeyError, TypeError) as exc:
             raise ConversionError(f"{path}: malformed header entry for {key!r}: {entry!r}") from exc
+        # JSON gives any type anywhere (a dict as dtype was found by tests/fuzz)
+        if (
+            not isinstance(dtype, str)
+            or not _is_int_list(shape)
+            or not _is_int_list(offsets)
+            or len(offsets) != 2
+        ):
+            raise ConversionError(f"{path}: malformed header entry for {key!r}: {entry!r}")
+        shape = tuple(shape)
+        begin, end = offsets
         if dtype not in ELEMENT_TYPES:
             raise ConversionError(
                 f"{path}: tensor {key!r} has dtype {dtype}; only F32, F16 and BF16 are supported"
