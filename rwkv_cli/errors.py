@@ -27,7 +27,12 @@ class UserError(RWKVError):
 
 
 class InvalidArgument(UserError, ValueError):
-    """An option or argument with a value that is not accepted."""
+    """An option or argument with a value that is not accepted; `option` names the parameter
+    (e.g. "top_p"), so that a command line can say which of its flags that is."""
+
+    def __init__(self, message: str = "", option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 class FileMissing(UserError, FileNotFoundError):

@@ -352,28 +352,17 @@ def raw_checkpoint(arch: str, shape: Shape = Shape(), seed: int = 0,
 
 
 # ----------------------------------------------------------------------------------------------
-# Running a converted model: the engine (skipping architectures it does not support yet) and
-# the NumPy reference of tests/reference.py
+# Running a converted model: the engine and the NumPy reference of tests/reference.py
 
 TOKENS = [3, 14, 15, 9, 26]
 
 
 def engine_logits(path: Path, tokens=TOKENS) -> np.ndarray:
-    """Logits after each token, token by token from a fresh state; skips if unsupported."""
-    import pytest
+    """Logits after each token, token by token from a fresh state."""
+    from rwkv_cli.engine import default_library
 
-    try:
-        from rwkv_cli.engine import RWKVError, default_library
-
-        lib = default_library()
-    except (ImportError, OSError) as exc:
-        pytest.skip(f"engine not built: {exc}")
-    try:
-        ctx = lib.init_from_file(path, 1)
-    except RWKVError as exc:
-        if "not supported by this engine yet" in str(exc):
-            pytest.skip(str(exc))
-        raise
+    lib = default_library()
+    ctx = lib.init_from_file(path, 1)
     try:
         state = np.zeros(lib.get_state_len(ctx), dtype=np.float32)
         rows = []

@@ -3,7 +3,9 @@
 Files are served from a folder; behaviours a download must survive are switched per path:
 `drop_after[path] = n` sends the full Content-Length but closes the connection after n bytes
 (once; then `fail_after_drop[path]` more requests get HTTP 503), `ignore_range` answers every request with the whole file (200), `fail_times[path] =
-k` answers HTTP 503 k times first; `throttle` slows every body down. Every request is logged as (method, path, Range header).
+k` answers HTTP `fail_status` (503) k times first, with `retry_after` as a Retry-After header
+when set; `throttle` slows every body down. Every request is logged as (method, path, Range
+header).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class RangeServer(ThreadingHTTPServer):
         self.drop_after: dict[str, int] = {}
         self.fail_times: dict[str, int] = {}
         self.fail_after_drop: dict[str, int] = {}
+        self.fail_status = 503
+        self.retry_after: str | None = None
         self.ignore_range = False
         self.throttle = 0.0  # seconds of sleep after each 8 KB of a body
         self.requests: list[tuple[str, str, str | None]] = []
@@ -58,7 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append((self.command, path, range_header))
         if self.server.fail_times.get(path, 0) > 0:
             self.server.fail_times[path] -= 1
-            self._plain(503, b"try later")
+            self._plain(self.server.fail_status, b"try later", self.server.retry_after)
             return
         file = (self.server.root / path.lstrip("/")).resolve()
         if self.server.root.resolve() not in file.parents or not file.is_file():
@@ -101,8 +105,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(payload)
 
-    def _plain(self, status: int, text: bytes) -> None:
+    def _plain(self, status: int, text: bytes, retry_after: str | None = None) -> None:
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(text)))
         self.end_headers()

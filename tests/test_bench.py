@@ -1,4 +1,4 @@
-"""`rwkv-cpp --dragon`: on a fixture model, and on the synthetic default with nothing installed."""
+"""`rwkv-cpp --dragon`: on a given model, and on the synthetic default with nothing installed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import json
 import os
 import subprocess
 import sys
-
-import pytest
-from helpers import tiny_model
 
 from rwkv_cli.app.bench import DRAGON_PROMPT, SYNTHETIC_SHAPE, synthetic_model_path
 
@@ -38,9 +35,8 @@ def check_report(line: str, size: int) -> dict:
     return report
 
 
-def test_dragon_json_on_a_fixture_model_prints_one_json_line(tmp_path):
-    model = tiny_model("4v0", "FP32")
-    result = run_cli(tmp_path, "--dragon", "--size", "20", "--json", "--modelPath", str(model))
+def test_dragon_json_on_a_given_model_prints_one_json_line(tmp_path, byte_v4):
+    result = run_cli(tmp_path, "--dragon", "--size", "20", "--json", "--modelPath", str(byte_v4))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -51,9 +47,8 @@ def test_dragon_json_on_a_fixture_model_prints_one_json_line(tmp_path):
     assert report["threads"] >= 1 and report["engine"]
 
 
-def test_dragon_streams_the_text_before_the_json_line(tmp_path):
-    model = tiny_model("4v0", "FP32")
-    result = run_cli(tmp_path, "bench", "-n", "8", "--model-path", str(model), "--threads", "1")
+def test_dragon_streams_the_text_before_the_json_line(tmp_path, byte_v4):
+    result = run_cli(tmp_path, "bench", "-n", "8", "--model-path", str(byte_v4), "--threads", "1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(DRAGON_PROMPT)
     report = check_report(result.stdout.strip().splitlines()[-1], 8)
@@ -72,8 +67,6 @@ def test_dragon_with_nothing_installed_runs_on_a_cached_synthetic_model(tmp_path
     """Generates the 0.1B-shape model once (about 300 MB, ~10 s) and benchmarks it twice."""
     home = tmp_path / "home"
     result = run_cli(home, "--dragon", "--size", "20", "--json")
-    if result.returncode != 0 and "unsupported" in result.stderr.lower():
-        pytest.skip(f"the engine cannot run the synthetic v7 model yet: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     report = check_report(result.stdout.strip(), 20)
     assert report["synthetic"] is True

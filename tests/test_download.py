@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -153,3 +154,82 @@ def test_mirrors_are_tried_in_order(served, tmp_path):
     server, payload, url = served
     dest = download_first([f"{server.base_url}/nope.bin", url], tmp_path / "m.bin")
     assert dest.read_bytes() == payload
+
+
+# ---- issue 15: retry only what can pass, and say what happens ----
+
+
+def test_an_unknown_host_fails_at_once_without_retries(tmp_path):
+    notices = []
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="unknown host") as info:
+        download("http://no-such-host.invalid/m.bin", tmp_path / "m.bin", backoff=1.0,
+                 notify=notices.append)
+    assert time.monotonic() - started < 5  # not 31 s of back-off
+    assert notices == [] and "attempts" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["htp://example/m.bin", "localhost:8000/m.bin", "http://[::1/m"])
+def test_a_malformed_url_fails_at_once(tmp_path, url):
+    notices = []
+    with pytest.raises(DownloadError, match="malformed URL"):
+        download(url, tmp_path / "m.bin", backoff=1.0, notify=notices.append)
+    assert notices == []
+
+
+def test_each_retry_is_announced_with_its_reason_and_wait(served, tmp_path):
+    server, payload, url = served
+    server.fail_times["/repo/model.bin"] = 2
+    notices = []
+    dest = download(url, tmp_path / "m.bin", backoff=0, notify=notices.append)
+    assert dest.read_bytes() == payload
+    assert len(notices) == 2
+    assert notices[0].startswith("retrying in 0 s: HTTP 503") and "attempt 2 of 6" in notices[0]
+
+
+def test_too_many_requests_is_retried_after_what_the_server_asks(served, tmp_path):
+    server, payload, url = served
+    server.fail_status, server.retry_after = 429, "0"
+    server.fail_times["/repo/model.bin"] = 1
+    notices = []
+    dest = download(url, tmp_path / "m.bin", backoff=30, notify=notices.append)
+    assert dest.read_bytes() == payload
+    assert notices and notices[0].startswith("retrying in 0 s: HTTP 429")
+
+
+def test_a_client_error_is_not_retried(served, tmp_path):
+    server, _payload, url = served
+    server.fail_status = 403
+    server.fail_times["/repo/model.bin"] = 1
+    with pytest.raises(DownloadError, match="HTTP 403"):
+        download(url, tmp_path / "m.bin", backoff=0)
+    assert len(server.requests) == 1
+
+
+def test_giving_up_says_the_part_is_kept_and_a_rerun_resumes(served, tmp_path):
+    server, _payload, url = served
+    server.drop_after["/repo/model.bin"] = SIZE // 3
+    server.fail_after_drop["/repo/model.bin"] = 5
+    dest = tmp_path / "m.bin"
+    with pytest.raises(DownloadError) as info:
+        download(url, dest, retries=1, backoff=0)
+    message = str(info.value)
+    assert str(part_path(dest)) in message and "again to resume" in message
+    assert part_path(dest).stat().st_size == SIZE // 3
+
+
+def test_a_server_that_ignores_range_is_said_to_restart_not_to_resume(served, tmp_path):
+    server, payload, url = served
+    dest = tmp_path / "m.bin"
+    part_path(dest).write_bytes(payload[:1000])
+    server.ignore_range = True
+    notices = []
+    download(url, dest, notify=notices.append)
+    assert dest.read_bytes() == payload
+    assert len(notices) == 1 and "from the start" in notices[0]
+    assert not any("Resuming" in n for n in notices)
+    server.ignore_range = False
+    part_path(dest).write_bytes(payload[:1000])
+    dest.unlink()
+    download(url, dest, notify=notices.append)
+    assert notices[-1].startswith("Resuming m.bin")

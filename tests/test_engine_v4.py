@@ -1,29 +1,17 @@
-"""The native engine on RWKV v4: fixture logits for every tensor type, our quantizer, the
-NumPy reference on other shapes, and the C API's semantics."""
+"""The native engine on RWKV v4: our quantizer against the NumPy one, random-weight models against
+the NumPy reference, and the C API's semantics. (Against rwkv.cpp's fixtures:
+test_shared_engine.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_utils import (
-    QUANTIZED_MAX_ERROR,
-    max_logit_error,
-    run_sequence,
-    run_serial,
-    within_fixture_limit,
-)
-from helpers import FIXTURE_TOKENS, tiny_expected, tiny_model
+from engine_utils import run_sequence, run_serial
 from reference import Reference
 
 from rwkv_cli import engine as native
 from rwkv_cli.formats import modelfile
 from rwkv_cli.formats.synthetic import write_random_model
-
-FILE_LIMITS = {"FP32": 0.001, "FP16": 0.013652, "Q5_0": 0.170404, "Q5_1": 0.278034}
-QUANTIZED_LIMITS = {
-    "FP32": {"Q4_0": 0.160030, "Q4_1": 0.547409, "Q5_0": 0.170404, "Q5_1": 0.278034, "Q8_0": 0.076282},
-    "FP16": {"Q4_0": 0.154614, "Q4_1": 0.539827, "Q5_0": 0.180142, "Q5_1": 0.294953, "Q8_0": 0.077226},
-}
 
 
 @pytest.fixture(scope="module")
@@ -34,69 +22,6 @@ def lib() -> native.Library:
 def load(lib, path, threads=2):
     ctx = lib.init_from_file(path, threads)
     return ctx
-
-
-@pytest.mark.parametrize("dtype", list(FILE_LIMITS))
-@pytest.mark.parametrize("mode", ["serial", "sequence"])
-def test_fixture_files_match_reference_logits(lib, dtype, mode):
-    expected = np.fromfile(tiny_expected("4v0"), dtype="<f4")
-    ctx = load(lib, tiny_model("4v0", dtype))
-    try:
-        run = run_serial if mode == "serial" else run_sequence
-        logits, _ = run(lib, ctx, FIXTURE_TOKENS)
-    finally:
-        lib.free(ctx)
-    assert within_fixture_limit(logits, expected, FILE_LIMITS[dtype])
-    if dtype == "FP32":
-        assert np.max(np.abs(logits - expected)) < 1e-4
-    if dtype in ("Q5_0", "Q5_1"):
-        want, _ = Reference.from_file(tiny_model("4v0", dtype)).forward_sequence(FIXTURE_TOKENS)
-        assert max_logit_error(logits, want) < QUANTIZED_MAX_ERROR["4v0"]
-
-
-def test_fp32_state_matches_rwkv_cpp_state(lib):
-    expected = np.fromfile(tiny_expected("4v0", "state"), dtype="<f4")
-    ctx = load(lib, tiny_model("4v0", "FP32"))
-    try:
-        assert lib.get_state_len(ctx) == expected.size == 5 * 128 * 4
-        _, state = run_serial(lib, ctx, FIXTURE_TOKENS)
-    finally:
-        lib.free(ctx)
-    np.testing.assert_allclose(state, expected, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("source", ["FP32", "FP16"])
-@pytest.mark.parametrize("target", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
-def test_files_quantized_by_us_stay_within_limits(lib, tmp_path, source, target):
-    out = tmp_path / f"4v0-{target}.bin"
-    lib.quantize_model_file(tiny_model("4v0", source), out, target)
-    expected = np.fromfile(tiny_expected("4v0"), dtype="<f4")
-    ctx = load(lib, out)
-    try:
-        assert lib.get_data_type_name(ctx) == target
-        serial, _ = run_serial(lib, ctx, FIXTURE_TOKENS)
-        sequence, _ = run_sequence(lib, ctx, FIXTURE_TOKENS)
-    finally:
-        lib.free(ctx)
-    limit = QUANTIZED_LIMITS[source][target]
-    assert within_fixture_limit(serial, expected, limit)
-    assert within_fixture_limit(sequence, expected, limit)
-    want, _ = Reference.from_file(out).forward_sequence(FIXTURE_TOKENS)
-    assert max_logit_error(serial, want) < QUANTIZED_MAX_ERROR["4v0"]
-    assert max_logit_error(sequence, want) < QUANTIZED_MAX_ERROR["4v0"]
-
-
-@pytest.mark.parametrize("target", ["Q5_0", "Q5_1"])
-def test_quantizer_is_bit_compatible_with_rwkv_cpp_files(lib, tmp_path, target):
-    """The fixture's Q5 files were written by rwkv.cpp's quantizer from the FP32 file."""
-    ours = tmp_path / "ours.bin"
-    lib.quantize_model_file(tiny_model("4v0", "FP32"), ours, target)
-    theirs = tiny_model("4v0", target)
-    # rwkv.cpp wrote that file as version 101 from a version 100 source; the tensors are what
-    # must agree byte for byte.
-    ours_bytes, theirs_bytes = ours.read_bytes(), theirs.read_bytes()
-    assert ours_bytes[24:] == theirs_bytes[24:]
-    assert ours_bytes[8:24] == theirs_bytes[8:24]
 
 
 @pytest.mark.parametrize("target", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import checkpoints
+import pexpect
 import pytest
 from http_range_server import serve
 
@@ -71,9 +72,10 @@ def test_non_interactive_setup_installs_verifies_and_registers(site):
     reg = registry(site["home"])
     assert reg["last"] == "tiny-bin"
     entry = reg["models"]["tiny-bin"]
-    assert Path(entry["path"]).read_bytes() == site["data"]
+    assert entry["path"] == "models/tiny 4.bin"  # relative to RWKV_HOME
+    assert (site["home"] / entry["path"]).read_bytes() == site["data"]
     assert (entry["arch"], entry["data_type"], entry["n_vocab"]) == ("4", "FP32", 256)
-    assert not list(Path(entry["path"]).parent.glob("*.part"))
+    assert not list((site["home"] / entry["path"]).parent.glob("*.part"))
 
     listed = json.loads(run_cli(site["env"], "models", "--json").stdout)
     assert [(m["name"], m["arch"], m["dataType"], m["last"]) for m in listed] == [
@@ -145,20 +147,33 @@ def test_catalog_listing(site):
         assert entry["name"] in result.stdout
 
 
-def test_20b_models_get_the_verified_tokenizer(site, tokenizer_20b):
+def test_20b_models_get_the_verified_tokenizer(site, bpe_tokenizer_json):
+    """A tiny BPE file stands in for the 20B tokenizer, with the test catalog's checksum of it
+    (the built-in catalog's checksum of the real file: test_shared_tokenizer_20b.py)."""
     asset_dir = site["root"] / "BlinkDL" / "ChatRWKV" / HF
     asset_dir.mkdir(parents=True)
-    shutil.copy(tokenizer_20b, asset_dir / "20B_tokenizer.json")
+    data = Path(bpe_tokenizer_json).read_bytes()
+    catalog = json.loads(site["catalog"].read_text())
+    catalog["assets"] = {"20B_tokenizer": {
+        "repo": "BlinkDL/ChatRWKV", "file": "20B_tokenizer.json", "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest()}}
+    site["catalog"].write_text(json.dumps(catalog))
+    installed = site["home"] / "20B_tokenizer.json"
+    # A file other than the one the catalog names is refused, and nothing is installed...
+    (asset_dir / "20B_tokenizer.json").write_bytes(data.replace(b"dragon", b"DRAGON"))
+    wrong = run_cli(site["env"], "--setup", "--model", "tiny-20b", "--yes")
+    assert wrong.returncode == 1 and "checksum mismatch" in wrong.stderr
+    assert not installed.exists() and registry(site["home"])["models"] == {}
+    # ...the right one is.
+    (asset_dir / "20B_tokenizer.json").write_bytes(data)
     result = run_cli(site["env"], "--setup", "--model", "tiny-20b", "--yes")
     assert result.returncode == 0, result.stderr
-    installed = site["home"] / "20B_tokenizer.json"
-    assert installed.read_bytes() == Path(tokenizer_20b).read_bytes()
-    assert registry(site["home"])["models"]["tiny-20b"]["tokenizer_path"] == str(installed)
+    assert installed.read_bytes() == data
+    stored = registry(site["home"])["models"]["tiny-20b"]["tokenizer_path"]
+    assert site["home"] / stored == installed
 
 
 def test_checkpoint_is_converted_and_quantized_and_intermediates_removed(site):
-    checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.formats.convert")
     shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
     tensors = checkpoints.raw_checkpoint("7", shape)
     src = site["root"] / "test" / "tiny" / HF / "tiny-v7.pth"
@@ -180,7 +195,6 @@ def test_checkpoint_is_converted_and_quantized_and_intermediates_removed(site):
 
 
 def test_interactive_picker_installs_the_chosen_model(site):
-    pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup"], env=site["env"],
                           encoding="utf-8", timeout=30, dimensions=(30, 160))
     child.expect_exact("Which model?")
@@ -197,8 +211,6 @@ def test_interactive_picker_installs_the_chosen_model(site):
 
 
 def test_checkpoints_newer_than_the_catalog_are_discovered_and_installable(site):
-    checkpoints = pytest.importorskip("checkpoints")
-    pytest.importorskip("rwkv_cli.formats.convert")
     shape = checkpoints.Shape(n_layer=1, n_embed=32, n_vocab=256, head_size=16)
     folder = site["root"] / "test" / "tiny" / HF
     checkpoints.write_pth(folder / "tiny-v7.pth", checkpoints.raw_checkpoint("7", shape))
@@ -231,7 +243,6 @@ def test_checkpoints_newer_than_the_catalog_are_discovered_and_installable(site)
 
 
 def test_ctrl_c_during_the_download_keeps_the_part_and_setup_resumes(site):
-    pexpect = pytest.importorskip("pexpect")
     site["server"].throttle = 0.2  # about 4 s for the whole file
     child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup", "--model", "tiny-bin",
                                            "--yes"], env=site["env"], encoding="utf-8",
@@ -241,7 +252,7 @@ def test_ctrl_c_during_the_download_keeps_the_part_and_setup_resumes(site):
     child.expect_exact("download interrupted")
     child.expect(pexpect.EOF)
     child.close()
-    assert child.exitstatus == 1
+    assert child.exitstatus == 130  # what a shell expects after Ctrl-C
     part = site["home"] / "models" / "tiny 4.bin.part"
     assert 0 < part.stat().st_size < len(site["data"])
     assert registry(site["home"])["models"] == {}
@@ -254,7 +265,6 @@ def test_ctrl_c_during_the_download_keeps_the_part_and_setup_resumes(site):
 
 
 def test_first_run_in_a_terminal_offers_the_setup_then_chats(site):
-    pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli"], env=site["env"], encoding="utf-8",
                           timeout=30, dimensions=(30, 160))
     child.expect_exact("Pick and download one now?")
@@ -281,6 +291,148 @@ def test_a_server_that_keeps_failing_gives_up_after_retries_with_one_line(site):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "after 6 attempts" in lines[0] and "503" in lines[0]
     assert registry(site["home"])["models"] == {}
+
+
+# ---- issue 15 ----
+
+LONG_NAME = "tiny-with-a-name-long-enough-that-a-table-of-eighty-columns-would-cut-it-short"
+
+
+def add_entry(site, **entry) -> None:
+    catalog = json.loads(site["catalog"].read_text())
+    base = dict(site["entries"][0])
+    base.update(entry)
+    catalog["models"].append(base)
+    site["catalog"].write_text(json.dumps(catalog))
+
+
+def test_setup_list_names_every_model_in_full_even_piped_and_as_json(site):
+    add_entry(site, name=LONG_NAME, title="Tiny, long name", notes="A note for the picker")
+    env = dict(site["env"], COLUMNS="80")
+    for args in (("setup", "--list"), ("--setup", "--list")):
+        listed = run_cli(env, *args)
+        assert listed.returncode == 0, listed.stderr
+        assert LONG_NAME in listed.stdout and "…" not in listed.stdout
+        assert "A note for the picker" in listed.stdout
+    rows = json.loads(run_cli(env, "setup", "--list", "--json").stdout)
+    by_name = {row["name"]: row for row in rows}
+    assert set(by_name) == {e["name"] for e in site["entries"]} | {LONG_NAME}
+    row = by_name["tiny-bin"]
+    assert row["downloadBytes"] == len(site["data"]) and row["installed"] is False
+    assert row["ramBytes"] > row["fileBytes"] > 0
+    assert json.loads(run_cli(env, "--setup", "--list", "--json").stdout) == rows
+    # the listing does not need the registry: a broken one is no obstacle
+    site["home"].mkdir(parents=True, exist_ok=True)
+    (site["home"] / "models.json").write_text("{broken")
+    assert run_cli(env, "setup", "--list").returncode == 0
+
+
+def test_the_picker_shows_the_catalog_notes(site):
+    catalog = json.loads(site["catalog"].read_text())
+    catalog["models"][0]["notes"] = "Small and quick: a good first model"
+    site["catalog"].write_text(json.dumps(catalog))
+    child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup"], env=site["env"],
+                          encoding="utf-8", timeout=30, dimensions=(30, 160))
+    child.expect_exact("Which model?")
+    child.expect_exact("Small and quick: a good first model")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+
+
+# Runs `rwkv-cpp` and writes the peak resident set of its own memory image (VmHWM) when it
+# exits. (A child's ru_maxrss would not do: it starts from the forking process's resident set,
+# which is the whole test session's.)
+PEAK_RSS_RUNNER = """
+import atexit, re, runpy, sys
+
+def report(path=sys.argv[1]):
+    status = open("/proc/self/status").read()
+    open(path, "w").write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+
+atexit.register(report)
+sys.argv = ["rwkv-cpp"] + sys.argv[2:]
+runpy.run_module("rwkv_cli", run_name="__main__")
+"""
+
+
+def test_the_ram_estimate_covers_a_measured_run_with_the_world_tokenizer(tmp_path, world_v7):
+    from rwkv_cli.app.catalog import estimate_ram_bytes
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc to read the peak memory from")
+    model = Path(world_v7)
+    env = dict(os.environ, RWKV_HOME=str(tmp_path / "home"))
+    peak = tmp_path / "peak"
+    subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_RUNNER, str(peak), "complete",
+         "The dragons of Tibet " * 8, "--model-path", str(model), "--max-tokens", "8"],
+        env=env, check=True, capture_output=True, timeout=60,
+    )
+    measured = int(peak.read_text()) * 1024
+    estimate = estimate_ram_bytes(model.stat().st_size, "world")
+    # The tokenizer's tables are most of it here; the old estimate (file + 10% + 64 MiB) said
+    # under 90 MB for what takes over 300.
+    assert 0.85 * measured <= estimate <= 1.5 * measured, (estimate, measured)
+
+
+def test_retries_are_shown_as_they_happen(site):
+    site["server"].fail_times["/test/tiny/resolve/main/tiny 4.bin"] = 2
+    env = dict(site["env"], RWKV_DOWNLOAD_BACKOFF="0")
+    result = run_cli(env, "setup", "--model", "tiny-bin", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("retrying in 0 s: HTTP 503") == 2
+
+
+def test_giving_up_says_how_to_resume(site):
+    site["server"].drop_after["/test/tiny/resolve/main/tiny 4.bin"] = len(site["data"]) // 2
+    site["server"].fail_after_drop["/test/tiny/resolve/main/tiny 4.bin"] = 100
+    env = dict(site["env"], RWKV_DOWNLOAD_BACKOFF="0")
+    result = run_cli(env, "setup", "--model", "tiny-bin", "--yes")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1
+    assert ".part" in lines[0] and "run the same command again to resume" in lines[0]
+
+
+@pytest.mark.parametrize("base", ["localhost:8000", "ftp://mirror/x", "https://"])
+def test_a_malformed_mirror_is_refused_before_any_request(site, base):
+    for env, args in ((site["env"], ("--base-url", base)),
+                      (dict(site["env"], RWKV_DOWNLOAD_BASE=base), ())):
+        result = run_cli(env, "setup", "--model", "tiny-bin", "--yes", *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and "http(s) address" in lines[0]
+    assert site["server"].requests == []
+
+
+def test_an_unknown_mirror_host_fails_at_once(site):
+    env = dict(site["env"], RWKV_DOWNLOAD_BASE="http://no-such-mirror.invalid")
+    result = run_cli(env, "setup", "--model", "tiny-bin", "--yes", timeout=20)
+    assert result.returncode == 1 and "unknown host" in result.stderr
+    assert "retrying" not in result.stdout
+
+
+def test_a_lost_registry_is_rebuilt_by_setup_without_downloading(site):
+    assert run_cli(site["env"], "setup", "--model", "tiny-bin", "--yes").returncode == 0
+    (site["home"] / "models.json").write_text("{not json")
+    broken = run_cli(site["env"], "setup", "--model", "tiny-bin", "--yes")
+    assert broken.returncode == 1 and "models.json" in broken.stderr and "mv " in broken.stderr
+    (site["home"] / "models.json").unlink()
+    site["server"].requests.clear()
+    again = run_cli(site["env"], "setup", "--model", "tiny-bin", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert site["server"].requests == [] and registry(site["home"])["last"] == "tiny-bin"
+
+
+@pytest.mark.parametrize("data_type", ["Q8_0", "Q5_1", "Q4_0", "FP16"])
+def test_the_installed_size_of_a_checkpoint_counts_the_fp16_embedding_and_head(data_type):
+    from rwkv_cli.app.catalog import CatalogModel
+    from rwkv_cli.formats.synthetic import random_model_size
+
+    # The RWKV-7 0.1B checkpoint: 381.1 MB of BF16, 12 x 768, vocabulary 65536.
+    entry = CatalogModel(name="g1", title="G1", arch="7", tokenizer="world", repo="r", file="f",
+                         format="pth", download_size=381_100_000, quantization="Q8_0",
+                         n_embed=768)
+    actual = random_model_size("7", 12, 768, 65536, data_type)  # what the writer produces
+    assert abs(entry.model_bytes(data_type) - actual) < 0.05 * actual
 
 
 def test_gguf_entries_install_as_they_are_and_new_ones_are_discovered(site):
@@ -310,7 +462,7 @@ def test_gguf_entries_install_as_they_are_and_new_ones_are_discovered(site):
     result = run_cli(site["env"], "--setup", "--model", "tiny-gguf", "--yes")
     assert result.returncode == 0, result.stderr
     entry = registry(site["home"])["models"]["tiny-gguf"]
-    assert Path(entry["path"]).read_bytes() == known.read_bytes()  # used as it is
+    assert (site["home"] / entry["path"]).read_bytes() == known.read_bytes()  # used as it is
     assert (entry["arch"], entry["data_type"], entry["n_vocab"], entry["n_layer"]) == ("7", "Q8_0", 256, 1)
     done = run_cli(site["env"], "complete", "hello", "--max-tokens", "4", "--temperature", "0")
     assert done.returncode == 0, done.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import TOKENIZERS
+from models import END_OF_TEXT
 
 from rwkv_cli.core.tokenizer import (
     TOKENIZER_20B_URL,
@@ -30,11 +30,9 @@ def world() -> WorldTokenizer:
 
 
 @pytest.fixture(scope="module")
-def neox() -> HFTokenizer:
-    path = TOKENIZERS / "20B_tokenizer.json"
-    if not path.exists():
-        pytest.skip(f"shared fixture absent: {path}")
-    return HFTokenizer(path, name="20B")
+def bpe(bpe_tokenizer_json) -> HFTokenizer:
+    """A tiny byte-level BPE in the 20B file's form (the real one: test_shared_tokenizer_20b.py)."""
+    return HFTokenizer(bpe_tokenizer_json)
 
 
 def stream(tokenizer, tokens) -> list:
@@ -78,16 +76,23 @@ def test_world_byte_tokens_have_their_raw_bytes(world):
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_20b_round_trip_matches_the_tokenizers_library(neox, text):
-    tokens = neox.encode(text)
-    assert neox.decode(tokens) == text
-    assert neox.decode(tokens) == neox._hf.decode(tokens)
+def test_bpe_round_trip_matches_the_tokenizers_library(bpe, text):
+    tokens = bpe.encode(text)
+    assert bpe.decode(tokens) == text
+    assert bpe.decode(tokens) == bpe._hf.decode(tokens)
 
 
-def test_20b_vocabulary_and_end_of_text(neox):
-    assert neox.vocab_size == 50277
-    assert neox.eos_token == 0
-    assert neox.token_bytes(0) == b"<|endoftext|>"
+def test_bpe_merges_make_tokens_of_several_bytes(bpe):
+    tokens = bpe.encode("The dragon flew over the hills")
+    assert len(tokens) < len("The dragon flew over the hills")
+    assert max(len(bpe.token_bytes(t)) for t in tokens) > 1
+
+
+def test_bpe_vocabulary_and_end_of_text(bpe):
+    assert bpe.vocab_size == len(bpe._hf.get_vocab(with_added_tokens=True))
+    assert bpe.eos_token == bpe._hf.token_to_id(END_OF_TEXT) == 0
+    assert bpe.token_bytes(0) == END_OF_TEXT.encode()
+    assert bpe.name == "bpe-tokenizer.json"
 
 
 def test_incremental_decoder_never_splits_a_character(world):
@@ -117,9 +122,12 @@ def test_incremental_decoder_flush_replaces_an_unfinished_character():
     assert decoder.flush() == "\ufffd"
 
 
-def test_20b_incremental_decoding_concatenates_to_text(neox):
-    text = "naïve café — 世界 🎉🐉"
-    assert "".join(stream(neox, neox.encode(text))) == text
+def test_bpe_incremental_decoding_concatenates_to_text(bpe):
+    text = "naïve café — 世界 🎉🐉 and 龍 🦄, unseen in training"
+    pieces = stream(bpe, bpe.encode(text))
+    assert "".join(pieces) == text
+    # the unseen characters are single-byte tokens: pieces were held back mid-character
+    assert "" in pieces[:-1]
 
 
 def test_auto_picks_by_vocabulary_size(tmp_path, monkeypatch):
@@ -139,16 +147,14 @@ def test_auto_20b_without_the_file_says_how_to_get_it(tmp_path, monkeypatch):
     assert "rwkv-cpp" not in str(info.value)
 
 
-def test_auto_20b_found_beside_the_model(tmp_path, monkeypatch):
-    source = TOKENIZERS / "20B_tokenizer.json"
-    if not source.exists():
-        pytest.skip(f"shared fixture absent: {source}")
+def test_auto_20b_found_beside_the_model(tmp_path, monkeypatch, bpe_tokenizer_json):
     monkeypatch.setenv("RWKV_HOME", str(tmp_path / "empty-home"))
     models = tmp_path / "models"
     models.mkdir()
-    (models / "20B_tokenizer.json").symlink_to(source)
+    (models / "20B_tokenizer.json").symlink_to(bpe_tokenizer_json)
     tok = load_tokenizer("auto", 50277, models / "model.bin")
-    assert tok.name == "20B"
+    assert tok.name == "20B" and tok.path == models / "20B_tokenizer.json"
+    assert tok.encode("dragon") == HFTokenizer(bpe_tokenizer_json).encode("dragon")
     assert find_20b_tokenizer([models]) == models / "20B_tokenizer.json"
 
 

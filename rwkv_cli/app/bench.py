@@ -42,25 +42,42 @@ def synthetic_model_path() -> Path:
     return home.synthetic_dir() / f"{SYNTHETIC_NAME}-{SYNTHETIC_TYPE}.bin"
 
 
+def synthetic_model_size() -> int:
+    from ..formats.synthetic import random_model_size
+
+    return random_model_size(data_type=SYNTHETIC_TYPE, **SYNTHETIC_SHAPE)
+
+
 def ensure_synthetic_model(console: Console | None = None) -> Path:
     """The synthetic benchmark model, written (once) if it is not in RWKV_HOME yet."""
     from ..formats.synthetic import write_random_model
+    from .download import check_free_space, human_bytes
 
     path = synthetic_model_path()
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    home.make_dir(path.parent)
+    size = synthetic_model_size()
+    check_free_space(path.parent, size)
     tmp = path.with_name(path.name + ".tmp")
-    message = (
-        f"No model installed: generating a random-weight model of the 0.1B shape "
-        f"(12 x 768, {SYNTHETIC_TYPE}) for the benchmark, once, into {path.parent}"
+    note = (
+        f"No model installed: writing a random-weight benchmark model of the 0.1B shape "
+        f"(12 x 768, {SYNTHETIC_TYPE}, {human_bytes(size)}) into {path.parent}, once; "
+        f"`rwkv-cpp rm {path.stem}` removes it"
     )
-    status = console.status(message) if console is not None else None
+    # Said before the wait (on stderr, so that --json output stays one line).
+    Console(stderr=True, highlight=False).print(note, soft_wrap=True)
+    status = console.status("Writing the benchmark model...") if console is not None else None
     try:
         if status is not None:
             status.start()
         write_random_model(tmp, data_type=SYNTHETIC_TYPE, seed=SYNTHETIC_SEED, **SYNTHETIC_SHAPE)
         os.replace(tmp, path)
+    except OSError as exc:
+        error = home.not_writable(exc, path.parent)
+        if error is not None:
+            raise error from exc
+        raise
     finally:
         if status is not None:
             status.stop()
@@ -73,9 +90,8 @@ def _choose(model_path: Path | None, model_name: str | None,
             console: Console | None) -> home.ModelChoice:
     if model_path is not None or model_name is not None:
         return home.resolve_model(model_path, model_name)
-    last = home.last_model()
-    if last is not None:
-        return home.resolve_model(model_name=last.name)
+    if home.default_model() is not None or home.last_model() is not None:
+        return home.resolve_model()  # the default model (or why it cannot run)
     path = ensure_synthetic_model(console)
     return home.ModelChoice(name=path.stem, path=path, synthetic=True)
 
@@ -89,6 +105,7 @@ def dragon(
     stream=None,
     console: Console | None = None,
     on_loaded=None,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON object. `stream(text)` receives the completion;
     `on_loaded()` is called once the model is loaded, before the prompt is evaluated."""
@@ -96,7 +113,8 @@ def dragon(
 
     choice = _choose(model_path, model_name, console)
     quiet = console is None
-    model = load_model(console or Console(stderr=True), choice, threads, gpu, quiet=quiet)
+    model = load_model(console or Console(stderr=True), choice, threads, gpu, quiet=quiet,
+                       tokenizer=tokenizer)
     try:
         # One untimed token first: the weights are memory-mapped, and the first pass over them
         # pays for page faults (or disk reads), which is load time, not decoding speed.
@@ -140,6 +158,7 @@ def run_dragon(
     model_name: str | None = None,
     threads: int | None = None,
     gpu: int | str = 0,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -151,7 +170,7 @@ def run_dragon(
     quiet = json_output
     report = dragon(model_path, model_name, size, threads, gpu,
                     stream=None if quiet else write, console=None if quiet else console,
-                    on_loaded=None if quiet else show_prompt)
+                    on_loaded=None if quiet else show_prompt, tokenizer=tokenizer)
     if not json_output:
         write("\n\n")
     print(json.dumps(report), flush=True)

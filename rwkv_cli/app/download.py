@@ -3,7 +3,12 @@
 The file grows as `DEST.part`; an interrupted download (network failure, Ctrl-C) keeps it,
 and the next call asks the server for the rest with an HTTP Range request. Only after the
 size (and the sha256 when one is known) match is the `.part` renamed to `DEST`, so a broken
-download is never mistaken for a model. The caller draws the progress (see `progress`).
+download is never mistaken for a model. The caller draws the progress (see `progress`) and
+shows the notices (`notify`): resuming, a server that restarts from zero, each retry.
+
+Only failures that can pass are retried: timeouts, dropped or reset connections, a refused
+connection, HTTP 5xx and 429. An unknown host, a malformed URL or another HTTP 4xx fails at
+once: waiting would not change the answer.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,6 +25,7 @@ from typing import Callable, Optional
 from ..errors import UserError
 
 ProgressCallback = Callable[[int, Optional[int]], None]  # (bytes done, total or None)
+NoticeCallback = Callable[[str], None]  # one line for the user
 
 CHUNK_SIZE = 1 << 20
 # Keep this much disk free beyond the download itself (the system needs room to breathe).
@@ -31,6 +38,8 @@ class DownloadError(UserError):
 
 class DownloadInterrupted(DownloadError):
     """Ctrl-C during a download: the `.part` file is kept for a later resume."""
+
+    exit_code = 130  # what a shell expects after Ctrl-C
 
 
 def part_path(dest: Path) -> Path:
@@ -91,19 +100,21 @@ def download(
     timeout: float = 30.0,
     check_disk: bool = True,
     transport=None,
+    notify: NoticeCallback | None = None,
 ) -> Path:
     """Download `url` to `dest`, resuming `dest.part` if present; returns `dest`.
 
-    `retries` counts consecutive failed attempts (connection errors, timeouts, HTTP 5xx)
-    that made no progress; each waits `backoff * 2**n` seconds first. Raises DownloadError
-    (DownloadInterrupted on Ctrl-C, with the `.part` kept).
+    `retries` counts consecutive failed attempts that made no progress, of the kinds that
+    can pass (timeouts, connection errors, HTTP 5xx and 429); each waits `backoff * 2**n`
+    seconds first (or what a 429's Retry-After asks, up to a minute), announced through
+    `notify`. Raises DownloadError (DownloadInterrupted on Ctrl-C, with the `.part` kept).
     """
     part = part_path(Path(dest))
     try:
         return _download(
             url, Path(dest), expected_size=expected_size, sha256=sha256, progress=progress,
             retries=retries, backoff=backoff, timeout=timeout, check_disk=check_disk,
-            transport=transport,
+            transport=transport, notify=notify or (lambda _text: None),
         )
     except KeyboardInterrupt:
         have = part.stat().st_size if part.exists() else 0
@@ -130,6 +141,7 @@ def _download(
     timeout: float = 30.0,
     check_disk: bool = True,
     transport=None,
+    notify: NoticeCallback = lambda _text: None,
 ) -> Path:
     import httpx
 
@@ -145,7 +157,7 @@ def _download(
         check_free_space(dest.parent, expected_size - have)
 
     failures = 0
-    last_error = ""
+    resumed_from = part.stat().st_size if part.exists() else 0
     timeouts = httpx.Timeout(timeout, connect=min(timeout, 15.0))
     client = None
     try:
@@ -174,7 +186,10 @@ def _download(
                         part.unlink()
                         continue
                     if status >= 500 or status == 429:
-                        raise _Retryable(f"HTTP {status} {response.reason_phrase} from {url}")
+                        raise _Retryable(
+                            f"HTTP {status} {response.reason_phrase}",
+                            _retry_after(response.headers.get("retry-after")),
+                        )
                     if status >= 400:
                         raise DownloadError(
                             f"download failed: HTTP {status} {response.reason_phrase} for {url}"
@@ -187,10 +202,20 @@ def _download(
                                 f"{offset} with {response.headers.get('content-range')!r}"
                             )
                         mode = "ab"
+                        if resumed_from:
+                            notify(f"Resuming {dest.name}: {human_bytes(offset)} already "
+                                   "downloaded.")
                     else:
+                        if offset:
+                            notify(
+                                f"The server does not resume downloads (it sent the whole "
+                                f"file): downloading {dest.name} again from the start "
+                                f"({human_bytes(offset)} were kept)."
+                            )
                         # 200: the server ignored the Range header and sends the whole file.
                         offset = 0
                         mode = "wb"
+                    resumed_from = 0
                     size = _total_from(response, offset)
                     if size is not None:
                         if expected_size is not None and size != expected_size:
@@ -216,14 +241,22 @@ def _download(
                 if total is None:
                     total = part.stat().st_size  # the server never said; trust a clean end
                 break
-            except (_Retryable, httpx.TransportError) as exc:
-                last_error = str(exc) or type(exc).__name__
+            except (_Retryable, httpx.TransportError, httpx.InvalidURL) as exc:
+                reason = _retryable_reason(exc)
+                if reason is None:
+                    raise DownloadError(f"download failed: {_permanent_reason(exc, url)}") from exc
                 failures = 0 if progressed else failures + 1
                 if failures > retries:
                     raise DownloadError(
-                        f"download failed after {retries + 1} attempts: {last_error} ({url})"
+                        f"download failed after {retries + 1} attempts: {reason} ({url})"
+                        + _kept_note(part)
                     ) from exc
-                time.sleep(backoff * (2 ** max(failures - 1, 0)))
+                delay = backoff * (2 ** max(failures - 1, 0))
+                if isinstance(exc, _Retryable) and exc.retry_after is not None:
+                    delay = exc.retry_after
+                notify(f"retrying in {delay:g} s: {reason} (attempt {failures + 1} of "
+                       f"{retries + 1})")
+                time.sleep(delay)
             except OSError as exc:
                 raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
     finally:
@@ -266,4 +299,71 @@ def download_first(urls: list[str], dest: Path, **kwargs) -> Path:
 
 
 class _Retryable(Exception):
-    pass
+    """An HTTP answer that may change if asked again (5xx, 429)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+MAX_RETRY_AFTER = 60.0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds (the HTTP-date form is rare; it gets the backoff)."""
+    if value and value.strip().isdigit():
+        return min(float(value.strip()), MAX_RETRY_AFTER)
+    return None
+
+
+def _causes(exc: BaseException):
+    seen = 0
+    while exc is not None and seen < 10:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+
+
+def _retryable_reason(exc: BaseException) -> str | None:
+    """Why a failed attempt may succeed later, in a few words; None when it cannot."""
+    import httpx
+
+    if isinstance(exc, _Retryable):
+        return str(exc)
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError)):
+        return None
+    if any(isinstance(cause, socket.gaierror) for cause in _causes(exc)):
+        return None  # unknown host: asking again gets the same answer
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc})" if str(exc) else "cannot connect"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server closed the connection"
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError, httpx.NetworkError)):
+        return "connection reset"
+    if isinstance(exc, httpx.TransportError):
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _permanent_reason(exc: BaseException, url: str) -> str:
+    import httpx
+
+    if any(isinstance(cause, socket.gaierror) for cause in _causes(exc)):
+        from urllib.parse import urlsplit
+
+        host = urlsplit(url).hostname or url
+        return (f"unknown host {host!r} ({url}); check the address (--base-url, "
+                "RWKV_DOWNLOAD_BASE) and the network")
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+        return (f"malformed URL {url!r} ({exc}); a mirror is given as https://host[/path] "
+                "(--base-url, RWKV_DOWNLOAD_BASE)")
+    return f"{exc} ({url})"
+
+
+def _kept_note(part: Path) -> str:
+    have = part.stat().st_size if part.exists() else 0
+    if not have:
+        return ""
+    return f"; {human_bytes(have)} kept in {part}: run the same command again to resume"

@@ -32,6 +32,7 @@ def run_perplexity(
     ctx: int = 512,
     reference: str | None = None,
     max_chunks: int | None = None,
+    tokenizer: str | None = None,
 ) -> dict:
     text_file = Path(text_file)
     if not text_file.is_file():
@@ -40,12 +41,12 @@ def run_perplexity(
     choice = home.resolve_model(model_path, model_name)
     ref_choice = _reference_choice(reference) if reference else None
     err = Console(stderr=True, highlight=False)
-    model = load_model(err, choice, threads, gpu, quiet=True)
+    model = load_model(err, choice, threads, gpu, quiet=True, tokenizer=tokenizer)
     data_type, used_threads = model.data_type, model.threads
     ref_model = None
     try:
         if ref_choice is not None:
-            ref_model = load_model(err, ref_choice, model.threads, gpu, quiet=True)
+            ref_model = load_model(err, ref_choice, model.threads, gpu, quiet=True, tokenizer=tokenizer)
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("chunks · ppl {task.fields[ppl]}"), TimeRemainingColumn())
         with Progress(*columns, console=err, transient=True,

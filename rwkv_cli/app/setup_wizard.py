@@ -8,6 +8,7 @@ after its file has been verified and read back as an rwkv.cpp model.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
 from ..errors import UserError
 from . import home
@@ -36,6 +36,7 @@ from .download import (
     sha256_of,
 )
 from .model_files import convert_with_progress, quantize_with_progress
+from .tables import print_table
 
 
 class SetupError(UserError):
@@ -65,19 +66,17 @@ def _fetch(
     size: int | None,
     sha256: str | None,
 ) -> Path:
-    part = part_path(dest)
-    if part.exists():
-        console.print(
-            f"Resuming {dest.name}: {human_bytes(part.stat().st_size)} already downloaded."
-        )
     with _download_progress(console) as progress:
         task = progress.add_task(label, total=size)
 
         def update(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total)
 
+        def notify(text: str) -> None:
+            progress.console.print(text, highlight=False, soft_wrap=True)
+
         options = {"expected_size": size, "sha256": sha256, "progress": update,
-                   "backoff": _env_float("RWKV_DOWNLOAD_BACKOFF", 1.0)}
+                   "notify": notify, "backoff": _env_float("RWKV_DOWNLOAD_BACKOFF", 1.0)}
         if len(urls) == 1:
             return download(urls[0], dest, **options)
         return download_first(urls, dest, **options)
@@ -94,34 +93,65 @@ def _env_float(name: str, default: float) -> float:
 # ---- listings ----
 
 
+def _installed_names() -> set[str]:
+    """Names of the installed models on disk; none when the registry is unreadable (a
+    listing does not need it; the commands that do say how to repair it)."""
+    try:
+        return {m.name for m in home.installed_models() if m.exists}
+    except home.RegistryError:
+        return set()
+
+
+def catalog_rows(catalog: Catalog) -> list[dict]:
+    """The catalog as plain records (`setup --list --json`)."""
+    installed = _installed_names()
+    rows = []
+    for model in catalog.models:
+        rows.append({
+            "name": model.name, "title": model.title, "arch": model.arch,
+            "tokenizer": model.tokenizer, "format": model.format, "type": model.quantization,
+            "downloadBytes": model.size or model.download_size,
+            "fileBytes": model.model_bytes(), "ramBytes": model.ram_bytes(),
+            "notes": model.notes, "installed": model.installed_name() in installed,
+            "repo": model.repo, "file": model.file,
+        })
+    return rows
+
+
 def show_catalog(console: Console, catalog: Catalog | None = None, refresh: bool = False,
-                 base_url: str | None = None) -> None:
+                 base_url: str | None = None, json_output: bool = False) -> None:
     catalog = catalog or load_catalog()
     if refresh:
-        _add_discovered(console, catalog, base_url)
-    installed = {m.name for m in home.installed_models() if m.exists}
-    table = Table(title="Models rwkv-cpp can install", title_justify="left")
-    for column, justify in (("name", "left"), ("model", "left"), ("arch", "center"),
-                            ("tokenizer", "center"), ("type", "center"), ("download", "right"),
-                            ("RAM", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for model in catalog.models:
-        mark = " [green](installed)[/]" if model.installed_name() in installed else ""
-        table.add_row(
-            model.name + mark, model.title, f"v{model.arch}", model.tokenizer,
-            model.quantization, human_bytes(model.download_size), human_bytes(model.ram_bytes()),
-        )
-    console.print(table)
-    console.print("Install one with: [bold]rwkv-cpp --setup --model NAME --yes[/]")
+        _add_discovered(console, catalog, base_url, quiet=json_output)
+    rows = catalog_rows(catalog)
+    if json_output:
+        print(json.dumps(rows))
+        return
+    columns = [("name", "left"), ("model", "left"), ("arch", "center"), ("tokenizer", "center"),
+               ("type", "center"), ("download", "right"), ("RAM", "right"), ("notes", "left")]
+    table = [
+        [row["name"] + (" [green](installed)[/]" if row["installed"] else ""), row["title"],
+         f"v{row['arch']}", row["tokenizer"], row["type"], human_bytes(row["downloadBytes"]),
+         human_bytes(row["ramBytes"]), row["notes"]]
+        for row in rows
+    ]
+    print_table(console, "Models rwkv-cpp can install", columns, table)
+    console.print("RAM: the model file + 60 MB runtime + the tokenizer (World 255 MB, 20B 50 MB).",
+                  highlight=False, soft_wrap=True)
+    console.print("Install one with: [bold]rwkv-cpp setup --model NAME --yes[/]", soft_wrap=True)
 
 
 # ---- the wizard ----
 
 
-def _add_discovered(console: Console, catalog: Catalog, base_url: str | None) -> int:
+def _add_discovered(console: Console, catalog: Catalog, base_url: str | None,
+                    quiet: bool = False) -> int:
     """Add checkpoints published since the catalog was written; how many were added."""
-    with console.status("Checking Hugging Face for new models...", spinner="dots"):
+    if quiet:
         found = discover(catalog, base_url)
+    else:
+        with console.status("Checking Hugging Face for new models...", spinner="dots"):
+            found = discover(catalog, base_url)
     catalog.models.extend(found)
     return len(found)
 
@@ -140,7 +170,7 @@ def _ask(question):
 def _pick_model(catalog: Catalog) -> CatalogModel:
     import questionary
 
-    installed = {m.name for m in home.installed_models() if m.exists}
+    installed = _installed_names()
     choices = []
     width = max(len(m.title) for m in catalog.models)
     for model in catalog.models:
@@ -150,7 +180,9 @@ def _pick_model(catalog: Catalog) -> CatalogModel:
             f"{human_bytes(model.download_size):>8} download  "
             f"~{human_bytes(model.ram_bytes()):>8} RAM{mark}"
         )
-        choices.append(questionary.Choice(title=label, value=model.name))
+        # The notes are shown under the list for the highlighted entry.
+        choices.append(questionary.Choice(title=label, value=model.name,
+                                          description=model.notes or None))
     name = _ask(questionary.select("Which model?", choices=choices, use_shortcuts=False))
     return catalog.get(name)
 
@@ -225,6 +257,7 @@ def _installed_record(model: CatalogModel, path: Path, data_type: str | None,
         prompt_format=model.prompt_format,
         title=model.title,
         source=source,
+        catalog_name=model.name,
     )
 
 
@@ -235,8 +268,10 @@ def run_setup(
     data_type: str | None = None,
     base_url: str | None = None,
 ) -> home.InstalledModel:
-    """Install a catalog model; returns its registry record (also made the last one)."""
+    """Install a catalog model; returns its registry record (also made the default)."""
+    check_base_url(base_url)
     catalog = load_catalog()
+    home.load_registry()  # a broken registry stops the setup before anything is downloaded
     interactive = _interactive() and not yes
     if name is None:
         if not _interactive():
@@ -276,6 +311,17 @@ def run_setup(
                       "default model. Chat with it: [bold]rwkv-cpp[/]")
         return existing
 
+    if _is_model_file(target) and (model.is_checkpoint or not model.sha256
+                                   or sha256_of(target) == model.sha256):
+        # Installed before (the registry was lost or reset): register the file as it is.
+        record = _installed_record(model, target, data_type, None, model.url(base_url))
+        record.tokenizer_path = str(ensure_tokenizer(console, catalog, model, base_url) or "")
+        record.tokenizer = record.tokenizer_path or "auto"
+        home.register_model(record)
+        console.print(f"Found {record.name} already in {home.models_dir()}: registered it "
+                      "without downloading; it is now the default model.")
+        return record
+
     console.print(
         f"[bold]{model.title}[/] (RWKV v{model.arch}, {model.tokenizer} tokenizer): "
         f"download {human_bytes(model.download_size)}"
@@ -289,7 +335,9 @@ def run_setup(
         if not _ask(questionary.confirm("Continue?", default=True)):
             raise SetupError("setup cancelled")
 
+    home.make_dir(home.models_dir())
     download_dir = home.downloads_dir() if model.is_checkpoint else home.models_dir()
+    home.make_dir(download_dir)
     download_dest = download_dir / model.file
     have = part_path(download_dest).stat().st_size if part_path(download_dest).exists() else 0
     check_free_space(home.models_dir(), max(0, model.disk_bytes(data_type) - have))
@@ -304,10 +352,10 @@ def run_setup(
         fp16 = home.downloads_dir() / f"{model.installed_name('FP16')}.bin"
         try:
             if data_type == "FP16":
-                convert_with_progress(console, download_dest, target, "FP16")
+                convert_with_progress(console, download_dest, target, "FP16", force=True)
             else:
-                convert_with_progress(console, download_dest, fp16, "FP16")
-                quantize_with_progress(console, fp16, target, data_type)
+                convert_with_progress(console, download_dest, fp16, "FP16", force=True)
+                quantize_with_progress(console, fp16, target, data_type, force=True)
         finally:
             fp16.unlink(missing_ok=True)
         download_dest.unlink(missing_ok=True)  # the checkpoint is no longer needed
@@ -320,6 +368,32 @@ def run_setup(
         "Chat with it: [bold]rwkv-cpp[/]    benchmark it: [bold]rwkv-cpp --dragon[/]"
     )
     return record
+
+
+def _is_model_file(path: Path) -> bool:
+    from ..formats.modelfile import ModelFileError, read_header
+
+    try:
+        return path.is_file() and read_header(path) is not None
+    except (ModelFileError, OSError):
+        return False
+
+
+def check_base_url(base_url: str | None) -> None:
+    """A mirror must be an http(s) URL with a host; say so before anything is fetched."""
+    from urllib.parse import urlsplit
+
+    for value, name in ((base_url, "--base-url"),
+                        (os.environ.get("RWKV_DOWNLOAD_BASE"), "RWKV_DOWNLOAD_BASE")):
+        if not value:
+            continue
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SetupError(
+                f"{name} must be an http(s) address like https://huggingface.co or "
+                f"http://host:8000/mirror, not {value!r}"
+            )
+        break  # --base-url wins over the variable
 
 
 __all__ = [

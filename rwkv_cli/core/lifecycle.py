@@ -85,13 +85,13 @@ def load(
                 raise InvalidArgument(
                     f"gpu_offload={gpu_offload!r}: the engine {library.name} cannot offload "
                     f"layers to a GPU ({exc}); use gpu_offload=0, or an rwkv.cpp library built "
-                    "with a GPU backend (RWKV_CPP_LIB)"
+                    "with a GPU backend (RWKV_CPP_LIB)", "gpu_offload"
                 ) from exc
         loaded_tokenizer = load_tokenizer(tokenizer, first.n_vocab, path)
         if loaded_tokenizer.vocab_size > first.n_vocab:
             raise InvalidArgument(
                 f"tokenizer {loaded_tokenizer.name} has {loaded_tokenizer.vocab_size} tokens but "
-                f"the model {path} has n_vocab={first.n_vocab}"
+                f"the model {path} has n_vocab={first.n_vocab}", "tokenizer"
             )
         for _ in range(concurrent - 1):
             contexts.append(first.clone(threads))

@@ -51,10 +51,12 @@ __all__ = [
     "Perf",
     "PerplexityResult",
     "Usage",
+    "available_cpus",
     "physical_cores",
 ]
 
 physical_cores = options.physical_cores
+available_cpus = options.available_cpus
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_STATE_CACHE_SIZE = 50
@@ -94,7 +96,9 @@ class RWKV:
 
     Args:
         path: the model file (rwkv.cpp format).
-        threads: engine threads per context (default: the physical cores available).
+        threads: engine threads per context (default: the physical cores available); capped
+            so that all `concurrent` contexts together use at most the CPUs available (see
+            `threads`, the count used).
         gpu_offload: layers to offload, or a percentage string like "50%"; the engine must
             have a GPU backend (ours has none: any non-zero value is an error at setup).
         concurrent: contexts sharing one copy of the weights; that many completions run in
@@ -121,12 +125,11 @@ class RWKV:
         library: Library | None = None,
     ):
         self._path = Path(path)
-        self._threads = (
-            options.physical_cores() if threads is None else options.positive_int("threads", threads)
-        )
+        self._concurrent = options.positive_int("concurrent", concurrent)
+        self._threads_requested = threads
+        self._threads = options.context_threads(threads, self._concurrent)
         options.check_gpu_offload(gpu_offload)
         self._gpu_offload = gpu_offload
-        self._concurrent = options.positive_int("concurrent", concurrent)
         self._batch_size = options.positive_int("batch_size", batch_size)
         entries = options.state_cache_entries(state_cache_size, DEFAULT_STATE_CACHE_SIZE)
         self._cache = StateCache(entries, state_cache_bytes)
@@ -208,7 +211,14 @@ class RWKV:
 
     @property
     def threads(self) -> int:
+        """Engine threads per context, as used: the request capped at the CPUs available
+        (shared among the `concurrent` contexts)."""
         return self._threads
+
+    @property
+    def threads_requested(self) -> int | None:
+        """The `threads` argument as given (None: the default)."""
+        return self._threads_requested
 
     @property
     def concurrent(self) -> int:
@@ -371,6 +381,10 @@ class RWKV:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             cancel.set()
+            # The worker stops at its next token: wait for that, so the context is free when
+            # this returns, and the worker's future never completes into an event loop that
+            # closed meanwhile (asyncio.run closes it right after), which logs an error.
+            await asyncio.wait([future])
             raise
 
     def preload_prompt(self, prefix: str, pin: bool = False) -> CompletionResult:
@@ -501,11 +515,14 @@ class RWKV:
         started = time.perf_counter()
         tokens = loaded.tokenizer.encode(prompt) if prompt else []
         if not tokens and start_state is None:
-            raise InvalidArgument("the prompt is empty: give a prompt, or an init_state to start from")
+            raise InvalidArgument(
+                "the prompt is empty: give a prompt, or an init_state to start from", "prompt"
+            )
         if not tokens and max_tokens > 0:
             raise InvalidArgument(
                 "an empty prompt with init_state can only be used with max_tokens=0: "
-                "sampling needs logits, which come from evaluating at least one token"
+                "sampling needs logits, which come from evaluating at least one token",
+                "max_tokens",
             )
         sampler = None
         if max_tokens > 0:

@@ -44,18 +44,23 @@ class SamplingParams:
 
     def check(self) -> SamplingParams:
         if not _is_real(self.temperature) or self.temperature < 0:
-            raise InvalidArgument(f"temperature must be a number >= 0 (0 is greedy), got {self.temperature!r}")
+            raise InvalidArgument(
+                f"temperature must be a number >= 0 (0 is greedy), got {self.temperature!r}",
+                "temperature",
+            )
         if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
-            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p!r}", "top_p")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)):
             # InvalidArgument (a ValueError), not TypeError: every bad option is one for callers.
-            raise InvalidArgument(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+            raise InvalidArgument(
+                f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}", "top_k"
+            )
         if self.top_k < 0:
-            raise InvalidArgument(f"top_k must be >= 0 (0 disables it), got {self.top_k!r}")
+            raise InvalidArgument(f"top_k must be >= 0 (0 disables it), got {self.top_k!r}", "top_k")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not _is_real(value):
-                raise InvalidArgument(f"{name} must be a finite number, got {value!r}")
+                raise InvalidArgument(f"{name} must be a finite number, got {value!r}", name)
         return self
 
     @property

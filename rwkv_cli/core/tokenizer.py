@@ -352,7 +352,8 @@ def check_tokenizer_name(tokenizer: str | os.PathLike | Tokenizer) -> None:
         return
     raise InvalidArgument(
         f"unknown tokenizer {tokenizer!r}: use one of {', '.join(TOKENIZER_NAMES)} "
-        "or the path of a tokenizer file (.json for Hugging Face, .txt for a World vocabulary)"
+        "or the path of a tokenizer file (.json for Hugging Face, .txt for a World vocabulary)",
+        "tokenizer",
     )
 
 
@@ -381,7 +382,8 @@ def load_tokenizer(
             raise InvalidArgument(
                 f"cannot pick a tokenizer for n_vocab={n_vocab}: known vocabularies are "
                 + ", ".join(f"{n} ({k})" for n, k in AUTO_BY_N_VOCAB.items())
-                + "; pass tokenizer=<name or path>"
+                + "; pass tokenizer=<name or path>",
+                "tokenizer",
             )
         kind = AUTO_BY_N_VOCAB[n_vocab].lower()
     if kind == "bytes":

@@ -27,7 +27,8 @@ the checkpoint's keys in its order, with the stored-value transforms the format 
   x_k`) stay FP32, as in rwkv.cpp's files.
 
 Both steps write to a temporary file next to the destination and rename it at the end, so an
-interrupted run never leaves a file that looks complete.
+interrupted run never leaves a file that looks complete; both refuse a destination that is the
+source itself.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ __all__ = [
     "ARCH_NAMES",
     "QUANTIZED_TYPES",
     "ConversionError",
+    "check_output_type",
+    "check_quantize",
     "convert",
     "detect_checkpoint_arch",
     "quantize",
     "read_checkpoint",
+    "refuse_same_file",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -395,12 +399,43 @@ def _chunks(src: Path, p: PlannedTensor, by_key: dict[str, StoredTensor]):
 # Public API
 
 
-def _check_data_type(data_type: str) -> str:
+def check_output_type(data_type: str) -> str:
+    """The name of a type a checkpoint converts to (FP16, FP32); ConversionError otherwise."""
     name = str(data_type).upper()
     if name not in OUTPUT_TYPES:
         raise ConversionError(
             f"cannot convert to {data_type!r}: convert to FP16 or FP32, then quantize "
             f"to one of {', '.join(QUANTIZED_TYPES)}"
+        )
+    return name
+
+
+def refuse_same_file(src: PathLike, dest: PathLike) -> None:
+    """Raise ConversionError when `dest` is `src` itself (by device and inode, so another
+    name or a hard link of the source is caught too): the output replaces the destination,
+    and a source overwritten by its own conversion is lost."""
+    try:
+        same = os.path.samefile(src, dest)
+    except OSError:  # the destination does not exist yet (or the source does not)
+        return
+    if same:
+        raise ConversionError(f"{dest} is the source file itself; write to another file")
+
+
+def check_quantize(src: PathLike, type_name: str) -> str:
+    """The checks `quantize` makes before it writes anything; returns the type's name."""
+    name = str(type_name).upper()
+    if name not in QUANTIZED_TYPES:
+        raise ConversionError(
+            f"unknown quantization type {type_name!r}; choose one of {', '.join(QUANTIZED_TYPES)}"
+        )
+    try:
+        header = modelfile.read_header(src)
+    except (modelfile.ModelFileError, OSError) as exc:
+        raise ConversionError(f"{src}: not an rwkv.cpp model file ({exc})") from exc
+    if header.data_type_name not in FLOAT_TYPES:
+        raise ConversionError(
+            f"{src}: is already {header.data_type_name}; quantize an FP32 or FP16 file"
         )
     return name
 
@@ -415,8 +450,9 @@ def convert(
     "data_type", "tensors", "bytes"}`. Raises ConversionError (a ValueError) for anything
     wrong with the checkpoint, before the destination is touched.
     """
-    data_type = _check_data_type(data_type)
+    data_type = check_output_type(data_type)
     src, dest = Path(src), Path(dest)
+    refuse_same_file(src, dest)
     tensors = read_checkpoint(src)
     by_key = {t.key: t for t in tensors}
     planner = _Planner(src, tensors)
@@ -462,19 +498,8 @@ def quantize(
     `{"type", "bytes_before", "bytes_after"}`.
     """
     src, dest = Path(src), Path(dest)
-    name = str(type_name).upper()
-    if name not in QUANTIZED_TYPES:
-        raise ConversionError(
-            f"unknown quantization type {type_name!r}; choose one of {', '.join(QUANTIZED_TYPES)}"
-        )
-    try:
-        header = modelfile.read_header(src)
-    except (modelfile.ModelFileError, OSError) as exc:
-        raise ConversionError(f"{src}: not an rwkv.cpp model file ({exc})") from exc
-    if header.data_type_name not in FLOAT_TYPES:
-        raise ConversionError(
-            f"{src}: is already {header.data_type_name}; quantize an FP32 or FP16 file"
-        )
+    name = check_quantize(src, type_name)
+    refuse_same_file(src, dest)
     if library is None:
         from ..engine import default_library
 

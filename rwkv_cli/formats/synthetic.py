@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgument
-from .modelfile import ModelFileError, ModelWriter, type_name
+from .modelfile import (
+    HEADER_STRUCT,
+    TENSOR_HEAD_STRUCT,
+    ModelFileError,
+    ModelWriter,
+    tensor_nbytes,
+    type_name,
+)
 from .tensor_types import QUANTIZED_TYPES, should_quantize
 
 ARCHS = ("4", "5.1", "5.2", "6", "7")
@@ -199,6 +206,20 @@ def _v7_layer(r: _Random, layer: int, c: int, n_head: int, ffn: int):
     yield b + "ffn.value.weight", r.matrix(c, ffn, 0.5)
 
 
+class _Shapes(_Random):
+    """Zeros without memory (broadcast views) in place of random values: the tensors' keys,
+    shapes and order without the cost of drawing hundreds of MB of numbers."""
+
+    def __init__(self) -> None:
+        pass
+
+    def normal(self, shape, std: float, mean: float = 0.0) -> np.ndarray:
+        return np.broadcast_to(np.float32(mean), shape)
+
+    def uniform(self, shape, low: float, high: float) -> np.ndarray:
+        return np.broadcast_to(np.float32(low), shape)
+
+
 def random_tensors(
     arch: str,
     n_layer: int,
@@ -209,6 +230,10 @@ def random_tensors(
     seed: int = 0,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(key, float32 array in PyTorch shape) for every tensor, in rwkv.cpp's file order."""
+    yield from _tensors(arch, n_layer, n_embed, n_vocab, head_size, ffn_dim, _Random(seed))
+
+
+def _tensors(arch, n_layer, n_embed, n_vocab, head_size, ffn_dim, r: _Random):
     if arch not in ARCHS:
         raise InvalidArgument(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
     if arch != "4" and n_embed % head_size:
@@ -217,7 +242,6 @@ def random_tensors(
         raise InvalidArgument(f"bad shape: n_layer={n_layer}, n_embed={n_embed}, n_vocab={n_vocab}")
     ffn = ffn_dim or default_ffn_dim(arch, n_embed)
     n_head = n_embed // head_size if arch != "4" else 0
-    r = _Random(seed)
     yield "emb.weight", r.normal((n_vocab, n_embed), 1.0)
     for layer in range(n_layer):
         if arch in ("4", "5.1", "5.2"):
@@ -247,6 +271,27 @@ def stored_type(key: str, shape: tuple[int, ...], data_type: str, source_type: s
     if data_type == "FP16":
         return "FP16" if half_ok else "FP32"
     return "FP32"
+
+
+def random_model_size(
+    arch: str,
+    n_layer: int,
+    n_embed: int,
+    n_vocab: int,
+    data_type: str = "FP32",
+    head_size: int = 64,
+    ffn_dim: int | None = None,
+    source_type: str = "FP16",
+) -> int:
+    """The exact size in bytes of the file `write_random_model` writes for these arguments,
+    known before writing it (no values are drawn)."""
+    data_type, source_type = type_name(data_type), type_name(source_type)
+    size = HEADER_STRUCT.size
+    for key, value in _tensors(arch, n_layer, n_embed, n_vocab, head_size, ffn_dim, _Shapes()):
+        stored = stored_type(key, value.shape, data_type, source_type)
+        size += TENSOR_HEAD_STRUCT.size + 4 * value.ndim + len(key.encode("utf-8"))
+        size += tensor_nbytes(stored, int(np.prod(value.shape)))
+    return size
 
 
 def write_random_model(
