@@ -3,7 +3,8 @@
  *
  *   tensor     a typed view of one tensor (in the memory-mapped file, or owned)
  *   model      the mapped file, shapes, per-layer tensor views; shared by cloned contexts
- *   context    state scratch, thread pool, error slot; one per clone
+ *   context    run state (the forward passes' scratch), thread pool, error slot; one per clone
+ *   batch      the rows of one forward pass and the sequences they belong to
  *
  * Nothing here knows about Python.
  */
@@ -93,6 +94,7 @@ typedef struct error_slot {
 
 void error_set(error_slot * slot, int flags, const char * fmt, ...) __attribute__((format(printf, 3, 4)));
 bool error_print_enabled(void);
+void error_set_print_default(bool on);
 /* The slot of this thread's context-less calls (loading, quantizing). */
 error_slot * error_thread_slot(void);
 
@@ -124,15 +126,47 @@ const char * kernels_available(void); /* e.g. "scalar avx2 avx512" */
 
 /* ---- thread pool ---- */
 
-typedef void (*pool_chunk_task)(void * arg, int64_t chunk);
+/* A piece of a parallel loop: chunk is its index, thread the index (0 .. n_threads - 1) of the
+ * thread running it, so a task can use scratch of its own without locks. */
+typedef void (*pool_chunk_task)(void * arg, int64_t chunk, int thread);
 typedef struct pool pool;
 
 pool * pool_create(int n_threads); /* n_threads - 1 workers; the caller takes part too */
-/* Runs task(arg, c) for every c in [0, n_chunks) on the pool's threads; returns when all
- * are done. Chunks must be independent. */
+/* Runs task(arg, c, thread) for every c in [0, n_chunks) on the pool's threads; returns when
+ * all are done. Chunks must be independent. */
 void pool_for(pool * p, int64_t n_chunks, pool_chunk_task task, void * arg);
 int pool_size(const pool * p);
 void pool_free(pool * p);
+
+/* ---- conventions of the rest of the engine ----
+ * A function that can fail returns bool (true: done) or a pointer (NULL: failed) and writes
+ * the reason into the error_slot it is given. Shapes are named the same in every file:
+ *   C  n_embed          H  n_head          S  head_size        F  ffn_dim
+ *   R  rows of a forward pass (tokens of every sequence in it)
+ *   T  tokens of one sequence in a forward pass
+ *   L  the layer being computed (a `const layer *`)
+ */
+
+/* Below this much work a loop runs on the calling thread alone: waking the workers and
+ * waiting for them costs a few microseconds. Products count multiply-adds; the other loops
+ * (recurrences, elementwise passes) count rough operations, so the two bars differ. */
+#define PARALLEL_MIN_MACS 32768.0
+#define PARALLEL_MIN_OPS 65536.0
+
+/* For the loops of the recurrences (plain C that the compiler vectorizes): built for the
+ * baseline x86-64 they get 4-wide SSE; this adds an AVX2 copy that the loader picks when the
+ * CPU has it (function multiversioning). AVX2 without FMA rounds every product and sum as
+ * the baseline does, so both copies compute the same bits. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+#define LAYER_NORM_EPS 1e-5f      /* ln0, ln1, ln2, ln_out of every version */
+#define GROUP_NORM_EPS 64e-5f     /* v5+'s per-head norm (the official models'; rwkv.cpp uses 1e-5 for v5) */
+#define SEQ_CHUNK 64              /* rows per forward pass: tokens of a sequence-mode chunk or sequences of a batch */
+#define HEAD_PIECE_ROWS 256       /* vocabulary rows per piece of a head product over several rows */
 
 /* ---- the model ---- */
 
@@ -141,23 +175,23 @@ enum { ARCH_V4 = 40, ARCH_V5_1 = 51, ARCH_V5_2 = 52, ARCH_V6 = 60, ARCH_V7 = 70 
 typedef struct layer {
     const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
 
-    /* v4 and v5: token-shift mixes and decay */
+    /* v4 and v5: token-shift mixes (weights of the previous token) and decay */
     const float *att_mix_k, *att_mix_v, *att_mix_r, *att_mix_g;
     const float *att_decay, *att_first; /* v4: n_embed; v5: as stored (see forward_v5.c) */
     const float *ln_x_w, *ln_x_b;       /* v5+: per-head group norm */
     tensor att_k, att_v, att_r, att_o, att_g;
-    const float *ffn_mix_k, *ffn_mix_r;
+    const float *ffn_mix_k, *ffn_mix_r; /* ffn_mix_r NULL: no receptance gate (v7) */
     tensor ffn_k, ffn_v, ffn_r;
 
     /* v6 */
     const float *maa_x, *maa_w, *maa_k, *maa_v, *maa_r, *maa_g;
-    tensor maa_w1;     /* n_embed -> 5 * D_mix */
-    tensor maa_w2[5];  /* D_mix -> n_embed each */
+    tensor maa_w1;    /* C -> 5 * D */
+    tensor maa_w2[5]; /* D -> C each */
     tensor decay_w1, decay_w2;
-    const float *faaaa;
+    const float * faaaa;
 
     /* v7 */
-    const float *x_rwkvag; /* 6 x n_embed: r, w, k, v, a, g */
+    const float * x_rwkvag; /* 6 x C: r, w, k, v, a, g */
     tensor w1, w2, a1, a2, v1, v2, g1, g2;
     const float *w0, *a0, *v0, *k_k, *k_a, *r_k;
     bool has_v_lora; /* layers after the first mix v with v_first */
@@ -165,18 +199,28 @@ typedef struct layer {
 
 typedef struct model model;
 typedef struct context context;
+typedef struct batch batch;
 
+/* Floats per row of the scratch buffers a time mix needs besides those every version uses
+ * (x, xx, dx, xm, r, y, out, the FFN hidden): C for the flags, the given width for the rest. */
+typedef struct time_mix_scratch {
+    bool k, v, w, a, g, kk, v_first, extra;
+    int64_t lora, lora_part, decay_lora;
+} time_mix_scratch;
+
+/* What an architecture plugs into the forward skeleton (forward.c). */
 typedef struct arch_ops {
     int arch;             /* ARCH_V4 ... */
     const char * version; /* "4", "5.1", ... */
-    int (*bind)(model * m, error_slot * err);
-    /* Runs T tokens (T <= context's chunk capacity) updating state in place; logits of the
-     * last token written when logits != NULL. */
-    void (*forward)(context * ctx, const uint32_t * tokens, int T, float * state, float * logits);
-    size_t (*state_len)(const model * m);
-    void (*init_state)(const model * m, float * state);
-    /* floats of scratch per token a forward needs (the context allocates chunk * this) */
-    size_t (*scratch_per_token)(const model * m);
+    bool (*bind)(model * m, error_slot * err);
+    /* A layer's state is [ffn_xx, att_xx, the time mix's state]; this is the length of the
+     * last part and what a fresh one holds. */
+    int64_t (*time_mix_state_len)(const model * m);
+    void (*init_time_mix_state)(const model * m, float * state);
+    void (*scratch)(const model * m, time_mix_scratch * need);
+    /* Reads the run state's xx (ln1 of every row) and dx (their token shift) and each
+     * sequence's att_state; writes y, the input of the output product att_o. */
+    void (*time_mix)(context * ctx, const layer * L, const batch * b);
 } arch_ops;
 
 extern const arch_ops arch_v4, arch_v5_1, arch_v5_2, arch_v6, arch_v7;
@@ -208,7 +252,6 @@ struct model {
     int n_owned, cap_owned;
 
     atomic_int refcount;
-    const kernels * kern;
     size_t weight_bytes_per_token;
 
     /* GGUF files (model_gguf.c) */
@@ -228,22 +271,57 @@ bool model_gguf_name(const model * m, const char * key, char * out, size_t cap);
 model * model_load(const char * path, error_slot * err);
 void model_release(model * m); /* drops one reference */
 
-/* Tensor lookup for the bind functions: NULL and an error naming the key if absent. */
+/* Tensor lookup: NULL if absent (no error set). */
 const tensor * model_find(const model * m, const char * key);
 /* A float32 copy (owned by the model) of a tensor of exactly n elements. */
 const float * model_vector(model * m, error_slot * err, const char * key, int64_t n);
-/* Same for an optional tensor: NULL without error when absent. */
-const float * model_vector_opt(model * m, error_slot * err, const char * key, int64_t n, bool * failed);
 /* A 2-D matrix view with ne[0] == cols and rows rows (rows/cols -1: any). */
-int model_matrix(model * m, error_slot * err, const char * key, int64_t cols, int64_t rows, tensor * out);
+bool model_matrix(model * m, error_slot * err, const char * key, int64_t cols, int64_t rows, tensor * out);
 /* A float32 matrix owned by the model, viewed as a tensor (for small 3-D tensors). */
 tensor model_owned_matrix(const float * data, int64_t cols, int64_t rows, const char * key);
-/* Remembers a heap block to free with the model. */
+/* Remembers a heap block to free with the model; NULL (and the block freed) when out of memory. */
 void * model_own(model * m, void * block);
+/* An error naming a tensor the architecture needs and the file lacks. */
+void model_missing(const model * m, error_slot * err, const char * key);
+
+/* Binding the tensors of layer i, "blocks.<i>.<name>" (forward_v*.c): */
+bool bind_vector(model * m, error_slot * err, int i, const char * name, int64_t n, const float ** out);
+bool bind_matrix(model * m, error_slot * err, int i, const char * name, int64_t cols, int64_t rows, tensor * out);
+/* v4/v5 store time_mix as the weight of the current token; the token shift weights the
+ * previous one (as v6/v7 store it): this binds 1 - time_mix. */
+bool bind_mix(model * m, error_slot * err, int i, const char * name, int64_t n, const float ** out);
+/* Head count and size from the outermost dimension of `key`. */
+bool bind_heads(model * m, error_slot * err, const char * key);
+bool bind_ffn_dim(model * m, error_slot * err);
 
 /* ---- contexts ---- */
 
-#define SEQ_CHUNK 64 /* tokens per internal sequence-mode chunk */
+/* The scratch of the forward passes (llama2.c's RunState): every buffer holds `rows` rows,
+ * allocated once when the context is created from the list in run_state_declare (context.c).
+ * Buffers an architecture does not use are NULL. */
+typedef struct run_state {
+    int rows; /* capacity: the most rows a forward pass may have */
+    /* rows x C */
+    float * x;   /* the residual stream */
+    float * xx;  /* a block's normalized input */
+    float * dx;  /* the token shift: the previous row's xx minus this row's */
+    float * xm;  /* the mixed input of a product */
+    float * y;   /* the time mix's result, input of the output product */
+    float * out; /* a product's output before it is added to x */
+    float * r;   /* receptance (time mix), the gate (channel mix) */
+    float *k, *v, *w, *a, *g, *kk, *v_first, *extra; /* more time-mix projections (per version) */
+    /* rows x a low-rank width (v6, v7) */
+    float *lora, *lora_part, *decay_lora;
+    float * ffn_hidden; /* rows x F */
+    float * head_in;    /* rows x C: ln_out of the rows whose logits are wanted */
+    float * head_out;   /* per thread, HEAD_PIECE_ROWS x rows: a piece of the head's output */
+    /* per sequence (at most `rows` of them): its views of the current layer's state */
+    float **ffn_xx, **att_xx, **att_state;
+    float ** head_logits; /* the outputs of the rows in head_in */
+    void * prepared; /* activations prepared for the kernels */
+    size_t prepared_bytes;
+    void * block;    /* the one allocation all of the above live in */
+} run_state;
 
 struct context {
     model * m;
@@ -252,93 +330,68 @@ struct context {
     int n_threads;
     error_slot err;
     bool print_errors;
-
-    int chunk;          /* token capacity of the scratch (sequence-mode chunk) */
-    float * work;       /* chunk * ops->scratch_per_token(m) floats, carved up by forward() */
-    size_t work_floats;
-    bool all_logits;    /* forward() writes the logits of every token, not only the last one's */
-    void * prepared;    /* activations prepared for the kernels */
-    size_t prepared_cap;
+    run_state rs;
+    bool all_logits; /* forward() writes the logits of every row, not only the last one's */
 };
 
-/* y (T rows of tensor_rows(W) floats, row stride ldy) = W x (T rows of W->ne[0] floats). */
-void ctx_matmul(context * ctx, const tensor * W, const float * x, int T, float * y, int64_t ldy);
-/* Row r of the embedding as float32. */
-void ctx_embedding(context * ctx, uint32_t token, float * out);
-/* The head on one normalized vector x into logits. */
-void ctx_head(context * ctx, const float * x, float * logits);
-
-/* ---- pieces shared by the forward passes (blocks.c); x, xx, dx are T rows of n_embed ---- */
-
-/* x = ln0(embedding of each token) */
-void embed_chunk(context * ctx, const uint32_t * tokens, int T, float * x);
-void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int T, int64_t C, float eps);
-/* The token shift: dx_t = xx_{t-1} - xx_t, where xx_{-1} is `last` (from the state), which
- * then becomes xx_{T-1}. */
-void shift_delta(float * dx, const float * xx, float * last, int T, int64_t C);
-/* out_t = xx_t + dx_t * (mix + extra_t) (extra may be NULL): lerp toward the previous token. */
-void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int T, int64_t C);
-
-typedef struct channel_scratch {
-    float *xx, *dx, *xm, *r, *out; /* T x n_embed each */
-    float * hidden;                /* T x ffn_dim */
-} channel_scratch;
-/* The squared-ReLU channel mix (gated by receptance unless L->ffn_mix_r is NULL), added to x. */
-void channel_mix(context * ctx, const layer * L, float * x, float * ffn_xx, int T, const channel_scratch * s);
-/* x_t += bias for each of T rows; tanh in place (vectorized through the kernels). */
-void add_rows(float * x, const float * bias, int T, int64_t C);
-void tanh_array(context * ctx, float * x, int64_t n);
-/* v5/v6: x += att_o(gate(group_norm(y))), the gate SiLU(g) when g is not NULL; out is scratch. */
-void attention_output(context * ctx, const layer * L, float * x, float * y, const float * g, int T, float * out);
-/* logits = head(ln_out(x_{T-1})) when logits is not NULL; scratch holds n_embed floats. With
- * ctx->all_logits, T rows of logits for every x_t (scratch then holds T x n_embed floats). */
-void output_logits(context * ctx, const float * x, int T, float * scratch, float * logits);
-
-/* v4/v5 store time_mix as the weight of the current token; the token shift above weights the
- * previous one (as v6/v7 store it): this loads 1 - time_mix. */
-const float * model_mix_of_previous(model * m, error_slot * err, const char * key, int64_t n);
-#define BIND_MIX(field, name, n)                                      \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                  \
-    if (!(L->field = model_mix_of_previous(m, err, key, (n)))) return -1;
-/* The per-head recurrence of v5 and later over a chunk. Heads are independent, so they are
- * shared among the context's threads (each head still sees its tokens in order). */
-typedef struct heads_job {
-    float * state;                  /* n_head matrices head_size x head_size */
-    const float *r, *k, *v, *w, *b; /* T rows of n_embed (w: see w_stride; b: v7's kk * a) */
-    const float *u, *kk;            /* u: per channel (v5/v6 bonus); kk: T rows (v7) */
-    float * y;                      /* T rows of n_embed */
-    int T;
-    int64_t C, S;
-    int64_t w_stride; /* n_embed for a decay per token (v6, v7), 0 for a constant one (v5) */
-    void (*step)(const struct heads_job * job, int64_t h, int64_t t);
-} heads_job;
-void run_heads(context * ctx, const heads_job * job, int64_t n_heads);
-/* The step of v5 and v6 (their recurrence is the same; v6's decay changes per token). */
-void key_major_step(const heads_job * job, int64_t h, int64_t t);
+/* y (R rows of tensor_rows(W) floats, row stride ldy) = W x (R rows of W->ne[0] floats). */
+void ctx_matmul(context * ctx, const tensor * W, const float * x, int R, float * y, int64_t ldy);
+/* The head over R rows of ln_out'ed x: logits[i] (n_vocab floats each) = head x_i. */
+void ctx_head(context * ctx, const float * x, int R, float * const * logits);
 /* Runs fn(arg, begin, end) over [0, n) in ranges aligned to `align`, on the context's threads
  * when `work` (a rough count of operations) is worth it. */
 typedef void (*range_task)(void * arg, int64_t begin, int64_t end);
 void ctx_parallel_range(context * ctx, int64_t n, int64_t align, double work, range_task fn, void * arg);
 
-/* Head count and size from the outermost dimension of `key`. */
-int bind_heads(model * m, error_slot * err, const char * key);
-int bind_ffn_dim(model * m, error_slot * err);
-/* v5 and later: per layer [ffn_xx, att_xx, n_head matrices head_size x head_size], fresh = 0. */
-size_t heads_state_len(const model * m);
-void heads_init_state(const model * m, float * state);
+/* ---- the forward pass (forward.c) ---- */
 
-/* Binding helpers for `for (int i ...) { layer * L ...; char key[128]; }` loops. */
-#define BIND_VECTOR(field, name, n)                                   \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                  \
-    if (!(L->field = model_vector(m, err, key, (n)))) return -1;
-#define BIND_MATRIX(field, name, cols, rows)                          \
-    snprintf(key, sizeof key, "blocks.%d." name, i);                  \
-    if (model_matrix(m, err, key, (cols), (rows), &L->field) != 0) return -1;
+/* The rows of one forward pass: n_seq sequences of seq_len consecutive tokens each, rows in
+ * sequence order (sequence mode: one sequence of T tokens; a batch: n sequences of one). */
+struct batch {
+    int n_seq, seq_len, n_rows;
+    const uint32_t * tokens; /* n_rows */
+    float * const * state;   /* n_seq states, advanced in place */
+    float * const * logits;  /* n_seq outputs for the last row of each; NULL entries (or NULL): none */
+};
 
-/* ---- small vector math (ops.c) ---- */
+/* Fails (an internal error) when n_rows exceeds ctx->rs.rows: callers cut longer work into
+ * passes of at most that many rows. */
+bool forward(context * ctx, const batch * b);
+size_t forward_state_len(const model * m);
+void forward_init_state(const model * m, float * state);
+
+/* ---- building blocks of the time mixes (blocks.c); x, xx, dx are R rows of C ---- */
 
 void layer_norm(float * out, const float * x, const float * w, const float * b, int64_t n, float eps);
+void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int R, int64_t C, float eps);
 void group_norm(float * out, const float * x, const float * w, const float * b, int64_t n_groups, int64_t group, float eps);
-static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* out_r = xx_r + dx_r * (mix + extra_r) (extra may be NULL): lerp toward the previous token. */
+void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int R, int64_t C);
+/* x_r += bias for each of R rows; tanh in place (vectorized through the kernels). */
+void add_rows(float * x, const float * bias, int R, int64_t C);
+void tanh_array(context * ctx, float * x, int64_t n);
+/* v5/v6: y = gate(group_norm(y)) with L's per-head norm, the gate SiLU(g) when g is not
+ * NULL; scratch: R x C. */
+void group_norm_and_gate(context * ctx, const layer * L, float * y, const float * g, int R, float * scratch);
+
+/* The per-head recurrence of v5 and later. Every (sequence, head) pair is independent, so
+ * the pairs are shared among the context's threads; each sees its sequence's rows in order. */
+typedef struct heads_job {
+    float * const * state;          /* per sequence: n_head matrices S x S */
+    const float *r, *k, *v, *w, *b; /* R rows of C (w: see w_stride; b: v7's kk * a) */
+    const float *u, *kk;            /* u: per channel (v5/v6 bonus); kk: R rows (v7) */
+    float * y;                      /* R rows of C */
+    int n_seq, seq_len;
+    int64_t C, S;
+    int64_t w_stride; /* C for a decay per token (v6, v7), 0 for a constant one (v5) */
+    /* one row through head h, whose S x S matrix is `state` */
+    void (*step)(const struct heads_job * job, float * state, int64_t h, int64_t row);
+} heads_job;
+void run_heads(context * ctx, const heads_job * job);
+/* The step of v5 and v6 (their recurrence is the same; v6's decay changes per token). */
+void key_major_step(const heads_job * job, float * state, int64_t h, int64_t row);
+/* v5 and later: a layer's time-mix state is n_head matrices S x S, fresh = 0. */
+int64_t heads_state_len(const model * m);
+void heads_init_state(const model * m, float * state);
 
 #endif /* RWKV_ENGINE_H */

@@ -1,5 +1,5 @@
 /*
- * forward_v6.c: RWKV v6 "Finch" (World v6).
+ * forward_v6.c: the time mix of RWKV v6 "Finch" (World v6).
  *
  * v5.2's recurrence (state K key-major, K[i][j]: key i, value j) with two data-dependent parts:
  * - the token shift ("ddlerp"): a first mix x + (x_prev - x) * maa_x feeds a low-rank MLP whose
@@ -13,10 +13,9 @@
  * `time_maa_w2` (5, C, D) (a 3-D tensor, never quantized: five D -> C matrices),
  * `time_decay_w1` (D2, C), `time_decay_w2` (C, D2).
  *
- * State per layer, as rwkv.cpp lays it out: (2 + head_size) vectors of n_embed:
- * [ffn_xx, att_xx, n_head matrices head_size x head_size, key-major]; fresh = zeros.
+ * Time-mix state per layer, as rwkv.cpp lays it out: n_head matrices S x S, key-major;
+ * fresh = zeros.
  */
-#include <math.h>
 #include <stdio.h>
 
 #include "engine.h"
@@ -24,12 +23,11 @@
 /* The order of the five low-rank mixes in time_maa_w1's output and time_maa_w2. */
 enum { MIX_W, MIX_K, MIX_V, MIX_R, MIX_G, N_MIX };
 
-static int v6_bind_mix(model * m, error_slot * err, int i, layer * L) {
+static bool v6_bind_mix(model * m, error_slot * err, int i, layer * L) {
     const int64_t C = m->n_embed;
-    char key[128];
-    snprintf(key, sizeof key, "blocks.%d.att.time_maa_w1", i);
-    if (model_matrix(m, err, key, C, -1, &L->maa_w1) != 0) return -1;
+    if (!bind_matrix(m, err, i, "att.time_maa_w1", C, -1, &L->maa_w1)) return false;
     const int64_t D = L->maa_w1.ne[1] / N_MIX;
+    char key[128];
     snprintf(key, sizeof key, "blocks.%d.att.time_maa_w2", i);
     const tensor * w2 = model_find(m, key);
     if (w2 && (L->maa_w1.ne[1] % N_MIX != 0 || w2->ne[0] != D || w2->ne[1] != C || w2->ne[2] != N_MIX || w2->ne[3] != 1)) {
@@ -37,143 +35,114 @@ static int v6_bind_mix(model * m, error_slot * err, int i, layer * L) {
                   "tensor '%s' has shape [%lld, %lld, %lld] (file order), expected [%lld, %lld, 5] to match '%s'", key,
                   (long long)w2->ne[0], (long long)w2->ne[1], (long long)w2->ne[2], (long long)D, (long long)C,
                   L->maa_w1.key);
-        return -1;
+        return false;
     }
     const float * all = model_vector(m, err, key, N_MIX * C * D);
-    if (!all) return -1;
+    if (!all) return false;
     for (int j = 0; j < N_MIX; j++) L->maa_w2[j] = model_owned_matrix(all + j * C * D, D, C, w2->key);
-    return 0;
+    return true;
 }
 
-static int v6_bind(model * m, error_slot * err) {
+static bool v6_bind(model * m, error_slot * err) {
     const int64_t C = m->n_embed;
-    if (bind_heads(m, err, "blocks.0.att.time_faaaa") != 0 || bind_ffn_dim(m, err) != 0) return -1;
+    if (!bind_heads(m, err, "blocks.0.att.time_faaaa") || !bind_ffn_dim(m, err)) return false;
     const int64_t F = m->ffn_dim;
-    char key[128];
     for (int i = 0; i < m->n_layer; i++) {
         layer * L = &m->layers[i];
-        BIND_VECTOR(ln1_w, "ln1.weight", C) BIND_VECTOR(ln1_b, "ln1.bias", C)
-        BIND_VECTOR(ln2_w, "ln2.weight", C) BIND_VECTOR(ln2_b, "ln2.bias", C)
-        BIND_VECTOR(maa_x, "att.time_maa_x", C) BIND_VECTOR(maa_w, "att.time_maa_w", C) BIND_VECTOR(maa_k, "att.time_maa_k", C)
-        BIND_VECTOR(maa_v, "att.time_maa_v", C) BIND_VECTOR(maa_r, "att.time_maa_r", C) BIND_VECTOR(maa_g, "att.time_maa_g", C)
-        if (v6_bind_mix(m, err, i, L) != 0) return -1;
-        BIND_VECTOR(att_decay, "att.time_decay", C) BIND_VECTOR(faaaa, "att.time_faaaa", C)
-        BIND_MATRIX(decay_w1, "att.time_decay_w1", C, -1)
-        BIND_MATRIX(decay_w2, "att.time_decay_w2", L->decay_w1.ne[1], C)
-        BIND_MATRIX(att_r, "att.receptance.weight", C, C) BIND_MATRIX(att_k, "att.key.weight", C, C)
-        BIND_MATRIX(att_v, "att.value.weight", C, C) BIND_MATRIX(att_o, "att.output.weight", C, C)
-        BIND_MATRIX(att_g, "att.gate.weight", C, C)
-        BIND_VECTOR(ln_x_w, "att.ln_x.weight", C) BIND_VECTOR(ln_x_b, "att.ln_x.bias", C)
-        BIND_VECTOR(ffn_mix_k, "ffn.time_maa_k", C) BIND_VECTOR(ffn_mix_r, "ffn.time_maa_r", C)
-        BIND_MATRIX(ffn_k, "ffn.key.weight", C, F) BIND_MATRIX(ffn_r, "ffn.receptance.weight", C, C) BIND_MATRIX(ffn_v, "ffn.value.weight", F, C)
+        const bool ok = bind_vector(m, err, i, "ln1.weight", C, &L->ln1_w) && bind_vector(m, err, i, "ln1.bias", C, &L->ln1_b) &&
+                        bind_vector(m, err, i, "ln2.weight", C, &L->ln2_w) && bind_vector(m, err, i, "ln2.bias", C, &L->ln2_b) &&
+                        bind_vector(m, err, i, "att.time_maa_x", C, &L->maa_x) &&
+                        bind_vector(m, err, i, "att.time_maa_w", C, &L->maa_w) &&
+                        bind_vector(m, err, i, "att.time_maa_k", C, &L->maa_k) &&
+                        bind_vector(m, err, i, "att.time_maa_v", C, &L->maa_v) &&
+                        bind_vector(m, err, i, "att.time_maa_r", C, &L->maa_r) &&
+                        bind_vector(m, err, i, "att.time_maa_g", C, &L->maa_g) && v6_bind_mix(m, err, i, L) &&
+                        bind_vector(m, err, i, "att.time_decay", C, &L->att_decay) &&
+                        bind_vector(m, err, i, "att.time_faaaa", C, &L->faaaa) &&
+                        bind_matrix(m, err, i, "att.time_decay_w1", C, -1, &L->decay_w1) &&
+                        bind_matrix(m, err, i, "att.time_decay_w2", L->decay_w1.ne[1], C, &L->decay_w2) &&
+                        bind_matrix(m, err, i, "att.receptance.weight", C, C, &L->att_r) &&
+                        bind_matrix(m, err, i, "att.key.weight", C, C, &L->att_k) &&
+                        bind_matrix(m, err, i, "att.value.weight", C, C, &L->att_v) &&
+                        bind_matrix(m, err, i, "att.output.weight", C, C, &L->att_o) &&
+                        bind_matrix(m, err, i, "att.gate.weight", C, C, &L->att_g) &&
+                        bind_vector(m, err, i, "att.ln_x.weight", C, &L->ln_x_w) &&
+                        bind_vector(m, err, i, "att.ln_x.bias", C, &L->ln_x_b) &&
+                        bind_vector(m, err, i, "ffn.time_maa_k", C, &L->ffn_mix_k) &&
+                        bind_vector(m, err, i, "ffn.time_maa_r", C, &L->ffn_mix_r) &&
+                        bind_matrix(m, err, i, "ffn.key.weight", C, F, &L->ffn_k) &&
+                        bind_matrix(m, err, i, "ffn.receptance.weight", C, C, &L->ffn_r) &&
+                        bind_matrix(m, err, i, "ffn.value.weight", F, C, &L->ffn_v);
+        if (!ok) return false;
     }
-    return 0;
+    return true;
 }
 
-/* the widest low-rank dimensions of any layer: token-shift D and decay D2 */
-static void v6_lora_widths(const model * m, int64_t * mix, int64_t * decay) {
-    *mix = *decay = 1;
+static void v6_scratch(const model * m, time_mix_scratch * need) {
+    need->w = need->k = need->v = need->g = need->extra = true;
+    /* the widest low-rank dimensions of any layer: token shift D (five at once) and decay */
+    need->lora_part = need->decay_lora = 1;
     for (int64_t i = 0; i < m->n_layer; i++) {
         const layer * L = &m->layers[i];
-        if (L->maa_w2[0].ne[0] > *mix) *mix = L->maa_w2[0].ne[0];
-        if (L->decay_w1.ne[1] > *decay) *decay = L->decay_w1.ne[1];
+        if (L->maa_w2[0].ne[0] > need->lora_part) need->lora_part = L->maa_w2[0].ne[0];
+        if (L->decay_w1.ne[1] > need->decay_lora) need->decay_lora = L->decay_w1.ne[1];
     }
+    need->lora = N_MIX * need->lora_part;
 }
 
-/* x, xx, dx, xm, extra, w, k, v, r, g, y, out; the five token-shift hiddens and one gathered;
- * the decay hidden; the FFN hidden */
-static size_t v6_scratch_per_token(const model * m) {
-    int64_t D, D2;
-    v6_lora_widths(m, &D, &D2);
-    return (size_t)(12 * m->n_embed + 6 * D + D2 + m->ffn_dim);
-}
-
-static void v6_forward(context * ctx, const uint32_t * tokens, int T, float * state, float * logits) {
+static void v6_time_mix(context * ctx, const layer * L, const batch * b) {
     const model * m = ctx->m;
-    const int64_t C = m->n_embed, N = ctx->chunk, H = m->n_head, S = m->head_size;
-    const int64_t TC = (int64_t)T * C;
-    int64_t Dmax, D2max;
-    v6_lora_widths(m, &Dmax, &D2max);
-    float * x = ctx->work;
-    float * xx = x + N * C;
-    float * dx = xx + N * C;
-    float * xm = dx + N * C;
-    float * extra = xm + N * C;
-    float * w = extra + N * C;
-    float * k = w + N * C;
-    float * v = k + N * C;
-    float * r = v + N * C;
-    float * g = r + N * C;
-    float * y = g + N * C;
-    float * out = y + N * C;
-    float * mix_hidden = out + N * C;           /* T x 5D */
-    float * one_hidden = mix_hidden + N * 5 * Dmax; /* T x D */
-    float * decay_hidden = one_hidden + N * Dmax;   /* T x D2 */
-    float * hidden = decay_hidden + N * D2max;
+    run_state * rs = &ctx->rs;
+    const int R = b->n_rows;
+    const int64_t C = m->n_embed, RC = (int64_t)R * C;
+    const int64_t D = L->maa_w2[0].ne[0], D2 = L->decay_w1.ne[1];
 
-    const channel_scratch ffn = {xx, dx, xm, r, out, hidden};
+    /* ddlerp: the five token-shift mixes, each with its own low-rank correction */
+    mix_tokens(rs->xm, rs->xx, rs->dx, L->maa_x, NULL, R, C);
+    ctx_matmul(ctx, &L->maa_w1, rs->xm, R, rs->lora, N_MIX * D);
+    tanh_array(ctx, rs->lora, R * N_MIX * D);
 
-    embed_chunk(ctx, tokens, T, x);
-    for (int64_t li = 0; li < m->n_layer; li++) {
-        const layer * L = &m->layers[li];
-        float * ffn_xx = state + li * (2 + S) * C;
-        float * att_xx = ffn_xx + C;
-        float * heads = att_xx + C;
-        const int64_t D = L->maa_w2[0].ne[0], D2 = L->decay_w1.ne[1];
-
-        /* ---- time mixing: ddlerp, then the five products ---- */
-        layer_norm_rows(xx, x, L->ln1_w, L->ln1_b, T, C, m->ln_eps);
-        shift_delta(dx, xx, att_xx, T, C);
-        mix_tokens(xm, xx, dx, L->maa_x, NULL, T, C);
-        ctx_matmul(ctx, &L->maa_w1, xm, T, mix_hidden, N_MIX * D);
-        tanh_array(ctx, mix_hidden, T * N_MIX * D);
-
-        const float * maa[N_MIX] = {L->maa_w, L->maa_k, L->maa_v, L->maa_r, L->maa_g};
-        for (int s = 0; s < N_MIX; s++) {
-            for (int t = 0; t < T; t++) {
-                memcpy(one_hidden + t * D, mix_hidden + (t * N_MIX + s) * D, (size_t)D * sizeof(float));
-            }
-            ctx_matmul(ctx, &L->maa_w2[s], one_hidden, T, extra, C);
-            mix_tokens(xm, xx, dx, maa[s], extra, T, C);
-            switch (s) {
-            case MIX_W:
-                ctx_matmul(ctx, &L->decay_w1, xm, T, decay_hidden, D2);
-                tanh_array(ctx, decay_hidden, T * D2);
-                ctx_matmul(ctx, &L->decay_w2, decay_hidden, T, w, C);
-                /* w = exp(-exp(time_decay + lora)) */
-                add_rows(w, L->att_decay, T, C);
-                ctx->kern->exp(w, w, TC);
-                for (int64_t j = 0; j < TC; j++) w[j] = -w[j];
-                ctx->kern->exp(w, w, TC);
-                break;
-            case MIX_K: ctx_matmul(ctx, &L->att_k, xm, T, k, C); break;
-            case MIX_V: ctx_matmul(ctx, &L->att_v, xm, T, v, C); break;
-            case MIX_R: ctx_matmul(ctx, &L->att_r, xm, T, r, C); break;
-            case MIX_G: ctx_matmul(ctx, &L->att_g, xm, T, g, C); break;
-            }
+    const float * maa[N_MIX] = {L->maa_w, L->maa_k, L->maa_v, L->maa_r, L->maa_g};
+    for (int mix = 0; mix < N_MIX; mix++) {
+        for (int64_t row = 0; row < R; row++) {
+            memcpy(rs->lora_part + row * D, rs->lora + (row * N_MIX + mix) * D, (size_t)D * sizeof(float));
         }
-
-        /* ---- the recurrence: token by token, heads in parallel ---- */
-        const heads_job recurrence = {.state = heads, .r = r, .k = k, .v = v, .w = w, .u = L->faaaa,
-                                      .y = y, .T = T, .C = C, .S = S, .w_stride = C, .step = key_major_step};
-        run_heads(ctx, &recurrence, H);
-
-        attention_output(ctx, L, x, y, g, T, out);
-
-        channel_mix(ctx, L, x, ffn_xx, T, &ffn);
-        if (m->rescale_every && (li + 1) % m->rescale_every == 0) {
-            for (int64_t j = 0; j < TC; j++) x[j] *= 0.5f; /* llama.cpp's files expect it, see model_gguf.c */
+        ctx_matmul(ctx, &L->maa_w2[mix], rs->lora_part, R, rs->extra, C);
+        mix_tokens(rs->xm, rs->xx, rs->dx, maa[mix], rs->extra, R, C);
+        switch (mix) {
+        case MIX_W: {
+            float * w = rs->w;
+            ctx_matmul(ctx, &L->decay_w1, rs->xm, R, rs->decay_lora, D2);
+            tanh_array(ctx, rs->decay_lora, R * D2);
+            ctx_matmul(ctx, &L->decay_w2, rs->decay_lora, R, w, C);
+            /* w = exp(-exp(time_decay + lora)) */
+            add_rows(w, L->att_decay, R, C);
+            ctx->kern->exp(w, w, RC);
+            for (int64_t i = 0; i < RC; i++) w[i] = -w[i];
+            ctx->kern->exp(w, w, RC);
+            break;
+        }
+        case MIX_K: ctx_matmul(ctx, &L->att_k, rs->xm, R, rs->k, C); break;
+        case MIX_V: ctx_matmul(ctx, &L->att_v, rs->xm, R, rs->v, C); break;
+        case MIX_R: ctx_matmul(ctx, &L->att_r, rs->xm, R, rs->r, C); break;
+        case MIX_G: ctx_matmul(ctx, &L->att_g, rs->xm, R, rs->g, C); break;
         }
     }
-    output_logits(ctx, x, T, xx, logits);
+
+    const heads_job recurrence = {.state = rs->att_state, .r = rs->r, .k = rs->k, .v = rs->v, .w = rs->w, .u = L->faaaa,
+                                  .y = rs->y, .n_seq = b->n_seq, .seq_len = b->seq_len, .C = C, .S = m->head_size,
+                                  .w_stride = C, .step = key_major_step};
+    run_heads(ctx, &recurrence);
+
+    group_norm_and_gate(ctx, L, rs->y, rs->g, R, rs->out);
 }
 
 const arch_ops arch_v6 = {
     .arch = ARCH_V6,
     .version = "6",
     .bind = v6_bind,
-    .forward = v6_forward,
-    .state_len = heads_state_len,
-    .init_state = heads_init_state,
-    .scratch_per_token = v6_scratch_per_token,
+    .time_mix_state_len = heads_state_len,
+    .init_time_mix_state = heads_init_state,
+    .scratch = v6_scratch,
+    .time_mix = v6_time_mix,
 };

@@ -479,10 +479,119 @@ INLINE void f_rows2_decode(int type, const uint8_t * row0, const uint8_t * row1,
     *y1 = _mm512_reduce_add_ps(_mm512_add_ps(b0, b1));
 }
 
+/* A few tokens at once in the order of decoding: a row (or a pair of rows, as decode pairs
+ * them) is streamed once and stays in L1 while groups of up to F_GROUP tokens pass over it,
+ * each (row, token) sum keeping the accumulators and final reduction of f_row_decode (or
+ * f_rows2_decode), so every result equals decoding that token alone: a batch of sequences
+ * gives the same numbers as decoding each alone. One FP16 conversion serves a group's tokens
+ * and nothing is transposed. Measured on one thread against the panels: the 65536 x 768 FP16
+ * head 2.5x faster at 4 tokens, 1.5x at 16; 768 x 768 and 768 x 3072 FP16 1.2-1.3x at 16; in
+ * the engine's sequence mode 6% faster at 16-token chunks but 12% slower at 32 (and 28% at
+ * 64), hence the panels above F_ROWS_MAX_T tokens. */
+enum { F_GROUP = 6, F_ROWS_MAX_T = 16 };
+
+INLINE void f_row_tokens(int type, int G, const uint8_t * row, int64_t n, const float * x, int64_t ns, float * y, int64_t ldy) {
+    __m512 a0[F_GROUP], a1[F_GROUP], a2[F_GROUP], a3[F_GROUP];
+    for (int t = 0; t < G; t++) a0[t] = a1[t] = a2[t] = a3[t] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= n; k += 64) {
+        const __m512 w0 = f_load(type, row, k, 0xffff, 0), w1 = f_load(type, row, k + 16, 0xffff, 0);
+        const __m512 w2 = f_load(type, row, k + 32, 0xffff, 0), w3 = f_load(type, row, k + 48, 0xffff, 0);
+        for (int t = 0; t < G; t++) {
+            const float * xt = x + (size_t)t * ns + k;
+            a0[t] = _mm512_fmadd_ps(w0, _mm512_load_ps(xt), a0[t]);
+            a1[t] = _mm512_fmadd_ps(w1, _mm512_load_ps(xt + 16), a1[t]);
+            a2[t] = _mm512_fmadd_ps(w2, _mm512_load_ps(xt + 32), a2[t]);
+            a3[t] = _mm512_fmadd_ps(w3, _mm512_load_ps(xt + 48), a3[t]);
+        }
+    }
+    for (; k + 16 <= n; k += 16) {
+        const __m512 w0 = f_load(type, row, k, 0xffff, 0);
+        for (int t = 0; t < G; t++) a0[t] = _mm512_fmadd_ps(w0, _mm512_load_ps(x + (size_t)t * ns + k), a0[t]);
+    }
+    if (k < n) {
+        const __m512 w1 = f_load(type, row, k, (__mmask16)((1u << (n - k)) - 1), 1);
+        for (int t = 0; t < G; t++) a1[t] = _mm512_fmadd_ps(w1, _mm512_load_ps(x + (size_t)t * ns + k), a1[t]);
+    }
+    for (int t = 0; t < G; t++) {
+        y[(size_t)t * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0[t], a1[t]), _mm512_add_ps(a2[t], a3[t])));
+    }
+}
+
+INLINE void f_rows2_tokens(int type, int G, const uint8_t * row0, const uint8_t * row1, int64_t n, const float * x, int64_t ns,
+                           float * y, int64_t ldy) {
+    __m512 a0[F_GROUP], a1[F_GROUP], b0[F_GROUP], b1[F_GROUP];
+    for (int t = 0; t < G; t++) a0[t] = a1[t] = b0[t] = b1[t] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        const __m512 v0 = f_load(type, row0, k, 0xffff, 0), v1 = f_load(type, row0, k + 16, 0xffff, 0);
+        const __m512 u0 = f_load(type, row1, k, 0xffff, 0), u1 = f_load(type, row1, k + 16, 0xffff, 0);
+        for (int t = 0; t < G; t++) {
+            const __m512 x0 = _mm512_load_ps(x + (size_t)t * ns + k), x1 = _mm512_load_ps(x + (size_t)t * ns + k + 16);
+            a0[t] = _mm512_fmadd_ps(v0, x0, a0[t]);
+            b0[t] = _mm512_fmadd_ps(u0, x0, b0[t]);
+            a1[t] = _mm512_fmadd_ps(v1, x1, a1[t]);
+            b1[t] = _mm512_fmadd_ps(u1, x1, b1[t]);
+        }
+    }
+    for (; k < n; k += 16) {
+        const int left = n - k < 16 ? (int)(n - k) : 16;
+        const __mmask16 mask = (__mmask16)((1u << left) - 1);
+        const __m512 v0 = f_load(type, row0, k, mask, left < 16), u0 = f_load(type, row1, k, mask, left < 16);
+        for (int t = 0; t < G; t++) {
+            const __m512 x0 = _mm512_load_ps(x + (size_t)t * ns + k);
+            a0[t] = _mm512_fmadd_ps(v0, x0, a0[t]);
+            b0[t] = _mm512_fmadd_ps(u0, x0, b0[t]);
+        }
+    }
+    for (int t = 0; t < G; t++) {
+        y[(size_t)t * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(a0[t], a1[t]));
+        y[(size_t)t * ldy + 1] = _mm512_reduce_add_ps(_mm512_add_ps(b0[t], b1[t]));
+    }
+}
+
+/* Rows [r0, r1) for tokens [t, t + G), G a constant in each inlined copy. */
+INLINE void f_rows_group(int type, int G, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int64_t ns, int t,
+                         float * y, int64_t ldy, int64_t r0, int64_t r1) {
+    const float * xt = x + (size_t)t * ns;
+    float * yt = y + (size_t)t * ldy;
+    int64_t r = r0;
+    if (n > F_DECODE_PAIR_COLS) {
+        for (; r + 2 <= r1; r += 2) {
+            f_rows2_tokens(type, G, w + (size_t)r * row_bytes, w + (size_t)(r + 1) * row_bytes, n, xt, ns, yt + r, ldy);
+        }
+    }
+    for (; r < r1; r++) f_row_tokens(type, G, w + (size_t)r * row_bytes, n, xt, ns, yt + r, ldy);
+}
+
+INLINE void f_matmul_rows(int type, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int T, float * y,
+                          int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t ns = x86_round16(n);
+    /* rows in blocks that stay in L1 across the token groups */
+    const int64_t block = n * (type == TYPE_FP16 ? 2 : 4) > 8192 ? 2 : 8;
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+        int t = 0;
+        for (; t + F_GROUP <= T; t += F_GROUP) f_rows_group(type, F_GROUP, w, row_bytes, n, x, ns, t, y, ldy, b0, b1);
+        switch (T - t) {
+        case 5: f_rows_group(type, 5, w, row_bytes, n, x, ns, t, y, ldy, b0, b1); break;
+        case 4: f_rows_group(type, 4, w, row_bytes, n, x, ns, t, y, ldy, b0, b1); break;
+        case 3: f_rows_group(type, 3, w, row_bytes, n, x, ns, t, y, ldy, b0, b1); break;
+        case 2: f_rows_group(type, 2, w, row_bytes, n, x, ns, t, y, ldy, b0, b1); break;
+        case 1: f_rows_group(type, 1, w, row_bytes, n, x, ns, t, y, ldy, b0, b1); break;
+        default: break;
+        }
+    }
+}
+
 INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                      int64_t ldy, int64_t r0, int64_t r1) {
     const float * x = (const float *)xp;
     const int64_t ns = x86_round16(n);
+    if (T >= XE_MAX_T && T <= F_ROWS_MAX_T) {
+        f_matmul_rows(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
+        return;
+    }
     if (T < XE_MAX_T) {
         /* decode: one row at a time, so the hardware prefetcher sees a single stream */
         int64_t r = r0;

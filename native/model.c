@@ -50,71 +50,71 @@ static bool read_i32(reader * r, int32_t * out) {
     return true;
 }
 
-static int parse_header(model * m, reader * r, const char * path, error_slot * err) {
+static bool parse_header(model * m, reader * r, const char * path, error_slot * err) {
     int32_t magic, version, n_vocab, n_embed, n_layer, data_type;
     if (!read_i32(r, &magic)) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: file too short for an rwkv.cpp header (%zu bytes)", path, r->size);
-        return -1;
+        return false;
     }
     if (magic != FILE_MAGIC) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_MAGIC, "%s: not an rwkv.cpp model file (magic %08x, expected %08x) nor a GGUF file",
                   path, (unsigned)magic, FILE_MAGIC);
-        return -1;
+        return false;
     }
     if (!read_i32(r, &version) || !read_i32(r, &n_vocab) || !read_i32(r, &n_embed) || !read_i32(r, &n_layer) || !read_i32(r, &data_type)) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated header (%zu bytes)", path, r->size);
-        return -1;
+        return false;
     }
     if (version != 100 && version != 101) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_VERSION, "%s: unsupported file version %d (expected 100 or 101)", path, version);
-        return -1;
+        return false;
     }
     if (n_vocab <= 0 || n_embed <= 0 || n_layer <= 0 || n_vocab > (1 << 24) || n_embed > (1 << 20) || n_layer > 4096) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA, "%s: implausible header: n_vocab %d, n_embed %d, n_layer %d", path, n_vocab, n_embed, n_layer);
-        return -1;
+        return false;
     }
     if (!type_in_rwkv_cpp_files(data_type)) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA_TYPE, "%s: unknown data type %d in the header", path, data_type);
-        return -1;
+        return false;
     }
     if (version == 100 && type_is_quantized(data_type)) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_VERSION,
                   "%s: quantized file of version 100 uses an old block layout that is no longer supported; "
                   "re-quantize it from the FP32 or FP16 file (rwkv-cpp quantize)", path);
-        return -1;
+        return false;
     }
     m->version = version;
     m->n_vocab = n_vocab;
     m->n_embed = n_embed;
     m->n_layer = n_layer;
     m->data_type = data_type;
-    return 0;
+    return true;
 }
 
 /* Reads one tensor record at r->pos; fills t (key pointing into the file) and its key length. */
-static int parse_tensor(model * m, reader * r, const char * path, tensor * t, int32_t * key_len_out, error_slot * err) {
+static bool parse_tensor(model * m, reader * r, const char * path, tensor * t, int32_t * key_len_out, error_slot * err) {
     size_t at = r->pos;
     int32_t n_dims, key_len, type;
     if (!read_i32(r, &n_dims) || !read_i32(r, &key_len) || !read_i32(r, &type)) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated tensor header at offset %zu", path, at);
-        return -1;
+        return false;
     }
     if (n_dims < 1 || n_dims > MAX_DIMS) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DIMENSION, "%s: tensor at offset %zu has %d dimensions (1 to %d allowed)", path, at, n_dims, MAX_DIMS);
-        return -1;
+        return false;
     }
     if (key_len < 1 || key_len > MAX_KEY_LEN) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_KEY, "%s: tensor at offset %zu has a key length of %d (1 to %d allowed)", path, at, key_len, MAX_KEY_LEN);
-        return -1;
+        return false;
     }
     if (!type_in_rwkv_cpp_files(type)) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA_TYPE, "%s: tensor at offset %zu has unknown data type %d", path, at, type);
-        return -1;
+        return false;
     }
     if (m->version == 100 && type_is_quantized(type)) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_VERSION,
                   "%s: quantized tensor in a version 100 file (old block layout); re-quantize it from the FP32 or FP16 file", path);
-        return -1;
+        return false;
     }
     int64_t elements = 1;
     for (int i = 0; i < MAX_DIMS; i++) t->ne[i] = 1;
@@ -122,40 +122,40 @@ static int parse_tensor(model * m, reader * r, const char * path, tensor * t, in
         int32_t d;
         if (!read_i32(r, &d)) {
             error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated tensor shape at offset %zu", path, at);
-            return -1;
+            return false;
         }
         if (d < 1) {
             error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "%s: tensor at offset %zu has dimension %d = %d", path, at, i, d);
-            return -1;
+            return false;
         }
         t->ne[i] = d;
         /* checked before multiplying: elements (up to 2^40) times d (up to 2^31) overflows */
         if (d > MAX_ELEMENTS / elements) {
             error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "%s: tensor at offset %zu is too large", path, at);
-            return -1;
+            return false;
         }
         elements *= d;
     }
     if (r->size - r->pos < (size_t)key_len) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: truncated tensor key at offset %zu", path, r->pos);
-        return -1;
+        return false;
     }
     const char * key = (const char *)r->data + r->pos;
     r->pos += (size_t)key_len;
     if (memchr(key, 0, (size_t)key_len) != NULL) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_KEY, "%s: tensor key at offset %zu contains a NUL byte", path, at);
-        return -1;
+        return false;
     }
     if (type_is_quantized(type) && t->ne[0] % QK != 0) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "%s: quantized tensor '%.*s' has rows of %lld values, not a multiple of %d",
                   path, key_len, key, (long long)t->ne[0], QK);
-        return -1;
+        return false;
     }
     size_t nbytes = type_row_bytes(type, t->ne[0]) * (size_t)(elements / t->ne[0]);
     if (r->size - r->pos < nbytes) {
         error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "%s: tensor '%.*s' needs %zu bytes at offset %zu but the file ends at %zu (truncated file?)",
                   path, key_len, key, nbytes, r->pos, r->size);
-        return -1;
+        return false;
     }
     t->type = type;
     t->n_dims = n_dims;
@@ -164,10 +164,10 @@ static int parse_tensor(model * m, reader * r, const char * path, tensor * t, in
     t->key = key;
     *key_len_out = key_len;
     r->pos += nbytes;
-    return 0;
+    return true;
 }
 
-static int parse_tensors(model * m, reader * r, const char * path, error_slot * err) {
+static bool parse_tensors(model * m, reader * r, const char * path, error_slot * err) {
     size_t start = r->pos;
     int count = 0;
     size_t key_bytes = 0;
@@ -175,19 +175,19 @@ static int parse_tensors(model * m, reader * r, const char * path, error_slot * 
     while (r->pos < r->size) {
         tensor t;
         int32_t key_len;
-        if (parse_tensor(m, r, path, &t, &key_len, err) != 0) return -1;
+        if (!parse_tensor(m, r, path, &t, &key_len, err)) return false;
         count++;
         key_bytes += (size_t)key_len + 1;
     }
     if (count == 0) {
         error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "%s: the file holds no tensors", path);
-        return -1;
+        return false;
     }
     m->tensors = calloc((size_t)count, sizeof(tensor));
     m->key_arena = malloc(key_bytes);
     if (!m->tensors || !m->key_arena) {
         error_set(err, RWKV_ERROR_ALLOC, "%s: out of memory for the tensor table", path);
-        return -1;
+        return false;
     }
     /* second pass: record, with NUL-terminated copies of the keys */
     r->pos = start;
@@ -201,7 +201,7 @@ static int parse_tensors(model * m, reader * r, const char * path, error_slot * 
         k += key_len + 1;
     }
     m->n_tensors = count;
-    return 0;
+    return true;
 }
 
 /* ---- lookups used by the architecture bind functions ---- */
@@ -231,49 +231,100 @@ void * model_own(model * m, void * block) {
 
 static int64_t tensor_elements(const tensor * t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
 
-const float * model_vector_opt(model * m, error_slot * err, const char * key, int64_t n, bool * failed) {
+void model_missing(const model * m, error_slot * err, const char * key) {
+    error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v%s)", key,
+              m->ops ? m->ops->version : "?");
+}
+
+const float * model_vector(model * m, error_slot * err, const char * key, int64_t n) {
     const tensor * t = model_find(m, key);
-    if (!t) return NULL;
+    if (!t) {
+        model_missing(m, err, key);
+        return NULL;
+    }
     if (tensor_elements(t) != n) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "tensor '%s' has %lld elements, expected %lld",
                   key, (long long)tensor_elements(t), (long long)n);
-        *failed = true;
         return NULL;
     }
     float * out = model_own(m, malloc((size_t)n * sizeof(float)));
     if (!out) {
         error_set(err, RWKV_ERROR_ALLOC, "out of memory copying '%s'", key);
-        *failed = true;
         return NULL;
     }
-    int64_t rows = n / t->ne[0];
-    size_t rb = tensor_row_bytes(t);
+    const int64_t rows = n / t->ne[0];
+    const size_t rb = tensor_row_bytes(t);
     for (int64_t i = 0; i < rows; i++) dequantize_row(t->type, t->data + i * rb, out + i * t->ne[0], t->ne[0]);
     return out;
 }
 
-const float * model_vector(model * m, error_slot * err, const char * key, int64_t n) {
-    bool failed = false;
-    const float * v = model_vector_opt(m, err, key, n, &failed);
-    if (!v && !failed) {
-        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v%s)", key, m->ops ? m->ops->version : "?");
-    }
-    return v;
-}
-
-int model_matrix(model * m, error_slot * err, const char * key, int64_t cols, int64_t rows, tensor * out) {
+bool model_matrix(model * m, error_slot * err, const char * key, int64_t cols, int64_t rows, tensor * out) {
     const tensor * t = model_find(m, key);
     if (!t) {
-        error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_PARAM_MISSING, "model file lacks tensor '%s' (architecture v%s)", key, m->ops ? m->ops->version : "?");
-        return -1;
+        model_missing(m, err, key);
+        return false;
     }
     if (t->ne[2] != 1 || t->ne[3] != 1 || (cols >= 0 && t->ne[0] != cols) || (rows >= 0 && t->ne[1] != rows)) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "tensor '%s' has shape [%lld, %lld, %lld] (file order), expected [%lld, %lld]",
                   key, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)cols, (long long)rows);
-        return -1;
+        return false;
     }
     *out = *t;
-    return 0;
+    return true;
+}
+
+/* ---- binding the tensors of a layer ---- */
+
+#define MAX_LAYER_KEY 128
+
+static const char * layer_key(char * key, int i, const char * name) {
+    snprintf(key, MAX_LAYER_KEY, "blocks.%d.%s", i, name);
+    return key;
+}
+
+bool bind_vector(model * m, error_slot * err, int i, const char * name, int64_t n, const float ** out) {
+    char key[MAX_LAYER_KEY];
+    *out = model_vector(m, err, layer_key(key, i, name), n);
+    return *out != NULL;
+}
+
+bool bind_matrix(model * m, error_slot * err, int i, const char * name, int64_t cols, int64_t rows, tensor * out) {
+    char key[MAX_LAYER_KEY];
+    return model_matrix(m, err, layer_key(key, i, name), cols, rows, out);
+}
+
+bool bind_mix(model * m, error_slot * err, int i, const char * name, int64_t n, const float ** out) {
+    if (!bind_vector(m, err, i, name, n, out)) return false;
+    float * mix = (float *)*out; /* the model's own copy, so it may be rewritten */
+    for (int64_t c = 0; c < n; c++) mix[c] = 1.0f - mix[c];
+    return true;
+}
+
+bool bind_heads(model * m, error_slot * err, const char * key) {
+    const tensor * t = model_find(m, key);
+    if (!t) {
+        model_missing(m, err, key);
+        return false;
+    }
+    /* (n_head, 1 or head_size, ...) in PyTorch order: the outermost dimension counts the heads */
+    m->n_head = t->ne[t->n_dims - 1];
+    if (m->n_head < 1 || m->n_embed % m->n_head != 0) {
+        error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_SHAPE, "tensor '%s' gives %lld heads, which do not divide n_embed %lld",
+                  key, (long long)m->n_head, (long long)m->n_embed);
+        return false;
+    }
+    m->head_size = m->n_embed / m->n_head;
+    return true;
+}
+
+bool bind_ffn_dim(model * m, error_slot * err) {
+    const tensor * ffn_key = model_find(m, "blocks.0.ffn.key.weight");
+    if (!ffn_key) {
+        model_missing(m, err, "blocks.0.ffn.key.weight");
+        return false;
+    }
+    m->ffn_dim = ffn_key->ne[1];
+    return true;
 }
 
 tensor model_owned_matrix(const float * data, int64_t cols, int64_t rows, const char * key) {
@@ -301,8 +352,6 @@ static const arch_ops * detect_arch(const model * m) {
     return NULL;
 }
 
-static size_t weight_bytes(const tensor * t) { return t->data ? t->nbytes : 0; }
-
 /* Bytes of matrices read per token: every 2-D tensor except the embedding (one row). */
 static size_t count_weight_bytes(const model * m) {
     size_t total = 0;
@@ -311,7 +360,7 @@ static size_t count_weight_bytes(const model * m) {
         if (strcmp(t->key, "emb.weight") == 0) {
             total += tensor_row_bytes(t);
         } else if (t->ne[1] > 1) {
-            total += weight_bytes(t);
+            total += t->nbytes;
         }
     }
     return total;
@@ -378,11 +427,11 @@ model * model_open(const char * path, error_slot * err) {
         }
     } else {
         reader r = {m->map, m->map_size, 0};
-        if (parse_header(m, &r, path, err) != 0 || parse_tensors(m, &r, path, err) != 0) {
+        if (!parse_header(m, &r, path, err) || !parse_tensors(m, &r, path, err)) {
             model_destroy(m);
             return NULL;
         }
-        m->ln_eps = 1e-5f;
+        m->ln_eps = LAYER_NORM_EPS;
         snprintf(m->type_label, sizeof m->type_label, "%s", type_name(m->data_type));
     }
     atomic_store(&m->refcount, 1);
@@ -407,13 +456,13 @@ model * model_load(const char * path, error_slot * err) {
         return NULL;
     }
     /* shared tensors of every architecture */
-    if (model_matrix(m, err, "emb.weight", m->n_embed, m->n_vocab, &m->emb) != 0 ||
-        model_matrix(m, err, "head.weight", m->n_embed, m->n_vocab, &m->head) != 0 ||
+    if (!model_matrix(m, err, "emb.weight", m->n_embed, m->n_vocab, &m->emb) ||
+        !model_matrix(m, err, "head.weight", m->n_embed, m->n_vocab, &m->head) ||
         !(m->ln0_w = model_vector(m, err, "blocks.0.ln0.weight", m->n_embed)) ||
         !(m->ln0_b = model_vector(m, err, "blocks.0.ln0.bias", m->n_embed)) ||
         !(m->ln_out_w = model_vector(m, err, "ln_out.weight", m->n_embed)) ||
         !(m->ln_out_b = model_vector(m, err, "ln_out.bias", m->n_embed)) ||
-        m->ops->bind(m, err) != 0) {
+        !m->ops->bind(m, err)) {
         /* prefix the file name to the bind error; in a GGUF file, name the tensor as it does */
         char msg[sizeof err->message], gguf[160] = "";
         memcpy(msg, err->message, sizeof msg);
@@ -428,18 +477,14 @@ model * model_load(const char * path, error_slot * err) {
         model_destroy(m);
         return NULL;
     }
+    /* RWKV_V5_LN_X_EPS: rwkv.cpp's v5 eps (1e-5) reproduces its fixtures; GGUF files say theirs
+     * (model_gguf.c) */
+    if (!m->gguf_version) m->ln_x_eps = GROUP_NORM_EPS;
     const char * eps = getenv("RWKV_V5_LN_X_EPS");
-    if (m->gguf_version) {
-        /* from the GGUF metadata (model_gguf.c) */
-    } else if (m->arch == ARCH_V5_1 || m->arch == ARCH_V5_2) {
-        m->ln_x_eps = 64e-5f;
-        if (eps && *eps) {
-            char * end;
-            double v = strtod(eps, &end);
-            if (end != eps && v > 0) m->ln_x_eps = (float)v;
-        }
-    } else {
-        m->ln_x_eps = 64e-5f;
+    if (!m->gguf_version && (m->arch == ARCH_V5_1 || m->arch == ARCH_V5_2) && eps && *eps) {
+        char * end;
+        const double v = strtod(eps, &end);
+        if (end != eps && v > 0) m->ln_x_eps = (float)v;
     }
     m->weight_bytes_per_token = count_weight_bytes(m);
     return m;

@@ -35,6 +35,7 @@ typedef struct job {
 typedef struct worker {
     pool * owner;
     pthread_t thread;
+    int index; /* 1 .. n_threads - 1; the calling thread is 0 */
 } worker;
 
 struct pool {
@@ -52,7 +53,7 @@ struct pool {
 };
 
 /* Claims and runs chunks of generation g until none are left (or g is over). */
-static void run_chunks(pool * p, uint32_t g) {
+static void run_chunks(pool * p, uint32_t g, int thread) {
     const job * j = &p->jobs[g & 1];
     for (;;) {
         uint64_t c = atomic_load(&p->claim);
@@ -60,13 +61,14 @@ static void run_chunks(pool * p, uint32_t g) {
         const int64_t next = (int64_t)(c & 0xffffffffu);
         if (next >= j->n_chunks) return;
         if (!atomic_compare_exchange_weak(&p->claim, &c, c + 1)) continue;
-        j->task(j->arg, next);
+        j->task(j->arg, next, thread);
         atomic_fetch_add(&p->done, 1);
     }
 }
 
 static void * worker_main(void * arg) {
-    pool * p = ((worker *)arg)->owner;
+    const worker * self = (const worker *)arg;
+    pool * p = self->owner;
     unsigned seen = 0;
     for (;;) {
         unsigned g = atomic_load(&p->generation);
@@ -85,7 +87,7 @@ static void * worker_main(void * arg) {
         }
         if (atomic_load(&p->quit)) break;
         seen = g;
-        run_chunks(p, g);
+        run_chunks(p, g, self->index);
     }
     return NULL;
 }
@@ -105,6 +107,7 @@ pool * pool_create(int n_threads) {
         }
         for (int i = 1; i < n_threads; i++) {
             p->workers[i].owner = p;
+            p->workers[i].index = i;
             if (pthread_create(&p->workers[i].thread, NULL, worker_main, &p->workers[i]) != 0) {
                 p->n_threads = i; /* run with the workers that started */
                 break;
@@ -119,7 +122,7 @@ int pool_size(const pool * p) { return p->n_threads; }
 void pool_for(pool * p, int64_t n_chunks, pool_chunk_task task, void * arg) {
     if (n_chunks <= 0) return;
     if (p->n_threads == 1 || n_chunks == 1) {
-        for (int64_t i = 0; i < n_chunks; i++) task(arg, i);
+        for (int64_t i = 0; i < n_chunks; i++) task(arg, i, 0);
         return;
     }
     const uint32_t g = ++p->last_generation;
@@ -135,7 +138,7 @@ void pool_for(pool * p, int64_t n_chunks, pool_chunk_task task, void * arg) {
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->lock);
     }
-    run_chunks(p, g);
+    run_chunks(p, g, 0);
     for (int i = 0; atomic_load(&p->done) < n_chunks; i++) {
         cpu_relax();
         if (i > 256) sched_yield(); /* a worker holding a chunk was descheduled */

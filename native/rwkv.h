@@ -98,6 +98,17 @@ RWKV_API const char * rwkv_get_system_info_string(void);
 
 /* ---- extensions (not in rwkv.cpp) ---- */
 
+/* Advances n independent sequences by one token each, reading the weights once.
+ * state_in[i] NULL: sequence i starts from the initial state. logits_out[i] NULL: skip the
+ * head for it. state_in[i] may equal state_out[i]; otherwise the buffers of different
+ * sequences must not overlap. The results are those of n rwkv_eval calls (up to the order of
+ * float sums). Every argument is checked before anything is computed: n = 0, a NULL array,
+ * a NULL state_out[i] or a token >= n_vocab fails and writes nothing. Any n works: sequences
+ * beyond the context's scratch capacity are processed in further passes, without
+ * allocating. */
+RWKV_API bool rwkv_eval_batch(struct rwkv_context * ctx, uint32_t n, const uint32_t * tokens, const float * const * state_in,
+                              float * const * state_out, float * const * logits_out);
+
 /* The message of the last error of ctx (NULL: of this thread's context-less calls); "" if
  * none. Not cleared by reading; valid until the next failing call. */
 RWKV_API const char * rwkv_get_last_error_message(const struct rwkv_context * ctx);

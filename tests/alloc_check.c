@@ -2,7 +2,9 @@
  * alloc_check.c: evaluating tokens must not allocate. This program defines malloc, calloc,
  * realloc and aligned_alloc itself (counting, then forwarding to glibc's), so every heap
  * allocation of the engine it is linked with, threads included, is counted. It loads a
- * model, evaluates once to warm up, then counts the allocations of many more evaluations.
+ * model, evaluates once to warm up, then counts the allocations of many more evaluations:
+ * single tokens, sequences, and batches of sequences (rwkv_eval_batch, up to more sequences
+ * than one pass of the scratch holds).
  *
  *     alloc_check MODEL THREADS    prints "load N" (allocations while loading: proof that
  *                                  counting works) and "allocations N" (while evaluating)
@@ -35,6 +37,13 @@ int main(int argc, char ** argv) {
     float * state = __libc_malloc(state_len * sizeof(float));
     float * logits = __libc_malloc(vocab * sizeof(float));
     float * all_logits = __libc_malloc(150 * vocab * sizeof(float));
+    enum { BATCH = 70 }; /* more sequences than one pass of the scratch (64 rows) */
+    float * batch_states[BATCH];
+    float * batch_in[BATCH];
+    float * batch_out[BATCH];
+    float * batch_logits[BATCH];
+    float * logits_of_batch = __libc_malloc((size_t)BATCH * vocab * sizeof(float));
+    for (int i = 0; i < BATCH; i++) batch_states[i] = __libc_malloc(state_len * sizeof(float));
     uint32_t tokens[150];
     for (int i = 0; i < 150; i++) tokens[i] = (uint32_t)(i * 7919) % (uint32_t)vocab;
     if (!rwkv_eval(ctx, 1, NULL, state, logits) || !rwkv_eval_sequence(ctx, tokens, 150, state, state, logits)) return 1;
@@ -46,6 +55,15 @@ int main(int argc, char ** argv) {
     if (!rwkv_eval_sequence(ctx, tokens, 150, state, state, logits)) return 1;
     if (!rwkv_eval_sequence_in_chunks(ctx, tokens, 150, 7, NULL, state, logits)) return 1;
     if (!rwkv_eval_sequence_all_logits(ctx, tokens, 150, NULL, state, all_logits)) return 1;
+    for (int i = 0; i < BATCH; i++) {
+        /* mixed: fresh and carried states, in place or not, with and without logits */
+        batch_in[i] = i % 3 == 0 ? NULL : i % 2 ? batch_states[i] : state;
+        batch_out[i] = batch_states[i];
+        batch_logits[i] = i % 4 == 1 ? NULL : logits_of_batch + (size_t)i * vocab;
+    }
+    for (int n = 1; n <= BATCH; n += 23) {
+        if (!rwkv_eval_batch(ctx, (uint32_t)n, tokens, (const float * const *)batch_in, batch_out, batch_logits)) return 1;
+    }
     const long counted = atomic_load(&allocations);
 
     rwkv_free(ctx);

@@ -128,11 +128,11 @@ def test_a_function_added_to_a_header_is_declared_without_a_hand_copy():
     text = HEADER.read_text().replace(
         "#ifdef __cplusplus\n}\n#endif",
         "#define RWKV_MAX_BATCH 64\n"
-        "RWKV_API bool rwkv_eval_batch(struct rwkv_context * ctx, const uint32_t * tokens,\n"
+        "RWKV_API bool rwkv_future_extension(struct rwkv_context * ctx, const uint32_t * tokens,\n"
         "    size_t n_sequences, float * const * states, float * logits_out);\n"
         "#ifdef __cplusplus\n}\n#endif",
     )
-    assert "rwkv_eval_batch" in header.function_names(text)
+    assert "rwkv_future_extension" in header.function_names(text)
     ffi = cffi.FFI()
     ffi.cdef(header.cdef_from_header(text))  # cffi refuses anything but plain declarations
     lib = ffi.dlopen(native.bundled_library_path())
@@ -140,11 +140,11 @@ def test_a_function_added_to_a_header_is_declared_without_a_hand_copy():
     # Declared (so looked up in the library, where this build has no such symbol yet); an
     # undeclared name would fail before any look-up.
     with pytest.raises(AttributeError, match="not found in library"):
-        lib.rwkv_eval_batch  # noqa: B018
+        lib.rwkv_future_extension  # noqa: B018
     with pytest.raises(AttributeError, match="^rwkv_never_declared$"):
         lib.rwkv_never_declared  # noqa: B018
     generated = header.cdef_from_header(text)
-    assert "rwkv_eval_batch" in generated and "RWKV_API" not in generated
+    assert "rwkv_future_extension" in generated and "RWKV_API" not in generated
     assert 'extern "C"' not in generated and "#" not in generated.replace("#define RWKV_MAX_BATCH", "")
 
 

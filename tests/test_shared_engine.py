@@ -265,3 +265,28 @@ def test_v5_default_group_norm_eps_is_the_official_one(lib, monkeypatch, version
     # and the override is what makes the rwkv.cpp fixture match: the two differ visibly
     assert np.max(np.abs(serial - expected_logits(version))) > 1e-3
 
+
+# ---- rwkv_eval_batch ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["4v0", "5v2", "7v0"])
+def test_fixture_prompt_in_a_batch_matches_rwkv_cpp(lib, monkeypatch, version):
+    """The fixture prompt, one token per step in a batch with two other sequences, ends on
+    rwkv.cpp's logits."""
+    if version.startswith("5"):
+        monkeypatch.setenv("RWKV_V5_LN_X_EPS", "1e-5")  # as rwkv.cpp made the v5 fixtures
+    path = tiny_model(version, "FP32")
+    expected = np.fromfile(tiny_expected(version), dtype="<f4")
+    ctx = lib.init_from_file(path, 2)
+    try:
+        n_state, n_vocab = lib.get_state_len(ctx), lib.get_logits_len(ctx)
+        states = [np.empty(n_state, np.float32) for _ in range(3)]
+        logits = [np.empty(n_vocab, np.float32) for _ in range(3)]
+        for step, token in enumerate(FIXTURE_TOKENS):
+            lib.eval_batch(
+                ctx, [101, token, 32 + step], None if step == 0 else states, states, logits
+            )
+    finally:
+        lib.free(ctx)
+    assert within_fixture_limit(logits[1], expected, 0.001)
+    assert np.max(np.abs(logits[1] - expected)) < 1e-4

@@ -143,6 +143,15 @@ class Context:
     ) -> None:
         self.library.eval_sequence_all_logits(self.pointer, tokens, state_in, state_out, logits_out)
 
+    def eval_batch(
+        self,
+        tokens: Sequence[int] | np.ndarray,
+        states_in: Sequence[FloatArray | None] | None,
+        states_out: Sequence[FloatArray],
+        logits_out: Sequence[FloatArray | None] | None,
+    ) -> None:
+        self.library.eval_batch(self.pointer, tokens, states_in, states_out, logits_out)
+
     def init_state(self, state: FloatArray) -> None:
         self.library.init_state(self.pointer, state)
 

@@ -305,6 +305,51 @@ class Library:
         if not ok:
             self._raise(ctx, "rwkv_eval_sequence_all_logits")
 
+    def eval_batch(
+        self,
+        ctx: ContextPointer,
+        tokens: Sequence[int] | np.ndarray,
+        states_in: Sequence[FloatArray | None] | None,
+        states_out: Sequence[FloatArray],
+        logits_out: Sequence[FloatArray | None] | None,
+    ) -> None:
+        """One token for each of len(tokens) sequences in one pass over the weights.
+
+        states_in[i] None (or states_in None): sequence i starts fresh; logits_out[i] None (or
+        logits_out None): no logits for it. states_in[i] may be states_out[i]."""
+        if not self.has_eval_batch:
+            raise UserError(f"{self.name} has no rwkv_eval_batch (an extension of this engine)")
+        array, ptr = self._tokens(tokens)
+        n = len(array)
+        states_in = [None] * n if states_in is None else list(states_in)
+        logits_out = [None] * n if logits_out is None else list(logits_out)
+        states_out = list(states_out)
+        lists = {"states_in": states_in, "states_out": states_out, "logits_out": logits_out}
+        for name, buffers in lists.items():
+            if len(buffers) != n:
+                raise InvalidArgument(f"{name} has {len(buffers)} entries for {n} tokens")
+        n_state, n_logits = self.get_state_len(ctx), self.get_logits_len(ctx)
+        ins = self.ffi.new("float *[]", max(n, 1))
+        outs = self.ffi.new("float *[]", max(n, 1))
+        logits = self.ffi.new("float *[]", max(n, 1))
+        keep = []  # the cffi views must outlive the call
+        for i in range(n):
+            if states_out[i] is None:
+                raise InvalidArgument(f"states_out[{i}] is required")
+            _as_f32(states_in[i], n_state, f"states_in[{i}]", writable=False)
+            _as_f32(states_out[i], n_state, f"states_out[{i}]", writable=True)
+            _as_f32(logits_out[i], n_logits, f"logits_out[{i}]", writable=True)
+            views = [self._ptr(states_in[i]), self._ptr(states_out[i]), self._ptr(logits_out[i])]
+            keep.append(views)
+            ins[i], outs[i], logits[i] = views
+        if not self.lib.rwkv_eval_batch(ctx, n, ptr, ins, outs, logits):
+            self._raise(ctx, "rwkv_eval_batch")
+
+    @functools.cached_property
+    def has_eval_batch(self) -> bool:
+        """Whether the library advances many sequences in one call (rwkv.cpp's has not)."""
+        return self._has("rwkv_eval_batch")
+
     # ---- shapes ----
 
     def get_n_vocab(self, ctx: ContextPointer) -> int:
