@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from rwkv_cli import __version__
 from rwkv_cli.app.cli import _user_message, app
 
-SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup")
+SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup", "perplexity")
 ROOT_FLAGS = ("--setup", "--threads", "--gpu", "--modelPath", "--model-path", "--dragon",
               "--size", "--model", "--yes", "--json", "--debug", "--version", "--help")
 
@@ -160,6 +160,18 @@ def test_convert_then_quantize(tmp_path):
     bad = run_cli(tmp_path, "quantize", str(fp16), str(tmp_path / "x.bin"), "Q3_K")
     assert bad.returncode == 1 and "Q3_K" in bad.stderr
     assert not (tmp_path / "x.bin").exists()
+
+
+def test_convert_reads_a_hugging_face_folder(tmp_path):
+    import checkpoints
+
+    raw = checkpoints.raw_checkpoint("7", checkpoints.Shape(n_layer=2, n_embed=64, head_size=16))
+    folder = checkpoints.write_hf_checkpoint(tmp_path / "hf", raw, "7", shards=2)
+    out = tmp_path / "hf-FP16.bin"
+    converted = run_cli(tmp_path, "convert", str(folder), str(out))
+    assert converted.returncode == 0, converted.stderr
+    assert "RWKV v7" in converted.stdout
+    assert out.stat().st_size > 0
 
 
 def test_disk_full_and_other_os_errors_become_one_line():

@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, overload
 
 import numpy as np
 
-from ..engine import Library
+from ..engine import Context, Library
 from ..errors import InvalidArgument, UserError
 from . import options
 from .generate import Request
 from .lifecycle import LoadedModel, load
+from .perplexity import Accumulator, PerplexityProgress, PerplexityResult, chunk_count
 from .results import CompletionChunk, CompletionResult, Perf, Usage
 from .sampling import Sampler, SamplingParams
 from .scheduler import TICK, Failed, Job
@@ -49,6 +50,7 @@ __all__ = [
     "CompletionChunk",
     "CompletionResult",
     "Perf",
+    "PerplexityResult",
     "Usage",
     "available_cpus",
     "physical_cores",
@@ -397,6 +399,81 @@ class RWKV:
         self._cache.clear(keep_pinned=keep_pinned)
 
     # ---- internals ----
+
+    # ---- perplexity ----
+
+    def perplexity(
+        self,
+        text: str,
+        ctx: int = 512,
+        reference: RWKV | str | os.PathLike | None = None,
+        progress: PerplexityProgress | None = None,
+        bos: int | None = None,
+        max_chunks: int | None = None,
+    ) -> PerplexityResult:
+        """Perplexity on `text` as llama.cpp's perplexity tool computes it (core/perplexity.py):
+        chunks of `ctx` tokens, each from a fresh state, scoring the second half of each.
+
+        `reference`: another model file of the same model (or an `RWKV`): its next-token
+        distributions are compared with ours on every scored token (mean KL divergence, top-1
+        agreement). `bos`: a token put at the start of every chunk (llama.cpp does that for
+        vocabularies that ask for it). `max_chunks`: at most that many chunks from the start
+        (llama.cpp's --chunks). `progress(done, total, perplexity_so_far)` is called after each
+        chunk.
+        """
+        tokens = self.tokenizer.encode(text)
+        chunks = chunk_count(len(tokens), ctx)
+        if max_chunks is not None:
+            chunks = min(chunks, options.positive_int("max_chunks", max_chunks))
+        other: RWKV | None = None
+        if reference is not None:
+            other = reference if isinstance(reference, RWKV) else RWKV(
+                reference, threads=self.threads, tokenizer=self.tokenizer, state_cache_size=0)
+            other.setup()
+            if other.n_vocab != self.n_vocab:
+                raise InvalidArgument(
+                    f"the reference model {other.path} has n_vocab {other.n_vocab}, this one "
+                    f"{self.n_vocab}: not a file of the same model"
+                )
+        acc = Accumulator()
+        start = time.perf_counter()
+        try:
+            for c in range(chunks):
+                chunk = np.array(tokens[c * ctx:(c + 1) * ctx], dtype=np.uint32)
+                if bos is not None:
+                    chunk[0] = bos
+                first = ctx // 2
+                logits = self._scored_logits(chunk, first)
+                ref = other._scored_logits(chunk, first) if other is not None else None
+                acc.add(logits, chunk[first + 1:].astype(np.int64), ref)
+                if progress is not None:
+                    progress(c + 1, chunks, acc.perplexity)
+        finally:
+            if other is not None and other is not reference:
+                other.free()
+        return acc.result(len(tokens), chunks, ctx, time.perf_counter() - start)
+
+    def _scored_logits(self, chunk: np.ndarray, first: int) -> np.ndarray:
+        """The logits after tokens first .. len(chunk)-2 of a chunk run from a fresh state.
+        Runs on the engine thread between two batch steps (the context is whole-chunk work's
+        alone meanwhile; running completions wait one chunk)."""
+
+        def score(context: Context) -> np.ndarray:
+            rows = chunk[first:-1]
+            out = np.empty((len(rows), context.n_vocab), dtype=np.float32)
+            state = np.empty(context.state_len, dtype=np.float32)
+            if first > 0:
+                context.eval_sequence(chunk[:first], None, state, None)
+            else:
+                context.init_state(state)
+            if context.has_all_logits:
+                context.eval_sequence_all_logits(rows, state, state, out)
+            else:  # an rwkv.cpp library: one token at a time
+                for i, token in enumerate(rows):
+                    context.eval(int(token), state, state, out[i])
+            return out
+
+        return self._loaded_model().scheduler.call(score)
 
     def _request_from_kwargs(self, prompt: str, kwargs: dict[str, Any]) -> Request:
         sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.__dataclass_fields__}
