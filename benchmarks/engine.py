@@ -10,10 +10,14 @@ after each engine measurement and the better of the two is used (the machine is 
 a busy moment during a baseline cannot flatter the engine).
 
 Models are random-weight files of the real shapes, written by our writer (FP16) and
-quantized by our quantizer, cached in --cache-dir.
+quantized by our quantizer, cached in --cache-dir. The types only GGUF files hold (BF16, Q2_K,
+Q3_K, Q4_K, Q5_K, Q6_K) are written as llama.cpp's GGUF of the same weights by the tests' GGUF
+writer (tests/gguf_writer.py, needs the `gguf` package of the test extra), every matrix
+including the embedding and the head in that type.
 
     python benchmarks/engine.py                                   # 169M, 4 types, 2 and 1 threads
     python benchmarks/engine.py --shapes 1.5B --types Q5_1 --threads 2
+    python benchmarks/engine.py --arch 7 --vocab 65536 --types Q4_K,Q5_K,Q6_K --threads 2
     python benchmarks/engine.py --table results.jsonl           # JSON lines -> markdown table
 """
 
@@ -40,11 +44,29 @@ import numpy as np
 
 from rwkv_cli import engine as native
 from rwkv_cli.formats import modelfile
-from rwkv_cli.formats.synthetic import write_random_model
+from rwkv_cli.formats.synthetic import random_tensors, write_random_model
 
 SHAPES = {"169M": (12, 768), "430M": (24, 1024), "1.5B": (24, 2048), "3B": (32, 2560)}
 TYPES = ["FP16", "Q8_0", "Q5_1", "Q4_0"]
+GGUF_TYPES = ("BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 CHUNK = 64  # tokens per sequence-mode call, the engine's chunk
+
+
+def gguf_model(cache: Path, arch: str, shape: str, dtype: str, n_vocab: int, stem: str) -> Path:
+    """The same random weights as the .bin files (seed 0), as llama.cpp's GGUF of one type."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from gguf_writer import default_kind, write_rwkv_gguf  # the tests' writer: public format facts
+
+    if arch not in ("6", "7"):
+        raise SystemExit(f"{dtype} needs a GGUF file, which llama.cpp writes for --arch 6 and 7 only")
+    target = cache / f"{stem}-{dtype}.gguf"
+    if not target.exists():
+        n_layer, n_embed = SHAPES[shape]
+        partial = target.with_suffix(".partial")
+        write_rwkv_gguf(partial, arch, random_tensors(arch, n_layer, n_embed, n_vocab), n_layer, n_embed,
+                        64, kind_of=lambda key, s: default_kind(key, s, dtype), keep_values=False)
+        partial.rename(target)
+    return target
 
 
 def model_file(cache: Path, arch: str, shape: str, dtype: str, n_vocab: int) -> Path:
@@ -56,6 +78,8 @@ def model_file(cache: Path, arch: str, shape: str, dtype: str, n_vocab: int) -> 
         partial = source.with_suffix(".partial")
         write_random_model(partial, arch, n_layer, n_embed, n_vocab, "FP16")
         partial.rename(source)
+    if dtype in GGUF_TYPES:
+        return gguf_model(cache, arch, shape, dtype, n_vocab, stem)
     if dtype == "FP16":
         return source
     target = cache / f"{stem}-{dtype}.bin"
@@ -212,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
         for dtype in args.types.split(","):
             path = model_file(cache, args.arch, shape, dtype, args.vocab)
-            layers, head = product_shapes(path)
+            # the products' shapes from the rwkv.cpp file of the same model (GGUF files too)
+            layers, head = product_shapes(model_file(cache, args.arch, shape, "FP16", args.vocab))
             flops_per_chunk = 2.0 * CHUNK * sum(r * c for r, c in layers) + 2.0 * head[0] * head[1]
             for threads in thread_counts:
                 read_before = bandwidth.measure(threads)

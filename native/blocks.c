@@ -26,8 +26,8 @@ void layer_norm(float * out, const float * x, const float * w, const float * b, 
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mu) * inv * w[i] + b[i];
 }
 
-void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int R, int64_t C) {
-    for (int64_t row = 0; row < R; row++) layer_norm(out + row * C, x + row * C, w, b, C, LAYER_NORM_EPS);
+void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int R, int64_t C, float eps) {
+    for (int64_t row = 0; row < R; row++) layer_norm(out + row * C, x + row * C, w, b, C, eps);
 }
 
 void group_norm(float * out, const float * x, const float * w, const float * b, int64_t n_groups, int64_t group, float eps) {

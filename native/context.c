@@ -225,9 +225,10 @@ void rwkv_free(struct rwkv_context * ctx) { context_destroy((context *)ctx); }
 
 /* ---- evaluation ---- */
 
-/* Sequence mode: n tokens of one sequence, in forward passes of at most `chunk` rows. */
+/* Sequence mode: n tokens of one sequence, in forward passes of at most `chunk` rows;
+ * all_logits: logits_out holds n rows, one per token. */
 static bool eval_tokens(context * ctx, const char * fn, const uint32_t * tokens, size_t n, size_t chunk,
-                        const float * state_in, float * state_out, float * logits_out) {
+                        const float * state_in, float * state_out, float * logits_out, bool all_logits) {
     if (!ctx) return fail(ctx, RWKV_ERROR_ARGS, "%s: ctx is NULL", fn);
     if (!state_out) return fail(ctx, RWKV_ERROR_ARGS, "%s: state_out is NULL", fn);
     if (n == 0) return fail(ctx, RWKV_ERROR_ARGS, "%s: no tokens to evaluate", fn);
@@ -245,35 +246,44 @@ static bool eval_tokens(context * ctx, const char * fn, const uint32_t * tokens,
         memmove(state_out, state_in, forward_state_len(m) * sizeof(float));
     }
     if (chunk == 0 || chunk > (size_t)ctx->rs.rows) chunk = (size_t)ctx->rs.rows;
+    ctx->all_logits = all_logits && logits_out;
     float * const states[1] = {state_out};
-    float * const logits[1] = {logits_out};
     for (size_t i = 0; i < n; i += chunk) {
         const int T = (int)(n - i < chunk ? n - i : chunk);
         const bool last = i + (size_t)T == n;
+        float * const logits[1] = {ctx->all_logits ? logits_out + i * (size_t)m->n_vocab : logits_out};
         const batch b = {.n_seq = 1, .seq_len = T, .n_rows = T, .tokens = tokens + i, .state = states,
-                         .logits = last ? logits : NULL};
+                         .logits = last || ctx->all_logits ? logits : NULL};
         if (!forward(ctx, &b)) {
+            ctx->all_logits = false;
             report(ctx, &ctx->err);
             return false;
         }
     }
+    ctx->all_logits = false;
     return true;
 }
 
 bool rwkv_eval(struct rwkv_context * ctx, const uint32_t token, const float * state_in, float * state_out, float * logits_out) {
-    return eval_tokens((context *)ctx, "rwkv_eval", &token, 1, 1, state_in, state_out, logits_out);
+    return eval_tokens((context *)ctx, "rwkv_eval", &token, 1, 1, state_in, state_out, logits_out, false);
 }
 
 bool rwkv_eval_sequence(struct rwkv_context * ctx, const uint32_t * tokens, size_t sequence_len, const float * state_in,
                         float * state_out, float * logits_out) {
-    return eval_tokens((context *)ctx, "rwkv_eval_sequence", tokens, sequence_len, 0, state_in, state_out, logits_out);
+    return eval_tokens((context *)ctx, "rwkv_eval_sequence", tokens, sequence_len, 0, state_in, state_out, logits_out, false);
+}
+
+bool rwkv_eval_sequence_all_logits(struct rwkv_context * ctx, const uint32_t * tokens, size_t sequence_len, const float * state_in,
+                                   float * state_out, float * logits_out) {
+    return eval_tokens((context *)ctx, "rwkv_eval_sequence_all_logits", tokens, sequence_len, 0, state_in, state_out, logits_out,
+                       true);
 }
 
 bool rwkv_eval_sequence_in_chunks(struct rwkv_context * ctx, const uint32_t * tokens, const size_t sequence_len,
                                   const size_t chunk_size, const float * state_in, float * state_out, float * logits_out) {
     if (chunk_size == 0) return fail((context *)ctx, RWKV_ERROR_ARGS, "rwkv_eval_sequence_in_chunks: chunk_size is 0");
     return eval_tokens((context *)ctx, "rwkv_eval_sequence_in_chunks", tokens, sequence_len, chunk_size, state_in, state_out,
-                       logits_out);
+                       logits_out, false);
 }
 
 bool rwkv_eval_batch(struct rwkv_context * handle, uint32_t n, const uint32_t * tokens, const float * const * state_in,
@@ -326,7 +336,7 @@ void rwkv_init_state(const struct rwkv_context * ctx, float * state) { forward_i
 
 const char * rwkv_get_arch_version(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->ops->version; }
 const char * rwkv_get_kernel_path(const struct rwkv_context * ctx) { return ((const context *)ctx)->kern->name; }
-const char * rwkv_get_data_type_name(const struct rwkv_context * ctx) { return type_name(((const context *)ctx)->m->data_type); }
+const char * rwkv_get_data_type_name(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->type_label; }
 size_t rwkv_get_weight_bytes_per_token(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->weight_bytes_per_token; }
 
 const char * rwkv_get_system_info_string(void) {

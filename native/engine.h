@@ -20,7 +20,9 @@
 
 #include "rwkv.h"
 
-/* ---- tensor types (ids as in the file format) ---- */
+/* ---- tensor types ----
+ * Ids 0..9 are those of rwkv.cpp files; the types only GGUF files hold (gguf.c maps GGUF's own
+ * ids onto these) follow them. */
 
 enum {
     TYPE_FP32 = 0,
@@ -30,25 +32,39 @@ enum {
     TYPE_Q5_0 = 7,
     TYPE_Q5_1 = 8,
     TYPE_Q8_0 = 9,
-    TYPE_COUNT = 10
+    TYPE_BF16 = 10, /* GGUF only, from here on */
+    TYPE_Q2_K = 11,
+    TYPE_Q3_K = 12,
+    TYPE_Q4_K = 13,
+    TYPE_Q5_K = 14,
+    TYPE_Q6_K = 15,
+    TYPE_COUNT = 16
 };
 
-#define QK 32 /* values per quantized block */
+#define QK 32  /* values per block of the rwkv.cpp quantized types */
+#define QKK 256 /* values per super-block of the K-quants (kquants.c) */
 
 bool type_is_valid(int type);
+/* Block types: the rwkv.cpp quantized types and the K-quants (weights meet int8 activations). */
 bool type_is_quantized(int type);
+bool type_is_kquant(int type);
+/* Whether rwkv.cpp files may hold the type (FP32, FP16 and its five block types). */
+bool type_in_rwkv_cpp_files(int type);
+/* Values per block: 1 for the float types, QK or QKK for the block types. */
+int64_t type_block_values(int type);
 const char * type_name(int type);
 int type_from_name(const char * name); /* -1 if unknown */
-/* Bytes of a row of n values (n a multiple of QK for quantized types). */
+/* Bytes of a row of n values (n a multiple of type_block_values). */
 size_t type_row_bytes(int type, int64_t n);
 size_t type_block_bytes(int type);
 
 float fp16_to_fp32(uint16_t h);
 uint16_t fp32_to_fp16(float f); /* round to nearest even */
 
-/* Dequantizes n values (a whole number of blocks for quantized types) from src (any
- * alignment) to dst. */
+/* Dequantizes n values (a whole number of blocks for block types) from src (any alignment)
+ * to dst. */
 void dequantize_row(int type, const void * src, float * dst, int64_t n);
+float bf16_to_fp32(uint16_t h);
 /* Quantizes n float32 values (multiple of QK) into dst with rwkv.cpp-compatible arithmetic. */
 void quantize_row(int type, const float * src, void * dst, int64_t n);
 
@@ -224,7 +240,9 @@ struct model {
     int arch;
     const arch_ops * ops;
     int64_t head_size, n_head, ffn_dim;
-    float ln_x_eps;
+    float ln_eps;      /* the layer norms (ln0, ln1, ln2, ln_out) */
+    float ln_x_eps;    /* the per-head group norm of v5 and later */
+    int rescale_every; /* halve the residual stream after every n-th block (llama.cpp's rwkv6 files); 0: never */
     tensor emb, head;
     const float *ln0_w, *ln0_b, *ln_out_w, *ln_out_b;
     layer * layers;
@@ -235,10 +253,20 @@ struct model {
 
     atomic_int refcount;
     size_t weight_bytes_per_token;
+
+    /* GGUF files (model_gguf.c) */
+    int gguf_version;         /* 0 for rwkv.cpp files */
+    const arch_ops * gguf_ops; /* the architecture the metadata names */
+    char type_label[16];      /* llama.cpp's file type ("Q4_K_M"), or the dominant tensor type */
 };
 
-/* Maps and validates the file and its tensor table (no architecture binding). */
+/* Maps and validates the file and its tensor table (no architecture binding): an rwkv.cpp
+ * file, or a GGUF file (its tensors renamed to rwkv.cpp's keys, see model_gguf.c). */
 model * model_open(const char * path, error_slot * err);
+/* The GGUF part of model_open: fills the tensor table, shapes and metadata of m from its map. */
+int model_open_gguf(model * m, const char * path, error_slot * err);
+/* The GGUF name of one of our keys in a GGUF model (for error messages); false if none. */
+bool model_gguf_name(const model * m, const char * key, char * out, size_t cap);
 /* model_open, then detects the architecture and binds the tensors. */
 model * model_load(const char * path, error_slot * err);
 void model_release(model * m); /* drops one reference */
@@ -303,6 +331,7 @@ struct context {
     error_slot err;
     bool print_errors;
     run_state rs;
+    bool all_logits; /* forward() writes the logits of every row, not only the last one's */
 };
 
 /* y (R rows of tensor_rows(W) floats, row stride ldy) = W x (R rows of W->ne[0] floats). */
@@ -334,7 +363,7 @@ void forward_init_state(const model * m, float * state);
 /* ---- building blocks of the time mixes (blocks.c); x, xx, dx are R rows of C ---- */
 
 void layer_norm(float * out, const float * x, const float * w, const float * b, int64_t n, float eps);
-void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int R, int64_t C);
+void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int R, int64_t C, float eps);
 void group_norm(float * out, const float * x, const float * w, const float * b, int64_t n_groups, int64_t group, float eps);
 /* out_r = xx_r + dx_r * (mix + extra_r) (extra may be NULL): lerp toward the previous token. */
 void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int R, int64_t C);

@@ -7,6 +7,7 @@
  *         x += att_o(time_mix(ln1(x), its token shift))      the version's own part
  *         x += channel_mix(ln2(x), its token shift)          squared ReLU, gated before v7
  *     logits = head(ln_out(x))                               last row of each sequence asking
+ *                                                            (every row: rwkv_eval_sequence_all_logits)
  *
  * The rows of a pass belong to one or more sequences, each with its own state (sequence mode:
  * one sequence of T tokens; a batch: n sequences of one token). Products run once over all
@@ -40,7 +41,7 @@ static void embed(context * ctx, const batch * b) {
     for (int64_t row = 0; row < b->n_rows; row++) {
         float * x = ctx->rs.x + row * C;
         dequantize_row(emb->type, emb->data + (size_t)b->tokens[row] * tensor_row_bytes(emb), x, C);
-        layer_norm(x, x, m->ln0_w, m->ln0_b, C, LAYER_NORM_EPS);
+        layer_norm(x, x, m->ln0_w, m->ln0_b, C, m->ln_eps);
     }
 }
 
@@ -63,7 +64,7 @@ static void channel_mix(context * ctx, const layer * L, const batch * b) {
     run_state * rs = &ctx->rs;
     const int R = b->n_rows;
     const int64_t C = ctx->m->n_embed, F = L->ffn_k.ne[1], RC = (int64_t)R * C;
-    layer_norm_rows(rs->xx, rs->x, L->ln2_w, L->ln2_b, R, C);
+    layer_norm_rows(rs->xx, rs->x, L->ln2_w, L->ln2_b, R, C, ctx->m->ln_eps);
     token_shift(b, rs->dx, rs->xx, rs->ffn_xx, C);
     mix_tokens(rs->xm, rs->xx, rs->dx, L->ffn_mix_k, NULL, R, C);
     ctx_matmul(ctx, &L->ffn_k, rs->xm, R, rs->ffn_hidden, F);
@@ -100,11 +101,19 @@ static void output(context * ctx, const batch * b) {
     const model * m = ctx->m;
     run_state * rs = &ctx->rs;
     const int64_t C = m->n_embed;
+    if (ctx->all_logits) { /* one sequence, every row: logits[0] holds n_rows rows */
+        for (int64_t row = 0; row < b->n_rows; row++) {
+            layer_norm(rs->head_in + row * C, rs->x + row * C, m->ln_out_w, m->ln_out_b, C, m->ln_eps);
+            rs->head_logits[row] = b->logits[0] + row * m->n_vocab;
+        }
+        ctx_head(ctx, rs->head_in, b->n_rows, rs->head_logits);
+        return;
+    }
     int n = 0;
     for (int64_t seq = 0; seq < b->n_seq; seq++) {
         if (!b->logits[seq]) continue;
         const float * last = rs->x + ((seq + 1) * b->seq_len - 1) * C;
-        layer_norm(rs->head_in + n * C, last, m->ln_out_w, m->ln_out_b, C, LAYER_NORM_EPS);
+        layer_norm(rs->head_in + n * C, last, m->ln_out_w, m->ln_out_b, C, m->ln_eps);
         rs->head_logits[n++] = b->logits[seq];
     }
     if (n > 0) ctx_head(ctx, rs->head_in, n, rs->head_logits);
@@ -129,12 +138,17 @@ bool forward(context * ctx, const batch * b) {
             rs->att_xx[seq] = layer_state + C;
             rs->att_state[seq] = layer_state + 2 * C;
         }
-        layer_norm_rows(rs->xx, rs->x, L->ln1_w, L->ln1_b, R, C);
+        layer_norm_rows(rs->xx, rs->x, L->ln1_w, L->ln1_b, R, C, m->ln_eps);
         token_shift(b, rs->dx, rs->xx, rs->att_xx, C);
         m->ops->time_mix(ctx, L, b);
         ctx_matmul(ctx, &L->att_o, rs->y, R, rs->out, C);
         for (int64_t j = 0; j < RC; j++) rs->x[j] += rs->out[j];
         channel_mix(ctx, L, b);
+        if (m->rescale_every && (i + 1) % m->rescale_every == 0) {
+            /* llama.cpp's rwkv6 files hold block b's output and value matrices divided by
+             * 2^(b / R); its graph halves the residual stream after every R-th block (model_gguf.c) */
+            for (int64_t j = 0; j < RC; j++) rs->x[j] *= 0.5f;
+        }
     }
     output(ctx, b);
     return true;

@@ -21,6 +21,7 @@
 #define X86_TARGET __attribute__((target("avx2,fma,f16c")))
 
 #include "kernels_x86.h"
+#include "kquants.h"
 
 #define INLINE static inline __attribute__((always_inline)) X86_TARGET
 
@@ -32,9 +33,17 @@ enum {
     F_COLS_CHUNK = 1024,
 };
 
-X86_TARGET static size_t avx2_prepared_bytes(int type, int64_t n, int T) { return x86_prepared_bytes(type, n, T, 0); }
+X86_TARGET static size_t avx2_prepared_bytes(int type, int64_t n, int T) {
+    return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 0);
+}
 
-X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) { x86_prepare(type, x, n, T, dst, 0, 0); }
+X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+    if (type_is_kquant(type)) {
+        kq_prepare_avx2(type, x, n, T, dst);
+        return;
+    }
+    x86_prepare(type, x, n, T, dst, 0, 0);
+}
 
 /* ---- quantized weights ---- */
 
@@ -293,6 +302,18 @@ Q_MATMUL(matmul_q8_0, TYPE_Q8_0)
 /* ---- FP32 / FP16 weights ---- */
 
 INLINE __m256 f_load(int type, const uint8_t * row, int64_t k, int64_t left) {
+    if (type == TYPE_BF16) { /* the upper half of a float32 */
+        const uint8_t * p = row + (size_t)k * 2;
+        __m128i h;
+        if (left >= 8) {
+            h = _mm_loadu_si128((const __m128i *)p);
+        } else {
+            uint16_t tail[8] = {0};
+            memcpy(tail, p, (size_t)left * 2);
+            h = _mm_loadu_si128((const __m128i *)tail);
+        }
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
     if (type == TYPE_FP16) {
         const uint8_t * p = row + (size_t)k * 2;
         if (left >= 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
@@ -311,7 +332,7 @@ INLINE void f_step(int type, int R, int TT, const uint8_t * wr, size_t row_bytes
     __m256 wv[ROWS];
     for (int i = 0; i < R; i++) {
         const uint8_t * row = wr + (size_t)i * row_bytes;
-        if (prefetch) _mm_prefetch((const char *)(row + (size_t)(k + 128) * (type == TYPE_FP16 ? 2 : 4)), _MM_HINT_T0);
+        if (prefetch) _mm_prefetch((const char *)(row + (size_t)(k + 128) * (type == TYPE_FP32 ? 4 : 2)), _MM_HINT_T0);
         wv[i] = f_load(type, row, k, left);
     }
     for (int j = 0; j < TT; j++) {
@@ -372,6 +393,11 @@ X86_TARGET static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t 
     f_matmul(TYPE_FP16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
+X86_TARGET static void matmul_bf16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                                   int64_t ldy, int64_t r0, int64_t r1) {
+    f_matmul(TYPE_BF16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
+}
+
 X86_TARGET static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                         int64_t ldy, int64_t r0, int64_t r1) {
     switch (type) {
@@ -382,6 +408,8 @@ X86_TARGET static void avx2_matmul(int type, const uint8_t * w, size_t row_bytes
     case TYPE_Q5_0: matmul_q5_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
     case TYPE_Q5_1: matmul_q5_1(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
     case TYPE_Q8_0: matmul_q8_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_BF16: matmul_bf16(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    default: kq_matmul_avx2(type, w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
     }
 }
 

@@ -25,6 +25,7 @@
 #define X86_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")))
 
 #include "kernels_x86.h"
+#include "kquants.h"
 
 #define INLINE static inline __attribute__((always_inline)) X86_TARGET
 
@@ -34,9 +35,15 @@ enum {
     Q_DECODE_PAIR_COLS = 1024, /* 4/5-bit decode: shorter rows two at a time (+3-10%; Q8_0 lost) */
 };
 
-X86_TARGET static size_t avx512_prepared_bytes(int type, int64_t n, int T) { return x86_prepared_bytes(type, n, T, 1); }
+X86_TARGET static size_t avx512_prepared_bytes(int type, int64_t n, int T) {
+    return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 1);
+}
 
 X86_TARGET static void avx512_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+    if (type_is_kquant(type)) {
+        kq_prepare_avx2(type, x, n, T, dst); /* the layout and numbers every path shares */
+        return;
+    }
     x86_prepare(type, x, n, T, dst, 128, 1);
 }
 
@@ -362,6 +369,11 @@ Q_MATMUL(matmul_q8_0, TYPE_Q8_0)
 /* ---- FP32 / FP16 weights ---- */
 
 INLINE __m512 f_load(int type, const uint8_t * row, int64_t k, __mmask16 mask, int masked) {
+    if (type == TYPE_BF16) { /* the upper half of a float32 */
+        const uint8_t * p = row + (size_t)k * 2;
+        const __m256i h = masked ? _mm256_maskz_loadu_epi16(mask, p) : _mm256_loadu_si256((const __m256i *)p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
     if (type == TYPE_FP16) {
         const uint8_t * p = row + (size_t)k * 2;
         return _mm512_cvtph_ps(masked ? _mm256_maskz_loadu_epi16(mask, p) : _mm256_loadu_si256((const __m256i *)p));
@@ -609,6 +621,11 @@ X86_TARGET static void matmul_fp16(const uint8_t * w, size_t row_bytes, int64_t 
     f_matmul(TYPE_FP16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
 }
 
+X86_TARGET static void matmul_bf16(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                                   int64_t ldy, int64_t r0, int64_t r1) {
+    f_matmul(TYPE_BF16, w, row_bytes, n, xp, T, y, ldy, r0, r1);
+}
+
 X86_TARGET static void avx512_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                           int64_t ldy, int64_t r0, int64_t r1) {
     switch (type) {
@@ -619,6 +636,8 @@ X86_TARGET static void avx512_matmul(int type, const uint8_t * w, size_t row_byt
     case TYPE_Q5_0: matmul_q5_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
     case TYPE_Q5_1: matmul_q5_1(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
     case TYPE_Q8_0: matmul_q8_0(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    case TYPE_BF16: matmul_bf16(w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
+    default: kq_matmul_avx512(type, w, row_bytes, n, xp, T, y, ldy, r0, r1); break;
     }
 }
 

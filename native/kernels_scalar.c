@@ -13,6 +13,7 @@
 #include <stdlib.h>
 
 #include "engine.h"
+#include "kquants.h"
 
 /* Prepared int8 activations of one token: per block the codes, d, sum(q) and s. */
 typedef struct q8_block {
@@ -23,6 +24,7 @@ typedef struct q8_block {
 } q8_block;
 
 static size_t scalar_prepared_bytes(int type, int64_t n, int T) {
+    if (type_is_kquant(type)) return kq_prepared_bytes(n, T);
     if (!type_is_quantized(type)) return (size_t)n * (size_t)T * sizeof(float);
     return (size_t)((n + QK - 1) / QK) * (size_t)T * sizeof(q8_block);
 }
@@ -30,6 +32,10 @@ static size_t scalar_prepared_bytes(int type, int64_t n, int T) {
 static float half_round(float f) { return fp16_to_fp32(fp32_to_fp16(f)); }
 
 static void scalar_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+    if (type_is_kquant(type)) {
+        kq_prepare_scalar(type, x, n, T, dst);
+        return;
+    }
     if (!type_is_quantized(type)) {
         memcpy(dst, x, (size_t)n * (size_t)T * sizeof(float));
         return;
@@ -145,7 +151,9 @@ static void float_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t 
 
 static void scalar_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                           int64_t ldy, int64_t r0, int64_t r1) {
-    if (type_is_quantized(type)) {
+    if (type_is_kquant(type)) {
+        kq_matmul_scalar(type, w, row_bytes, n, xp, T, y, ldy, r0, r1);
+    } else if (type_is_quantized(type)) {
         quantized_matmul(type, w, row_bytes, n, (const q8_block *)xp, T, y, ldy, r0, r1);
     } else {
         float_matmul(type, w, row_bytes, n, (const float *)xp, T, y, ldy, r0, r1);

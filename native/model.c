@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "gguf.h"
 
 #define FILE_MAGIC 0x67676d66 /* "ggmf" */
 #define MAX_DIMS 4
@@ -56,7 +57,8 @@ static bool parse_header(model * m, reader * r, const char * path, error_slot * 
         return false;
     }
     if (magic != FILE_MAGIC) {
-        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_MAGIC, "%s: not an rwkv.cpp model file (magic %08x, expected %08x)", path, (unsigned)magic, FILE_MAGIC);
+        error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_MAGIC, "%s: not an rwkv.cpp model file (magic %08x, expected %08x) nor a GGUF file",
+                  path, (unsigned)magic, FILE_MAGIC);
         return false;
     }
     if (!read_i32(r, &version) || !read_i32(r, &n_vocab) || !read_i32(r, &n_embed) || !read_i32(r, &n_layer) || !read_i32(r, &data_type)) {
@@ -71,7 +73,7 @@ static bool parse_header(model * m, reader * r, const char * path, error_slot * 
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA, "%s: implausible header: n_vocab %d, n_embed %d, n_layer %d", path, n_vocab, n_embed, n_layer);
         return false;
     }
-    if (!type_is_valid(data_type)) {
+    if (!type_in_rwkv_cpp_files(data_type)) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA_TYPE, "%s: unknown data type %d in the header", path, data_type);
         return false;
     }
@@ -105,7 +107,7 @@ static bool parse_tensor(model * m, reader * r, const char * path, tensor * t, i
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_KEY, "%s: tensor at offset %zu has a key length of %d (1 to %d allowed)", path, at, key_len, MAX_KEY_LEN);
         return false;
     }
-    if (!type_is_valid(type)) {
+    if (!type_in_rwkv_cpp_files(type)) {
         error_set(err, RWKV_ERROR_MODEL_PARAMS | RWKV_ERROR_DATA_TYPE, "%s: tensor at offset %zu has unknown data type %d", path, at, type);
         return false;
     }
@@ -418,10 +420,19 @@ model * model_open(const char * path, error_slot * err) {
         model_destroy(m);
         return NULL;
     }
-    reader r = {m->map, m->map_size, 0};
-    if (!parse_header(m, &r, path, err) || !parse_tensors(m, &r, path, err)) {
-        model_destroy(m);
-        return NULL;
+    if (gguf_is_gguf(m->map, m->map_size)) {
+        if (model_open_gguf(m, path, err) != 0) {
+            model_destroy(m);
+            return NULL;
+        }
+    } else {
+        reader r = {m->map, m->map_size, 0};
+        if (!parse_header(m, &r, path, err) || !parse_tensors(m, &r, path, err)) {
+            model_destroy(m);
+            return NULL;
+        }
+        m->ln_eps = LAYER_NORM_EPS;
+        snprintf(m->type_label, sizeof m->type_label, "%s", type_name(m->data_type));
     }
     atomic_store(&m->refcount, 1);
     return m;
@@ -430,7 +441,7 @@ model * model_open(const char * path, error_slot * err) {
 model * model_load(const char * path, error_slot * err) {
     model * m = model_open(path, err);
     if (!m) return NULL;
-    m->ops = detect_arch(m);
+    m->ops = m->gguf_ops ? m->gguf_ops : detect_arch(m);
     if (!m->ops) {
         error_set(err, RWKV_ERROR_MODEL | RWKV_ERROR_UNSUPPORTED,
                   "%s: unknown model layout: no 'blocks.0.att.time_decay', 'blocks.0.att.time_maa_x' or 'blocks.0.att.k_k' tensor", path);
@@ -452,17 +463,25 @@ model * model_load(const char * path, error_slot * err) {
         !(m->ln_out_w = model_vector(m, err, "ln_out.weight", m->n_embed)) ||
         !(m->ln_out_b = model_vector(m, err, "ln_out.bias", m->n_embed)) ||
         !m->ops->bind(m, err)) {
-        /* prefix the file name to the bind error */
-        char msg[sizeof err->message];
+        /* prefix the file name to the bind error; in a GGUF file, name the tensor as it does */
+        char msg[sizeof err->message], gguf[160] = "";
         memcpy(msg, err->message, sizeof msg);
-        snprintf(err->message, sizeof err->message, "%.200s: %.300s", path, msg);
+        const char * open_quote = strchr(msg, '\'');
+        const char * close_quote = open_quote ? strchr(open_quote + 1, '\'') : NULL;
+        if (m->gguf_version && close_quote && close_quote - open_quote < 128) {
+            char key[128], name[128];
+            snprintf(key, sizeof key, "%.*s", (int)(close_quote - open_quote - 1), open_quote + 1);
+            if (model_gguf_name(m, key, name, sizeof name)) snprintf(gguf, sizeof gguf, " (GGUF tensor %s)", name);
+        }
+        snprintf(err->message, sizeof err->message, "%.200s: %.200s%s", path, msg, gguf);
         model_destroy(m);
         return NULL;
     }
-    /* RWKV_V5_LN_X_EPS: rwkv.cpp's v5 eps (1e-5) reproduces its fixtures */
-    m->ln_x_eps = GROUP_NORM_EPS;
+    /* RWKV_V5_LN_X_EPS: rwkv.cpp's v5 eps (1e-5) reproduces its fixtures; GGUF files say theirs
+     * (model_gguf.c) */
+    if (!m->gguf_version) m->ln_x_eps = GROUP_NORM_EPS;
     const char * eps = getenv("RWKV_V5_LN_X_EPS");
-    if ((m->arch == ARCH_V5_1 || m->arch == ARCH_V5_2) && eps && *eps) {
+    if (!m->gguf_version && (m->arch == ARCH_V5_1 || m->arch == ARCH_V5_2) && eps && *eps) {
         char * end;
         const double v = strtod(eps, &end);
         if (end != eps && v > 0) m->ln_x_eps = (float)v;

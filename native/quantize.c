@@ -83,13 +83,19 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
         return false;
     }
     const int target = type_from_name(format_name);
-    if (!type_is_quantized(target)) {
+    if (!type_is_quantized(target) || !type_in_rwkv_cpp_files(target)) {
         error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_DATA_TYPE,
                   "unsupported quantization format '%s' (expected Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0)", format_name);
         return false;
     }
     model * m = model_open(path_in, err);
     if (!m) return false;
+    if (m->gguf_version) {
+        error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_UNSUPPORTED,
+                  "%s is a GGUF file: it runs as it is; this quantizer writes rwkv.cpp files from rwkv.cpp FP32 or FP16 files", path_in);
+        model_release(m);
+        return false;
+    }
     if (m->data_type != TYPE_FP32 && m->data_type != TYPE_FP16) {
         error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_DATA_TYPE, "%s is %s; only FP32 and FP16 files can be quantized", path_in,
                   type_name(m->data_type));

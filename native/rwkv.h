@@ -130,6 +130,11 @@ RWKV_API size_t rwkv_get_weight_bytes_per_token(const struct rwkv_context * ctx)
 typedef void (*rwkv_progress_callback)(void * user_data, size_t done_bytes, size_t total_bytes);
 RWKV_API bool rwkv_quantize_model_file_with_progress(const char * model_file_path_in, const char * model_file_path_out, const char * format_name, rwkv_progress_callback callback, void * user_data);
 
+/* Sequence mode with the logits after every token: logits_out holds sequence_len rows of
+ * n_vocab floats, row i the logits after tokens[0..i] (what perplexity needs; the head then
+ * runs as one matrix product per chunk). */
+RWKV_API bool rwkv_eval_sequence_all_logits(struct rwkv_context * ctx, const uint32_t * tokens, size_t sequence_len, const float * state_in, float * state_out, float * logits_out);
+
 #ifdef __cplusplus
 }
 #endif

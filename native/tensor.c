@@ -1,6 +1,7 @@
 /*
- * tensor.c: the tensor types of rwkv.cpp files: half floats, the quantized block layouts,
- * and the reference quantizer (bit-compatible with rwkv.cpp's, see QUANT_FORMATS.md).
+ * tensor.c: the tensor types: half floats (IEEE binary16 and bfloat16), the quantized block
+ * layouts of rwkv.cpp files and their reference quantizer (bit-compatible with rwkv.cpp's, see
+ * QUANT_FORMATS.md). The K-quants of GGUF files are in kquants.c.
  */
 #include <float.h>
 #include <math.h>
@@ -8,19 +9,27 @@
 #include <string.h>
 
 #include "engine.h"
+#include "kquants.h"
 
 /* Block sizes in bytes; 0 = not a valid type id. */
 static const size_t BLOCK_BYTES[TYPE_COUNT] = {
-    [TYPE_FP32] = 4, [TYPE_FP16] = 2,
+    [TYPE_FP32] = 4, [TYPE_FP16] = 2, [TYPE_BF16] = 2,
     [TYPE_Q4_0] = 18, [TYPE_Q4_1] = 20, [TYPE_Q5_0] = 22, [TYPE_Q5_1] = 24, [TYPE_Q8_0] = 34,
+    [TYPE_Q2_K] = 84, [TYPE_Q3_K] = 110, [TYPE_Q4_K] = 144, [TYPE_Q5_K] = 176, [TYPE_Q6_K] = 210,
 };
 static const char * const TYPE_NAMES[TYPE_COUNT] = {
-    [TYPE_FP32] = "FP32", [TYPE_FP16] = "FP16",
+    [TYPE_FP32] = "FP32", [TYPE_FP16] = "FP16", [TYPE_BF16] = "BF16",
     [TYPE_Q4_0] = "Q4_0", [TYPE_Q4_1] = "Q4_1", [TYPE_Q5_0] = "Q5_0", [TYPE_Q5_1] = "Q5_1", [TYPE_Q8_0] = "Q8_0",
+    [TYPE_Q2_K] = "Q2_K", [TYPE_Q3_K] = "Q3_K", [TYPE_Q4_K] = "Q4_K", [TYPE_Q5_K] = "Q5_K", [TYPE_Q6_K] = "Q6_K",
 };
 
 bool type_is_valid(int type) { return type >= 0 && type < TYPE_COUNT && BLOCK_BYTES[type] != 0; }
-bool type_is_quantized(int type) { return type_is_valid(type) && type >= TYPE_Q4_0; }
+bool type_is_kquant(int type) { return type >= TYPE_Q2_K && type <= TYPE_Q6_K; }
+bool type_is_quantized(int type) {
+    return type_is_kquant(type) || (type_is_valid(type) && type >= TYPE_Q4_0 && type <= TYPE_Q8_0);
+}
+bool type_in_rwkv_cpp_files(int type) { return type_is_valid(type) && type <= TYPE_Q8_0; }
+int64_t type_block_values(int type) { return type_is_kquant(type) ? QKK : type_is_quantized(type) ? QK : 1; }
 const char * type_name(int type) { return type_is_valid(type) ? TYPE_NAMES[type] : "unknown"; }
 
 int type_from_name(const char * name) {
@@ -32,10 +41,7 @@ int type_from_name(const char * name) {
 
 size_t type_block_bytes(int type) { return BLOCK_BYTES[type]; }
 
-size_t type_row_bytes(int type, int64_t n) {
-    if (type_is_quantized(type)) return (size_t)(n / QK) * BLOCK_BYTES[type];
-    return (size_t)n * BLOCK_BYTES[type];
-}
+size_t type_row_bytes(int type, int64_t n) { return (size_t)(n / type_block_values(type)) * BLOCK_BYTES[type]; }
 
 /* ---- half precision ---- */
 
@@ -74,6 +80,14 @@ uint16_t fp32_to_fp16(float f) {
     uint32_t rest = magnitude & 0x1fff;
     if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++; /* a carry into the exponent is right */
     return sign | (uint16_t)h;
+}
+
+/* bfloat16 is the upper half of a float32: widening is exact. */
+float bf16_to_fp32(uint16_t h) {
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
 }
 
 /* ---- dequantization ---- */
@@ -139,6 +153,16 @@ void dequantize_row(int type, const void * src, float * dst, int64_t n) {
         return;
     case TYPE_FP16:
         for (int64_t i = 0; i < n; i++) dst[i] = fp16_to_fp32(load_u16(s + 2 * i));
+        return;
+    case TYPE_BF16:
+        for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_fp32(load_u16(s + 2 * i));
+        return;
+    case TYPE_Q2_K:
+    case TYPE_Q3_K:
+    case TYPE_Q4_K:
+    case TYPE_Q5_K:
+    case TYPE_Q6_K:
+        kquant_dequantize_row(type, s, dst, n);
         return;
     default: {
         size_t bb = BLOCK_BYTES[type];

@@ -36,6 +36,7 @@ int main(int argc, char ** argv) {
     const size_t state_len = rwkv_get_state_len(ctx), vocab = rwkv_get_logits_len(ctx);
     float * state = __libc_malloc(state_len * sizeof(float));
     float * logits = __libc_malloc(vocab * sizeof(float));
+    float * all_logits = __libc_malloc(150 * vocab * sizeof(float));
     enum { BATCH = 70 }; /* more sequences than one pass of the scratch (64 rows) */
     float * batch_states[BATCH];
     float * batch_in[BATCH];
@@ -53,6 +54,7 @@ int main(int argc, char ** argv) {
     }
     if (!rwkv_eval_sequence(ctx, tokens, 150, state, state, logits)) return 1;
     if (!rwkv_eval_sequence_in_chunks(ctx, tokens, 150, 7, NULL, state, logits)) return 1;
+    if (!rwkv_eval_sequence_all_logits(ctx, tokens, 150, NULL, state, all_logits)) return 1;
     for (int i = 0; i < BATCH; i++) {
         /* mixed: fresh and carried states, in place or not, with and without logits */
         batch_in[i] = i % 3 == 0 ? NULL : i % 2 ? batch_states[i] : state;

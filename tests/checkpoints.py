@@ -386,3 +386,106 @@ def reference_logits(path: Path, tokens=TOKENS) -> np.ndarray:
         logits, state = ref.forward(token, state)
         rows.append(logits)
     return np.stack(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face-format checkpoints of the same weights (names, shapes and files per HF_FORMATS.md)
+
+
+def hf_tensors(raw: dict[str, np.ndarray], arch: str, x_x: bool = False) -> dict[str, np.ndarray]:
+    """The authors' tensors (`raw_checkpoint`) under Hugging Face names and shapes: RWKV-7 in
+    flash-linear-attention's naming (`x_x`: the older single (6, C) mix tensor), RWKV-6 as
+    Rwkv6ForCausalLM names them."""
+    out: dict[str, np.ndarray] = {}
+    if arch == "6":
+        for key, value in raw.items():
+            if key == "emb.weight":
+                out["rwkv.embeddings.weight"] = value
+            elif key == "head.weight":
+                out[key] = value
+            elif key.startswith("blocks."):
+                _, i, rest = key.split(".", 2)
+                rest = rest.replace("ln0.", "pre_ln.").replace("att.", "attention.").replace(
+                    "ffn.", "feed_forward.")
+                out[f"rwkv.blocks.{i}.{rest}"] = value
+            else:
+                out["rwkv." + key] = value
+        return out
+    names = {"ln1": "attn_norm", "ln2": "ffn_norm", "ln0": "pre_norm",
+             "att.receptance.weight": "attn.r_proj.weight", "att.key.weight": "attn.k_proj.weight",
+             "att.value.weight": "attn.v_proj.weight", "att.output.weight": "attn.o_proj.weight",
+             "att.ln_x.weight": "attn.g_norm.weight", "att.ln_x.bias": "attn.g_norm.bias"}
+    for key, value in raw.items():
+        if key == "emb.weight":
+            out["model.embeddings.weight"] = value
+        elif key == "head.weight":
+            out["lm_head.weight"] = value
+        elif key.startswith("ln_out."):
+            out["model.norm." + key.split(".")[1]] = value
+        else:
+            _, i, rest = key.split(".", 2)
+            p = f"model.layers.{i}."
+            head, _, tail = rest.partition(".")
+            if rest in names:
+                out[p + names[rest]] = value
+            elif head in ("ln0", "ln1", "ln2"):
+                out[p + names[head] + "." + tail] = value
+            elif rest in ("att.v0", "att.v1", "att.v2") and i == "0":
+                continue  # fla's layer 0 has no v_lora
+            elif rest.startswith("att.x_"):
+                if x_x:
+                    if rest == "att.x_r":
+                        out[p + "attn.x_x"] = np.stack(
+                            [raw[f"blocks.{i}.att.x_{m}"].reshape(-1) for m in "rwkvag"])
+                else:
+                    out[p + "attn." + rest[4:]] = value
+            elif rest[4:] in ("w0", "a0", "v0"):
+                out[p + f"attn.{rest[4]}_lora.lora.2.bias"] = value.reshape(-1)
+            elif rest[4:] in ("w1", "a1", "v1", "g1"):
+                out[p + f"attn.{rest[4]}_lora.lora.0.weight"] = np.ascontiguousarray(value.T)
+            elif rest[4:] in ("w2", "a2", "v2", "g2"):
+                out[p + f"attn.{rest[4]}_lora.lora.2.weight"] = np.ascontiguousarray(value.T)
+            elif rest in ("att.k_k", "att.k_a"):
+                out[p + "attn." + rest[4:]] = value.reshape(-1)
+            elif rest == "att.r_k":
+                out[p + "attn.r_k"] = value
+            elif rest == "ffn.x_k":
+                out[p + "ffn.x_k"] = value.reshape(-1)
+            else:  # ffn.key.weight, ffn.value.weight
+                out[p + rest] = value
+    return out
+
+
+def write_hf_checkpoint(folder: str | Path, raw: dict[str, np.ndarray], arch: str, dtype: str = "BF16",
+                        shards: int = 1, x_x: bool = False) -> Path:
+    """A Hugging Face checkpoint folder of the same weights: config.json, the tensors sorted by
+    name (as the safetensors library writes them) in `shards` files, an index when sharded."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = dict(sorted(hf_tensors(raw, arch, x_x).items()))
+    names = list(tensors)
+    if shards == 1:
+        write_safetensors(folder / "model.safetensors", tensors, dtype)
+    else:
+        weight_map = {}
+        per = -(-len(names) // shards)
+        for k in range(shards):
+            part = names[k * per:(k + 1) * per]
+            file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+            write_safetensors(folder / file, {n: tensors[n] for n in part}, dtype)
+            weight_map.update({n: file for n in part})
+        index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    emb = raw["emb.weight"]
+    if arch == "7":
+        config = {"architectures": ["RWKV7ForCausalLM"], "model_type": "rwkv7",
+                  "hidden_size": int(emb.shape[1]), "head_dim": int(raw["blocks.0.att.r_k"].shape[1]),
+                  "num_heads": 32, "vocab_size": int(emb.shape[0]), "tie_word_embeddings": False}
+    else:
+        config = {"architectures": ["Rwkv6ForCausalLM"], "model_type": "rwkv6",
+                  "hidden_size": int(emb.shape[1]), "vocab_size": int(emb.shape[0]),
+                  "intermediate_size": None, "rescale_every": 6}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

@@ -70,17 +70,61 @@ static const kernels * find_path(const char * name) {
 }
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float uniform(void) { /* in [-1, 1) */
+static uint64_t rng_next(void) {
     rng ^= rng << 13;
     rng ^= rng >> 7;
     rng ^= rng << 17;
-    return (float)((rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+    return rng;
+}
+static float uniform(void) { /* in [-1, 1) */
+    return (float)((rng_next() >> 40) * (1.0 / 8388608.0)) - 1.0f;
 }
 
 static void * aligned(size_t bytes) {
     void * p = NULL;
     if (posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63)) return NULL;
     return p;
+}
+
+/* A K-quant row of random blocks: random codes and packed scales, sane half-precision super-
+ * scales (where the format puts them), so every bit of the layout is exercised. */
+static void random_kquant_row(int type, uint8_t * dst, int64_t cols) {
+    const size_t bb = type_block_bytes(type);
+    const int scale_at[][2] = {[TYPE_Q2_K] = {80, 82}, [TYPE_Q3_K] = {108, -1}, [TYPE_Q4_K] = {0, 2}, [TYPE_Q5_K] = {0, 2},
+                               [TYPE_Q6_K] = {208, -1}};
+    for (int64_t b = 0; b < cols / QKK; b++) {
+        uint8_t * blk = dst + (size_t)b * bb;
+        for (size_t i = 0; i < bb; i++) blk[i] = (uint8_t)(rng_next() >> 56);
+        for (int k = 0; k < 2; k++) {
+            if (scale_at[type][k] < 0) continue;
+            const uint16_t h = fp32_to_fp16((0.01f + 0.02f * (uniform() + 1.0f)) * (k ? 0.5f : 1.0f));
+            memcpy(blk + scale_at[type][k], &h, 2);
+        }
+    }
+}
+
+/* A row of weights in `type`: the values themselves where the type can hold them, random
+ * K-quant blocks otherwise (there is no K-quant quantizer in the engine). */
+static void store_row(int type, const float * src, uint8_t * dst, int64_t cols) {
+    if (type == TYPE_FP32) {
+        memcpy(dst, src, (size_t)cols * 4);
+    } else if (type == TYPE_FP16) {
+        for (int64_t c = 0; c < cols; c++) {
+            const uint16_t h = fp32_to_fp16(src[c]);
+            memcpy(dst + 2 * c, &h, 2);
+        }
+    } else if (type == TYPE_BF16) {
+        for (int64_t c = 0; c < cols; c++) {
+            uint32_t bits;
+            memcpy(&bits, &src[c], 4);
+            const uint16_t h = (uint16_t)(bits >> 16); /* truncated: any bfloat16 will do */
+            memcpy(dst + 2 * c, &h, 2);
+        }
+    } else if (type_is_kquant(type)) {
+        random_kquant_row(type, dst, cols);
+    } else {
+        quantize_row(type, src, dst, cols);
+    }
 }
 
 /* Runs one shape; returns 0 on success. */
@@ -103,13 +147,7 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
     for (int64_t r = 0; r < rows; r++) {
         uint8_t * dst = w + (size_t)r * row_bytes;
         const float * src = wf + r * cols;
-        if (type == TYPE_FP32) memcpy(dst, src, (size_t)cols * 4);
-        else if (type == TYPE_FP16)
-            for (int64_t c = 0; c < cols; c++) {
-                uint16_t h = fp32_to_fp16(src[c]);
-                memcpy(dst + 2 * c, &h, 2);
-            }
-        else quantize_row(type, src, dst, cols);
+        store_row(type, src, dst, cols);
     }
     mprotect(map, span - page, PROT_READ);
 
@@ -168,7 +206,7 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
 /* ---- activations that are not finite ---- */
 
 static int check_nonfinite(const kernels * k, int type) {
-    const int64_t rows = 21, cols = type_is_quantized(type) ? 32 * 5 : 67;
+    const int64_t rows = 21, cols = type_is_kquant(type) ? 256 * 2 : type_is_quantized(type) ? 32 * 5 : 67;
     const size_t row_bytes = type_row_bytes(type, cols);
     uint8_t * w = malloc(row_bytes * (size_t)rows);
     float * wf = malloc(sizeof(float) * (size_t)cols);
@@ -176,7 +214,7 @@ static int check_nonfinite(const kernels * k, int type) {
     double * wnorm = malloc(sizeof(double) * (size_t)rows);
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t c = 0; c < cols; c++) wf[c] = uniform();
-        quantize_row(type, wf, w + (size_t)r * row_bytes, cols);
+        store_row(type, wf, w + (size_t)r * row_bytes, cols);
         dequantize_row(type, w + (size_t)r * row_bytes, deq, cols);
         wnorm[r] = 0;
         for (int64_t c = 0; c < cols; c++) wnorm[r] += (double)deq[c] * deq[c];
@@ -325,18 +363,19 @@ int main(int argc, char ** argv) {
         return 1;
     }
     if (argc == 4) return check_nonfinite(k, type);
-    const int quantized = type_is_quantized(type);
+    const int quantized = type_is_quantized(type), kquant = type_is_kquant(type);
     /* (rows, cols): odd everything; for quantized types columns are whole blocks, with an odd
      * block count; widths crossing the sequence-mode column chunks and the decode strategies */
     const int64_t shapes_f[][2] = {{13, 67}, {1, 5}, {9, 16}, {21, 1100}, {5, 2051}, {7, 4099}};
     const int64_t shapes_q[][2] = {{13, 96}, {1, 32}, {7, 64}, {21, 160}, {5, 32 * 131}, {6, 32 * 128}};
+    const int64_t shapes_k[][2] = {{13, 256}, {1, 256}, {7, 512}, {21, 768}, {5, 256 * 17}, {17, 256 * 16}};
     const int Ts[] = {1, 2, 3, 4, 5, 7, 64};
     int failures = 0;
     const int n_shapes = 6;
     for (int s = 0; s < n_shapes; s++) {
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
-            const int64_t rows = quantized ? shapes_q[s][0] : shapes_f[s][0];
-            const int64_t cols = quantized ? shapes_q[s][1] : shapes_f[s][1];
+            const int64_t rows = kquant ? shapes_k[s][0] : quantized ? shapes_q[s][0] : shapes_f[s][0];
+            const int64_t cols = kquant ? shapes_k[s][1] : quantized ? shapes_q[s][1] : shapes_f[s][1];
             failures += check_shape(k, type, rows, cols, Ts[i]) != 0;
         }
     }

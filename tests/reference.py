@@ -187,7 +187,7 @@ def time_mix_v5(p, x, prev, heads, n_head, ln_x_eps):
     return y @ p["att.output.weight"].T, heads
 
 
-def time_mix_v6(p, x, prev, heads, n_head):
+def time_mix_v6(p, x, prev, heads, n_head, ln_x_eps=V6_V7_LN_X_EPS):
     """v6: data-dependent token shift (ddlerp) and data-dependent decay."""
     t_len, c = x.shape
     n = c // n_head
@@ -214,8 +214,7 @@ def time_mix_v6(p, x, prev, heads, n_head):
     y, heads = wkv_heads_v5_v6(
         r.reshape(shape), k.reshape(shape), v.reshape(shape), decay.reshape(shape), bonus, heads
     )
-    y = group_norm(y.reshape(t_len, c), p["att.ln_x.weight"], p["att.ln_x.bias"], n_head,
-                   V6_V7_LN_X_EPS)
+    y = group_norm(y.reshape(t_len, c), p["att.ln_x.weight"], p["att.ln_x.bias"], n_head, ln_x_eps)
     return (y * g) @ p["att.output.weight"].T, heads
 
 
@@ -227,7 +226,7 @@ def normalize_heads(x, n_head):
     return (heads / np.maximum(norm, 1e-12)).reshape(t_len, c)
 
 
-def time_mix_v7(p, x, prev, heads, v_first, n_head, layer):
+def time_mix_v7(p, x, prev, heads, v_first, n_head, layer, ln_x_eps=V6_V7_LN_X_EPS):
     """v7 "Goose": a generalized delta rule with in-context learning rate a.
 
     Per head, S (value-major, [i, j] = value i, key j):
@@ -271,8 +270,7 @@ def time_mix_v7(p, x, prev, heads, v_first, n_head, layer):
         )
         y[t] = np.einsum("hij,hj->hi", heads, r3[t])
 
-    y = group_norm(y.reshape(t_len, c), p["att.ln_x.weight"], p["att.ln_x.bias"], n_head,
-                   V6_V7_LN_X_EPS)
+    y = group_norm(y.reshape(t_len, c), p["att.ln_x.weight"], p["att.ln_x.bias"], n_head, ln_x_eps)
     # bonus: each head's current value, weighted by sum_j r_j k_j r_k_j
     bonus = (r3 * k3 * p["att.r_k"].reshape(n_head, n)).sum(axis=-1, keepdims=True) * v3
     y = y + bonus.reshape(t_len, c)
@@ -316,10 +314,16 @@ class Reference:
         n_vocab: int,
         arch: str | None = None,
         v5_ln_x_eps: float = 64e-5,
+        ln_eps: float = LN_EPS,
+        ln_x_eps: float = V6_V7_LN_X_EPS,
+        rescale_every: int = 0,
     ):
+        """ln_eps, ln_x_eps (v6, v7) and rescale_every (llama.cpp's rwkv6 files: the residual
+        stream is halved after every rescale_every-th block) come from GGUF metadata."""
         self.arch = arch or detect_arch(tensors)
         self.n_layer, self.n_embed, self.n_vocab = n_layer, n_embed, n_vocab
         self.v5_ln_x_eps = v5_ln_x_eps
+        self.ln_eps, self.ln_x_eps, self.rescale_every = ln_eps, ln_x_eps, rescale_every
         f64 = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
         self.emb = f64["emb.weight"]
         self.ln0 = (f64["blocks.0.ln0.weight"], f64["blocks.0.ln0.bias"])
@@ -393,12 +397,13 @@ class Reference:
             state = self.init_state()
         if len(state) != self.state_len:
             raise ValueError(f"state has {len(state)} values, expected {self.state_len}")
-        x = layer_norm(self.emb[tokens], *self.ln0)
+        eps = self.ln_eps
+        x = layer_norm(self.emb[tokens], *self.ln0, eps)
         v_first = None
         new_layers = []
         for i, p in enumerate(self.layers):
             ls = self._unpack(state, i)
-            xa = layer_norm(x, p["ln1.weight"], p["ln1.bias"])
+            xa = layer_norm(x, p["ln1.weight"], p["ln1.bias"], eps)
             prev = token_shift(xa, ls["att_xx"])
             new = {"att_xx": xa[-1]}
             if self.arch == "4":
@@ -410,14 +415,14 @@ class Reference:
                     p, xa, prev, ls["heads"], self.n_head, self.v5_ln_x_eps
                 )
             elif self.arch == "6":
-                out, new["heads"] = time_mix_v6(p, xa, prev, ls["heads"], self.n_head)
+                out, new["heads"] = time_mix_v6(p, xa, prev, ls["heads"], self.n_head, self.ln_x_eps)
             else:
                 out, new["heads"], v_first = time_mix_v7(
-                    p, xa, prev, ls["heads"], v_first, self.n_head, i
+                    p, xa, prev, ls["heads"], v_first, self.n_head, i, self.ln_x_eps
                 )
             x = x + out
 
-            xf = layer_norm(x, p["ln2.weight"], p["ln2.bias"])
+            xf = layer_norm(x, p["ln2.weight"], p["ln2.bias"], eps)
             prev = token_shift(xf, ls["ffn_xx"])
             new["ffn_xx"] = xf[-1]
             if self.arch in ("4", "5.1", "5.2"):
@@ -426,7 +431,9 @@ class Reference:
                 x = x + channel_mix_v6(p, xf, prev)
             else:
                 x = x + channel_mix_v7(p, xf, prev)
+            if self.rescale_every and (i + 1) % self.rescale_every == 0:
+                x = x / 2.0
             new_layers.append(new)
 
-        logits = layer_norm(x[-1], *self.ln_out) @ self.head.T
+        logits = layer_norm(x[-1], *self.ln_out, eps) @ self.head.T
         return logits.astype(np.float32), self._pack(new_layers)

@@ -1,8 +1,8 @@
 """Bad model files give a clear exception, never a crash or an out-of-bounds read.
 
 The same tests run again under AddressSanitizer + UndefinedBehaviorSanitizer
-(`test_bad_files_under_sanitizers` builds `make -C native asan` and reruns this file in a
-subprocess against that build through RWKV_CPP_LIB).
+(`test_bad_files_under_sanitizers` builds `make -C native asan` and reruns this file and
+test_gguf_badfiles.py in a subprocess against that build through RWKV_CPP_LIB).
 """
 
 from __future__ import annotations
@@ -419,7 +419,8 @@ def test_bad_files_under_sanitizers(tmp_path):
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
     )
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         str(Path(__file__).with_name("test_gguf_badfiles.py"))],
         capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600, check=False,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]

@@ -1,4 +1,5 @@
-"""Converting raw RWKV checkpoints (.pth / .safetensors, no torch) to rwkv.cpp files.
+"""Converting raw RWKV checkpoints (.pth / .safetensors / Hugging Face folders, no torch) to
+rwkv.cpp files.
 
 Checkpoints are written by tests/checkpoints.py (torch's zip layout, FP32/FP16/BF16). The
 expected stored tensors are computed here, independently of the converter, from the format's
@@ -7,6 +8,7 @@ facts; the converted files are then run through the NumPy reference and through 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import OrderedDict
@@ -21,8 +23,10 @@ from checkpoints import (
     Shape,
     as_stored,
     engine_logits,
+    hf_tensors,
     raw_checkpoint,
     reference_logits,
+    write_hf_checkpoint,
     write_pth,
     write_safetensors,
 )
@@ -87,7 +91,9 @@ def expected_file(arch: str, raw: dict[str, np.ndarray], data_type: str):
         out.append((key, value))
     typed = []
     for key, value in out:
-        half = data_type == "FP16" and value.ndim == 2 and not key.endswith("att.r_k")
+        # rwkv.cpp keeps r_k and every time_* tensor (v6's low-rank ones too) in FP32
+        keep = key.endswith("att.r_k") or key.rsplit(".", 1)[-1].startswith("time_")
+        half = data_type == "FP16" and value.ndim == 2 and not keep
         typed.append((key, value.astype(np.float32), "FP16" if half else "FP32"))
     return typed
 
@@ -420,3 +426,54 @@ def test_conversion_needs_neither_torch_nor_safetensors(tmp_path):
                          check=False, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split()[-1] == "7"
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face-format checkpoints: the same file as the authors' .pth of the same weights
+
+HF_CASES = [("7", {}), ("7", {"x_x": True}), ("7", {"shards": 3}), ("6", {}), ("6", {"shards": 2})]
+
+
+@pytest.mark.parametrize(("arch", "options"), HF_CASES,
+                         ids=["v7", "v7-old-x_x", "v7-sharded", "v6", "v6-sharded"])
+@pytest.mark.parametrize("data_type", ["FP16", "FP32"])
+def test_hf_checkpoint_converts_to_the_file_of_the_pth(tmp_path, arch, options, data_type):
+    raw = raw_checkpoint(arch, Shape(n_layer=3), seed=5)
+    pth = convert(write_pth(tmp_path / "m.pth", raw, "BF16"), tmp_path / "pth.bin", data_type)
+    folder = write_hf_checkpoint(tmp_path / "hf", raw, arch, "BF16", **options)
+    hf = convert(folder, tmp_path / "hf.bin", data_type)
+    assert (tmp_path / "hf.bin").read_bytes() == (tmp_path / "pth.bin").read_bytes()
+    assert hf == {**pth, "bytes": pth["bytes"]}
+
+
+def test_hf_checkpoint_with_unknown_tensor_or_model_is_refused(tmp_path):
+    raw = raw_checkpoint("7", Shape(n_layer=2), seed=5)
+    folder = write_hf_checkpoint(tmp_path / "hf", raw, "7")
+    tensors = hf_tensors(raw, "7")
+    tensors["model.layers.0.attn.mystery"] = np.zeros(4, np.float32)
+    write_safetensors(folder / "model.safetensors", tensors, "BF16")
+    with pytest.raises(ConversionError, match="attn.mystery"):
+        convert(folder, tmp_path / "a.bin")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama",
+                                                      "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ConversionError, match="llama"):
+        convert(folder, tmp_path / "a.bin")
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_hf_shard_missing_is_named(tmp_path):
+    folder = write_hf_checkpoint(tmp_path / "hf", raw_checkpoint("6", Shape(n_layer=2)), "6", shards=2)
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ConversionError, match="model-00002-of-00002"):
+        convert(folder, tmp_path / "a.bin")
+
+
+def test_v6_fp16_files_keep_every_time_tensor_in_fp32(tmp_path):
+    """As rwkv.cpp's converter: the low-rank time_maa_w1, time_decay_w1/w2 too."""
+    convert(write_pth(tmp_path / "m.pth", raw_checkpoint("6", Shape(n_layer=2))), tmp_path / "m.bin")
+    types = {i.key: i.data_type_name for i in modelfile.list_tensors(tmp_path / "m.bin")}
+    time_keys = [k for k in types if k.rsplit(".", 1)[-1].startswith("time_")]
+    assert {"blocks.1.att.time_maa_w1", "blocks.1.att.time_decay_w2"} <= set(time_keys)
+    assert {types[k] for k in time_keys} == {"FP32"}
+    assert types["blocks.1.att.key.weight"] == "FP16" and types["head.weight"] == "FP16"

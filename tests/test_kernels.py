@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "native"
 TYPES = ["FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 QUANTIZED = TYPES[2:]
+# the types of GGUF files only: kernel level here, engine level in test_gguf.py
+GGUF_TYPES = ["BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+KERNEL_TYPES = TYPES + GGUF_TYPES
 SIMD_PATHS = ["avx2", "avx512"]
 
 # Every path computes the same numbers as the scalar one up to the order of the float sums:
@@ -34,7 +37,7 @@ EXACT_RATIO = {"float": 1e-6, "quantized": 5e-3}
 
 
 def kind(dtype: str) -> str:
-    return "quantized" if dtype in QUANTIZED else "float"
+    return "float" if dtype in ("FP32", "FP16", "BF16") else "quantized"
 
 
 # ---- kernel level: the C harness ---------------------------------------------------------------
@@ -45,7 +48,8 @@ def build_harness(tmp_path_factory, name: str, flags: list[str]) -> Path:
     if cc is None:
         pytest.skip("no C compiler to build the kernel harness")
     out = tmp_path_factory.mktemp("kernels") / name
-    sources = sorted(str(p) for p in NATIVE.glob("kernels*.c")) + [str(NATIVE / "tensor.c")]
+    sources = sorted(str(p) for p in NATIVE.glob("kernels*.c")) + [
+        str(NATIVE / "tensor.c"), str(NATIVE / "kquants.c")]
     subprocess.run(
         [cc, "-std=gnu11", *flags, "-pthread", f"-I{NATIVE}", "-o", str(out),
          str(REPO / "tests" / "kernels_check.c"), *sources, "-lm"],
@@ -81,7 +85,7 @@ def run_harness(harness: Path, path: str, dtype: str) -> list[tuple[int, int, in
     return rows
 
 
-@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("dtype", KERNEL_TYPES)
 @pytest.mark.parametrize("path", SIMD_PATHS)
 def test_simd_products_match_scalar(harness, path, dtype):
     results = run_harness(harness, path, dtype)
@@ -93,14 +97,14 @@ def test_simd_products_match_scalar(harness, path, dtype):
         assert exact_ratio < EXACT_RATIO[kind(dtype)], shape
 
 
-@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("dtype", KERNEL_TYPES)
 def test_scalar_products_match_exact_products(harness, dtype):
     for rows, cols, tokens, rel_err, ratio, exact_ratio in run_harness(harness, "scalar", dtype):
         assert rel_err == 0.0 and ratio == 0.0  # the harness's own reference is the scalar path
         assert exact_ratio < EXACT_RATIO[kind(dtype)], f"rows={rows} cols={cols} tokens={tokens}"
 
 
-@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("dtype", KERNEL_TYPES)
 @pytest.mark.parametrize("path", ["scalar", *SIMD_PATHS])
 def test_nonfinite_activations_give_nonfinite_outputs_without_undefined_behaviour(
     ubsan_harness, path, dtype
@@ -275,10 +279,24 @@ def alloc_harness(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("arch", ["4", "5.2", "6", "7"])
+def _gguf_model(path: Path, arch: str) -> Path:
+    """A K-quant GGUF (llama.cpp's layout; v6 with its residual rescaling)."""
+    from gguf_writer import write_rwkv_gguf
+
+    from rwkv_cli.formats.synthetic import random_tensors
+
+    tensors = random_tensors(arch, 2, 256, 300, 64, ffn_dim=1024, seed=5)
+    return write_rwkv_gguf(path, arch, tensors, 2, 256, 64, kind="Q4_K", rescale_every=1 if arch == "6" else 0,
+                           keep_values=False).path
+
+
+@pytest.mark.parametrize("arch", ["4", "5.2", "6", "7", "gguf-6", "gguf-7"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_evaluating_tokens_allocates_nothing(alloc_harness, tmp_path, arch, threads):
-    model = write_random_model(tmp_path / f"{arch}.bin", arch, 2, 64, 300, data_type="Q8_0", seed=5)
+    if arch.startswith("gguf-"):
+        model = _gguf_model(tmp_path / f"{arch}.gguf", arch[5:])
+    else:
+        model = write_random_model(tmp_path / f"{arch}.bin", arch, 2, 64, 300, data_type="Q8_0", seed=5)
     proc = subprocess.run(
         [str(alloc_harness), str(model), str(threads)], capture_output=True, text=True, timeout=120,
         check=False,

@@ -433,3 +433,49 @@ def test_the_installed_size_of_a_checkpoint_counts_the_fp16_embedding_and_head(d
                          n_embed=768)
     actual = random_model_size("7", 12, 768, 65536, data_type)  # what the writer produces
     assert abs(entry.model_bytes(data_type) - actual) < 0.05 * actual
+
+
+def test_gguf_entries_install_as_they_are_and_new_ones_are_discovered(site):
+    from gguf_writer import write_rwkv_gguf
+
+    from rwkv_cli.formats.synthetic import random_tensors
+
+    folder = site["root"] / "test" / "gguf" / HF
+    folder.mkdir(parents=True)
+
+    def gguf_file(name, seed):
+        path = folder / name
+        write_rwkv_gguf(path, "7", random_tensors("7", 1, 64, 256, 32, seed=seed), 1, 64, 32,
+                        kind="Q8_0", file_type=7, keep_values=False)
+        return path
+
+    known = gguf_file("rwkv7-tiny-Q8_0.gguf", 1)
+    new = gguf_file("rwkv7-tiny-new-Q8_0.gguf", 2)
+    catalog = json.loads(site["catalog"].read_text())
+    catalog["models"].append(
+        {"name": "tiny-gguf", "title": "Tiny v7 GGUF", "arch": "7", "tokenizer": "bytes",
+         "repo": "test/gguf", "file": known.name, "format": "gguf", "quantization": "Q8_0",
+         "download_size": known.stat().st_size, "size": known.stat().st_size,
+         "sha256": hashlib.sha256(known.read_bytes()).hexdigest()}
+    )
+    site["catalog"].write_text(json.dumps(catalog))
+    result = run_cli(site["env"], "--setup", "--model", "tiny-gguf", "--yes")
+    assert result.returncode == 0, result.stderr
+    entry = registry(site["home"])["models"]["tiny-gguf"]
+    assert (site["home"] / entry["path"]).read_bytes() == known.read_bytes()  # used as it is
+    assert (entry["arch"], entry["data_type"], entry["n_vocab"], entry["n_layer"]) == ("7", "Q8_0", 256, 1)
+    done = run_cli(site["env"], "complete", "hello", "--max-tokens", "4", "--temperature", "0")
+    assert done.returncode == 0, done.stderr
+
+    api = site["root"] / "api" / "models" / "test"
+    api.mkdir(parents=True)
+    siblings = [{"rfilename": known.name, "size": known.stat().st_size},
+                {"rfilename": new.name, "size": new.stat().st_size},
+                {"rfilename": "notes.txt", "size": 4}]
+    (api / "gguf").write_text(json.dumps({"id": "test/gguf", "siblings": siblings}))
+    listed = run_cli(site["env"], "setup", "--list", "--refresh")
+    assert "rwkv7-tiny-new-q8-0" in listed.stdout
+    result = run_cli(site["env"], "--setup", "--model", "rwkv7-tiny-new-q8-0", "--yes")
+    assert result.returncode == 0, result.stderr
+    entry = registry(site["home"])["models"]["rwkv7-tiny-new-q8-0"]
+    assert Path(entry["path"]).name == new.name and entry["data_type"] == "Q8_0"

@@ -1,8 +1,8 @@
 """The catalog of real models the setup wizard offers (data in `catalog.json`).
 
 Each entry names a file in a Hugging Face repository. `.pth` checkpoints (published by the
-model authors) are converted and quantized locally after the download; `.bin` entries are
-rwkv.cpp files used as they are.
+model authors) are converted and quantized locally after the download; `.bin` entries
+(rwkv.cpp files) and `.gguf` entries (llama.cpp's RWKV-6 / RWKV-7 files) are used as they are.
 
 Overrides, for mirrors and tests:
 - `RWKV_CATALOG=/path/catalog.json` replaces the built-in catalog;
@@ -10,8 +10,9 @@ Overrides, for mirrors and tests:
   `{base}/{repo}/resolve/main/{file}`, the Hugging Face layout.
 
 New checkpoints appear every few months: `discover()` lists the catalog's repositories through
-the Hugging Face API (`{base}/api/models/{repo}?blobs=true`) and offers `.pth` files the
-built-in list does not know yet; offline, the built-in list is all there is.
+the Hugging Face API (`{base}/api/models/{repo}?blobs=true`) and offers the `.pth` files (in the
+repositories of `.pth` entries) and `.gguf` files (in those of `.gguf` entries) the built-in
+list does not know yet; offline, the built-in list is all there is.
 """
 
 from __future__ import annotations
@@ -25,15 +26,21 @@ from urllib.parse import quote
 
 from ..core.chat_format import PROMPT_FORMATS
 from ..errors import UserError
-from ..formats.tensor_types import QUANTIZED_TYPES, TENSOR_TYPES
+from ..formats.tensor_types import GGUF_TYPES, QUANTIZED_TYPES, TENSOR_TYPES
 
 HF_BASE = "https://huggingface.co"
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
 
-# Bytes stored per weight in an rwkv.cpp file of each type.
+# Bytes stored per weight in a file of each type: rwkv.cpp's, the GGUF types the engine runs,
+# and llama.cpp's _S/_M/_L mixes of K-quants (roughly, from their usual composition).
 BYTES_PER_WEIGHT = {t.name: t.bytes_per_value for t in TENSOR_TYPES}
+BYTES_PER_WEIGHT.update({t.label: t.bytes_per_value for t in GGUF_TYPES if t.runs})
+BYTES_PER_WEIGHT.update({"Q5_K_S": 176 / 256, "Q5_K_M": 0.71, "Q4_K_S": 144 / 256,
+                         "Q4_K_M": 0.61, "Q3_K_S": 110 / 256, "Q3_K_M": 0.49, "Q3_K_L": 0.53,
+                         "Q2_K_S": 84 / 256})
 # What a checkpoint can be installed as, largest first.
 QUANT_TYPES = ("FP16",) + tuple(sorted(QUANTIZED_TYPES, key=lambda name: -BYTES_PER_WEIGHT[name]))
+FORMATS = ("pth", "bin", "gguf")
 
 TOKENIZERS = ("world", "20B", "bytes")
 
@@ -191,8 +198,8 @@ def _parse_model(entry: dict, where: str) -> CatalogModel:
     name = _require(entry, "name", where)
     where = f"{where} ({name})"
     fmt = _require(entry, "format", where)
-    if fmt not in ("pth", "bin"):
-        raise CatalogError(f"{where}: format must be 'pth' or 'bin', not {fmt!r}")
+    if fmt not in FORMATS:
+        raise CatalogError(f"{where}: format must be one of {FORMATS}, not {fmt!r}")
     tokenizer = entry.get("tokenizer", "world")
     if tokenizer not in TOKENIZERS:
         raise CatalogError(f"{where}: tokenizer must be one of {TOKENIZERS}, not {tokenizer!r}")
@@ -250,9 +257,26 @@ def load_catalog(path: Path | None = None) -> Catalog:
     return Catalog(models=models, assets=assets, source=source)
 
 
-def _family_defaults(catalog: Catalog, repo: str) -> CatalogModel | None:
-    known = [m for m in catalog.models if m.repo == repo and m.is_checkpoint]
+def _family_defaults(catalog: Catalog, repo: str, fmt: str) -> CatalogModel | None:
+    known = [m for m in catalog.models if m.repo == repo and m.format == fmt]
     return known[-1] if known else None
+
+
+# llama.cpp's type labels as they appear in GGUF file names
+_GGUF_LABEL = re.compile(
+    r"(?:^|[-_.])(f16|bf16|f32|q8_0|q6_k|q5_k_[sm]|q5_k|q5_[01]|q4_k_[sm]|q4_k|q4_[01]|"
+    r"q3_k_[sml]|q3_k|q2_k_s|q2_k)(?=[-_.]|$)",
+    re.IGNORECASE,
+)
+
+
+def gguf_quantization(file: str) -> str:
+    """The type label a GGUF file name carries ("Q4_K_M"; "FP16" for f16), or "GGUF"."""
+    found = _GGUF_LABEL.findall(Path(file).stem)
+    if not found:
+        return "GGUF"
+    label = found[-1].upper()
+    return {"F16": "FP16", "F32": "FP32"}.get(label, label)
 
 
 def _default_quantization(download_size: int) -> str:
@@ -272,7 +296,7 @@ def discover(catalog: Catalog, base_url: str | None = None, timeout: float = 4.0
     if os.environ.get("RWKV_OFFLINE", "") not in ("", "0"):
         return []
     base = (base_url or os.environ.get("RWKV_DOWNLOAD_BASE") or HF_BASE).rstrip("/")
-    repos = list(dict.fromkeys(m.repo for m in catalog.models if m.is_checkpoint))
+    repos = list(dict.fromkeys(m.repo for m in catalog.models if m.format in ("pth", "gguf")))
     known_files = {(m.repo, m.file) for m in catalog.models}
     known_names = {m.name for m in catalog.models}
     found: list[CatalogModel] = []
@@ -291,26 +315,28 @@ def discover(catalog: Catalog, base_url: str | None = None, timeout: float = 4.0
                 break  # offline or unreachable: the other repositories would be too
             except (httpx.HTTPError, ValueError, AttributeError):
                 continue
-            family = _family_defaults(catalog, repo)
-            if family is None:
-                continue
+            families = {fmt: _family_defaults(catalog, repo, fmt) for fmt in ("pth", "gguf")}
             known = [m for m in catalog.models if m.repo == repo and m.n_embed]
             for sibling in siblings:
                 file = sibling.get("rfilename", "") if isinstance(sibling, dict) else ""
                 size = sibling.get("size") if isinstance(sibling, dict) else None
-                if not file.endswith(".pth") or (repo, file) in known_files:
+                fmt = Path(file).suffix[1:]
+                family = families.get(fmt)
+                if family is None or (repo, file) in known_files:
                     continue
                 if not isinstance(size, int) or size <= 0 or "/" in file:
                     continue
-                name = re.sub(r"[^a-z0-9.]+", "-", file[: -len(".pth")].lower()).strip("-")
+                stem = file[: -len(fmt) - 1]
+                name = re.sub(r"[^a-z0-9.]+", "-", stem.lower()).strip("-")
                 if name in known_names:
                     continue
                 lfs = sibling.get("lfs")
                 sha256 = lfs.get("sha256") if isinstance(lfs, dict) else None
                 found.append(CatalogModel(
-                    name=name, title=f"{file[: -len('.pth')]} (new)", arch=family.arch,
-                    tokenizer=family.tokenizer, repo=repo, file=file, format="pth",
-                    download_size=size, quantization=_default_quantization(size),
+                    name=name, title=f"{stem} (new)", arch=family.arch,
+                    tokenizer=family.tokenizer, repo=repo, file=file, format=fmt,
+                    download_size=size,
+                    quantization=_default_quantization(size) if fmt == "pth" else gguf_quantization(file),
                     prompt_format=family.prompt_format,
                     notes=f"found on {repo}; not in the built-in catalog", size=size,
                     sha256=sha256 if isinstance(sha256, str) and len(sha256) == 64 else None,

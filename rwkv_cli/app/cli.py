@@ -188,11 +188,14 @@ ThinkOpt = typer.Option(
 )
 ForceOpt = typer.Option(False, "--force", "-f", help="Overwrite DEST if it exists.")
 PromptArg = typer.Argument(..., help="The text to continue ('-' reads standard input).")
-CheckpointArg = typer.Argument(..., help="A .pth or .safetensors checkpoint.")
+CheckpointArg = typer.Argument(
+    ..., help="A .pth or .safetensors checkpoint, or a Hugging Face checkpoint folder (RWKV-6/7)."
+)
 ModelOutArg = typer.Argument(..., help="The rwkv.cpp model file to write.")
 QuantizeSrcArg = typer.Argument(..., help="An FP32 or FP16 rwkv.cpp model file.")
 QuantizeDestArg = typer.Argument(..., help="The quantized file to write.")
 QuantTypeArg = typer.Argument(..., help="Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0.")
+TextFileArg = typer.Argument(..., help="A UTF-8 text file.")
 
 
 def _parse_gpu(value: Optional[str]) -> Union[int, str]:
@@ -467,6 +470,36 @@ def serve_command(
                api_key=api_key, grace=grace)
 
 
+@app.command("perplexity")
+def perplexity_command(
+    ctx: typer.Context,
+    text_file: Path = TextFileArg,
+    model_path: Optional[Path] = ModelPathOpt,
+    model: Optional[str] = ModelNameOpt,
+    threads: Optional[int] = ThreadsOpt,
+    gpu: Optional[str] = GpuOpt,
+    tokenizer: Optional[str] = TokenizerOpt,
+    ctx_size: int = typer.Option(512, "--ctx", help="Tokens per chunk (llama.cpp's -c)."),
+    chunks: Optional[int] = typer.Option(
+        None, "--chunks", help="At most this many chunks from the start (llama.cpp's --chunks)."
+    ),
+    reference: Optional[str] = typer.Option(
+        None, "--reference",
+        help="Another file of the same model (path or installed name): mean KL divergence and "
+        "top-1 agreement against it.",
+    ),
+) -> None:
+    """Perplexity on a text as llama.cpp computes it (chunks of --ctx tokens from a fresh
+    state, the second half of each scored), then one JSON line."""
+    from .evaluate import run_perplexity
+
+    if ctx_size < 2:
+        raise CLIError(f"--ctx must be at least 2, got {ctx_size}")
+    options = _model_options(ctx, model_path, model, threads, gpu, tokenizer)
+    run_perplexity(_console(), text_file, **options, ctx=ctx_size, reference=reference,
+                   max_chunks=chunks)
+
+
 @app.command("models")
 def models_command(
     ctx: typer.Context,
@@ -561,7 +594,8 @@ def convert_command(
     data_type: str = typer.Option("FP16", "--type", help="FP16 or FP32."),
     force: bool = ForceOpt,
 ) -> None:
-    """Convert a PyTorch checkpoint to an rwkv.cpp model file (no torch needed)."""
+    """Convert a checkpoint (.pth, .safetensors, Hugging Face folder) to an rwkv.cpp model file
+    (no torch needed)."""
     from .model_files import convert_with_progress
 
     _only_used(ctx, "convert")

@@ -45,11 +45,20 @@ def _checkpoint_advice(path: Path) -> ModelLoadError | None:
 
 
 def _read_header(path: Path) -> None:
+    from ..formats.gguf import is_gguf, read_gguf
     from ..formats.modelfile import ModelFileError, read_header
 
     advice = _checkpoint_advice(path)
     if advice is not None:
         raise advice
+    if is_gguf(path):
+        info = read_gguf(path, tensors=False)  # GGUFError: malformed
+        if info.rwkv_version is None:
+            raise ModelLoadError(
+                f"{path}: a GGUF file of architecture {info.architecture!r}; this engine "
+                "runs RWKV-6 and RWKV-7 GGUF files (rwkv6, rwkv7)"
+            )
+        return
     try:
         read_header(path)  # not an rwkv.cpp file, old quantized format, ...: a clear message
     except ModelFileError:

@@ -1,6 +1,7 @@
 """The model-file commands: `rwkv-cpp models` (installed models), `rm`, `default`, `convert`
-(a checkpoint to an rwkv.cpp file) and `quantize`, with progress bars. The setup wizard uses
-the same conversion steps when it installs a `.pth` checkpoint.
+(a checkpoint or a Hugging Face checkpoint folder to an rwkv.cpp file) and `quantize`, with
+progress bars. The setup wizard uses the same conversion steps when it installs a `.pth`
+checkpoint.
 
 Everything a command can check is checked before its progress bar appears: the type, the
 source, and the destination (an existing file is replaced only with `--force`, and never when
@@ -44,12 +45,14 @@ def _progress_callback(progress: Progress, task) -> Callable[[int, int], None]:
     return update
 
 
-def _check_paths(src: Path, dest: Path, force: bool, what: str) -> None:
+def _check_paths(src: Path, dest: Path, force: bool, what: str, folder_ok: bool = False) -> None:
     from ..formats.convert import refuse_same_file
+    from ..formats.hf import is_hf_checkpoint
 
-    if Path(src).is_dir():
-        raise NotAFile(f"{src} is a directory; give the {what} file")
-    if not Path(src).is_file():
+    if Path(src).is_dir() and not (folder_ok and is_hf_checkpoint(src)):
+        hint = " or a Hugging Face checkpoint folder (config.json and *.safetensors)" if folder_ok else ""
+        raise NotAFile(f"{src} is a directory; give the {what} file{hint}")
+    if not Path(src).exists():
         raise FileMissing(f"{what} not found: {src}")
     refuse_same_file(src, dest)  # even with --force: the source would be lost
     if Path(dest).is_dir():
@@ -63,7 +66,7 @@ def convert_with_progress(console: Console, src: Path, dest: Path, data_type: st
     from ..formats.convert import check_output_type, convert
 
     data_type = check_output_type(data_type)
-    _check_paths(src, dest, force, "checkpoint")
+    _check_paths(src, dest, force, "checkpoint", folder_ok=True)
     with _work_progress(console) as progress:
         task = progress.add_task(f"Converting to {data_type}", total=None)
         info = convert(src, dest, data_type=data_type,
@@ -91,7 +94,10 @@ def quantize_with_progress(console: Console, src: Path, dest: Path, type_name: s
 
 
 def _report_file(console: Console, verb: str, dest: Path, src: Path) -> None:
-    before, after = Path(src).stat().st_size, Path(dest).stat().st_size
+    src = Path(src)
+    # a Hugging Face checkpoint folder: its weights
+    before = sum(f.stat().st_size for f in src.glob("*.safetensors")) if src.is_dir() else src.stat().st_size
+    after = Path(dest).stat().st_size
     console.print(
         f"{verb} {dest} ({human_bytes(after)}; source {human_bytes(before)})", highlight=False
     )

@@ -221,13 +221,23 @@ def ensure_tokenizer(console: Console, catalog: Catalog, model: CatalogModel,
                   asset.sha256)
 
 
+def describe_model(path: Path) -> dict:
+    """The registry's summary of an rwkv.cpp or GGUF model file."""
+    from ..formats.gguf import describe as describe_gguf
+    from ..formats.gguf import is_gguf
+    from ..formats.modelfile import describe
+
+    return describe_gguf(path) if is_gguf(path) else describe(path)
+
+
 def _installed_record(model: CatalogModel, path: Path, data_type: str | None,
                       tokenizer_path: Path | None, source: str) -> home.InstalledModel:
-    from ..formats.modelfile import ModelFileError, describe
+    from ..formats.gguf import GGUFError
+    from ..formats.modelfile import ModelFileError
 
     try:
-        info = describe(path)
-    except ModelFileError as exc:
+        info = describe_model(path)
+    except (ModelFileError, GGUFError) as exc:
         path.unlink(missing_ok=True)
         hint = ""
         if "old block layout" in str(exc) or "version 100" in str(exc):

@@ -185,6 +185,88 @@ class WorldTokenizer(Tokenizer):
         return list(self._rust.encode(text))
 
 
+class GreedyTokenizer(Tokenizer):
+    """The World algorithm (greedy longest match over the vocabulary's bytes) in Python, for a
+    vocabulary given as a table id -> bytes, e.g. one a GGUF file carries. Empty entries are
+    never matched (control and padding tokens)."""
+
+    def __init__(self, table: list[bytes], name: str = "world", eos_token: int | None = 0):
+        self.name = name
+        self.eos_token = eos_token
+        self._table = list(table)
+        root: dict = {}
+        for token_id, data in enumerate(self._table):
+            if not data:
+                continue
+            node = root
+            for byte in data:
+                node = node.setdefault(byte, {})
+            node.setdefault(-1, token_id)
+        self._root = root
+
+    def encode(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        root, out, i, n = self._root, [], 0, len(data)
+        while i < n:
+            node, j, best, end = root, i, -1, i
+            while j < n:
+                node = node.get(data[j])
+                if node is None:
+                    break
+                j += 1
+                found = node.get(-1)
+                if found is not None:
+                    best, end = found, j
+            if best < 0:
+                raise InvalidArgument(f"byte {data[i]:#04x} at offset {i} is in no token of {self.name}")
+            out.append(best)
+            i = end
+        return out
+
+
+# GGUF token types (tokenizer.ggml.token_type): only normal tokens match text
+_GGUF_NORMAL_TOKEN = 1
+
+
+def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer a GGUF file carries (llama.cpp's RWKV files: the World vocabulary, each
+    token's bytes written as repr(bytes); id 0 and the padding ids are control tokens).
+
+    The packaged World tokenizer (Rust) when the file's vocabulary is exactly it, else the
+    same algorithm over the file's own vocabulary."""
+    from ..formats.gguf import decode_token, read_gguf
+
+    info = read_gguf(path, tensors=False)
+    model = info.metadata.get("tokenizer.ggml.model")
+    tokens = info.tokens
+    if model != "rwkv" or not tokens:
+        raise InvalidArgument(
+            f"{path}: this GGUF file carries no RWKV vocabulary (tokenizer.ggml.model is {model!r}); "
+            "pass tokenizer=<name or path>"
+        )
+    types = info.metadata.get("tokenizer.ggml.token_type")
+    if not isinstance(types, list) or len(types) != len(tokens):
+        # llama.cpp marks <s> (id 0) and the [PAD] tail as control tokens
+        types = [_GGUF_NORMAL_TOKEN] * len(tokens)
+        types[0] = 3
+    table = []
+    for token_id, (text, kind) in enumerate(zip(tokens, types)):
+        if kind != _GGUF_NORMAL_TOKEN or (text.startswith("[PAD") and text.endswith("]")):
+            table.append(b"")
+            continue
+        try:
+            table.append(decode_token(text))
+        except ValueError as exc:
+            raise InvalidArgument(f"{path}: token {token_id}: {exc}") from exc
+    eos = info.metadata.get("tokenizer.ggml.eos_token_id", 0)
+    eos = eos if isinstance(eos, int) and 0 <= eos < len(table) else None
+    if len(table) == 65536:
+        world = WorldTokenizer()
+        if world._table == table:
+            return world
+    return GreedyTokenizer(table, name=f"world ({Path(path).name})", eos_token=eos)
+
+
 def _byte_level_alphabet() -> dict:
     """The byte-level BPE alphabet: each byte is shown as one printable character.
 
@@ -282,14 +364,19 @@ def load_tokenizer(
 ) -> Tokenizer:
     """The tokenizer for a name ("auto", "20B", "world", "bytes") or a file path.
 
-    "auto" picks from the model's n_vocab: 50277 -> 20B, 65536 -> World, 256 -> bytes. The 20B
-    JSON is looked up beside the model file, then in $RWKV_HOME. A `Tokenizer` object is
-    returned as it is.
+    "auto" uses the vocabulary of a GGUF model file; otherwise it picks from the model's
+    n_vocab: 50277 -> 20B, 65536 -> World, 256 -> bytes. The 20B JSON is looked up beside the
+    model file, then in $RWKV_HOME. A `Tokenizer` object is returned as it is.
     """
     check_tokenizer_name(tokenizer)
     if isinstance(tokenizer, Tokenizer):
         return tokenizer
     kind = tokenizer.lower() if isinstance(tokenizer, str) else None
+    if kind == "auto" and model_path is not None:
+        from ..formats.gguf import is_gguf, read_gguf
+
+        if is_gguf(model_path) and read_gguf(model_path, tensors=False).tokens:
+            return tokenizer_from_gguf(model_path)
     if kind == "auto":
         if n_vocab not in AUTO_BY_N_VOCAB:
             raise InvalidArgument(

@@ -130,6 +130,19 @@ class Context:
             self.pointer, tokens, chunk_size, state_in, state_out, logits_out
         )
 
+    @property
+    def has_all_logits(self) -> bool:
+        return self.library.has_all_logits
+
+    def eval_sequence_all_logits(
+        self,
+        tokens: Sequence[int] | np.ndarray,
+        state_in: FloatArray | None,
+        state_out: FloatArray,
+        logits_out: FloatArray,
+    ) -> None:
+        self.library.eval_sequence_all_logits(self.pointer, tokens, state_in, state_out, logits_out)
+
     def eval_batch(
         self,
         tokens: Sequence[int] | np.ndarray,

@@ -278,6 +278,33 @@ class Library:
         if not ok:
             self._raise(ctx, "rwkv_eval_sequence_in_chunks")
 
+    @property
+    def has_all_logits(self) -> bool:
+        """Whether eval_sequence_all_logits exists (our engine's extension, not rwkv.cpp's)."""
+        return self._has("rwkv_eval_sequence_all_logits")
+
+    def eval_sequence_all_logits(
+        self,
+        ctx: ContextPointer,
+        tokens: Sequence[int] | np.ndarray,
+        state_in: FloatArray | None,
+        state_out: FloatArray,
+        logits_out: FloatArray,
+    ) -> None:
+        """Sequence mode writing the logits after every token: logits_out is (len(tokens),
+        n_vocab) float32."""
+        if not self.has_all_logits:
+            raise RWKVError(f"{self.name} has no rwkv_eval_sequence_all_logits")
+        array, ptr = self._tokens(tokens)
+        n_vocab = int(self.lib.rwkv_get_logits_len(ctx))
+        _as_f32(logits_out, len(array) * n_vocab, "logits_out", writable=True)
+        state_in_ptr, state_out_ptr, _ = self._buffers(ctx, state_in, state_out, None)
+        ok = self.lib.rwkv_eval_sequence_all_logits(
+            ctx, ptr, len(array), state_in_ptr, state_out_ptr, self._ptr(logits_out)
+        )
+        if not ok:
+            self._raise(ctx, "rwkv_eval_sequence_all_logits")
+
     def eval_batch(
         self,
         ctx: ContextPointer,

@@ -1,7 +1,10 @@
-"""Convert RWKV checkpoints (`.pth`, `.safetensors`) to rwkv.cpp model files, and quantize them.
+"""Convert RWKV checkpoints (`.pth`, `.safetensors`, Hugging Face folders) to rwkv.cpp model
+files, and quantize them.
 
 No torch: `.pth` files are read by `pth.py` (a restricted unpickler over the zip, data
-memory-mapped tensor by tensor) and `.safetensors` by `safetensors_io.py`.
+memory-mapped tensor by tensor), `.safetensors` by `safetensors_io.py`, and Hugging Face-format
+RWKV-6 / RWKV-7 folders by `hf.py` (their tensors renamed and viewed back into the authors'
+layout, so the file written is the one the `.pth` of the same weights gives).
 
 The output is what rwkv.cpp's own converter writes for the same checkpoint, tensor for tensor:
 the checkpoint's keys in its order, with the stored-value transforms the format defines
@@ -18,9 +21,10 @@ the checkpoint's keys in its order, with the stored-value transforms the format 
   `att.x_rwkvag` (6, 1, C), written where `att.x_r` was; the low-rank `w1 w2 a1 a2 v1 v2 g1 g2`
   transposed; layer 0's `att.v0/v1/v2` (unused: layer 0's value is `v_first`) dropped, as
   rwkv.cpp's files of v7 models hold none;
-- an FP16 file stores only 2-D matrices in FP16 (except v7's small `att.r_k`); vectors and
-  the 3-D tensors (decays, bonuses, v6 `time_maa_w2`, v7 `x_rwkvag w0 a0 v0 k_k k_a x_k`)
-  stay FP32, as in rwkv.cpp's files.
+- an FP16 file stores only 2-D matrices in FP16 (except v7's small `att.r_k` and every
+  `time_*` tensor, v6's low-rank `time_maa_w1`, `time_decay_w1`, `time_decay_w2` included);
+  vectors and the 3-D tensors (decays, bonuses, v6 `time_maa_w2`, v7 `x_rwkvag w0 a0 v0 k_k k_a
+  x_k`) stay FP32, as in rwkv.cpp's files.
 
 Both steps write to a temporary file next to the destination and rename it at the end, so an
 interrupted run never leaves a file that looks complete; both refuse a destination that is the
@@ -39,6 +43,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from . import modelfile
+from .hf import is_hf_checkpoint, read_hf_checkpoint
 from .pth import ConversionError, StoredTensor, is_torch_zip, read_pth, read_stored, rows_of
 from .safetensors_io import read_safetensors
 from .tensor_types import FLOAT_TYPES, QUANTIZED_TYPES
@@ -78,8 +83,15 @@ _V7_LOW_RANK = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
 
 
 def read_checkpoint(path: PathLike) -> list[StoredTensor]:
-    """The tensors of a `.pth` or `.safetensors` checkpoint (lazy, in the file's order)."""
+    """The tensors of a `.pth` or `.safetensors` checkpoint (lazy, in the file's order), or of
+    a Hugging Face checkpoint folder (under the `.pth` keys)."""
     path = Path(path)
+    if path.is_dir():
+        if is_hf_checkpoint(path):
+            return read_hf_checkpoint(path)[1]
+        raise ConversionError(
+            f"{path}: a folder, but not a Hugging Face checkpoint (config.json and *.safetensors)"
+        )
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     if path.suffix == ".safetensors":
@@ -250,7 +262,8 @@ class _Planner:
 
     def plan(self, checkpoint_order: bool = True) -> tuple[Dimensions, list[PlannedTensor]]:
         """Every output tensor, in the checkpoint's order or else in the architecture's own
-        (embedding, layers in turn, head), for containers whose order means nothing."""
+        (embedding, layers in turn, head; within a layer the authors' `.pth` order), for
+        containers whose order means nothing."""
         dims = self.dimensions()
         C, V, F = dims.n_embed, dims.n_vocab, dims.n_ffn
         H, N = dims.n_head, dims.head_size
@@ -263,8 +276,8 @@ class _Planner:
             if raw_shape is not None:
                 for source in sources:
                     self.expect(source, raw_shape, vector)
-            if float16 is None:
-                float16 = len(out_shape) == 2
+            if float16 is None:  # rwkv.cpp keeps every time_* tensor in FP32
+                float16 = len(out_shape) == 2 and not key.rsplit(".", 1)[-1].startswith("time_")
             specs[sources[0]] = PlannedTensor(key, sources, tuple(out_shape), transform, float16)
 
         def vec(key):  # a squeezed (C,) vector
@@ -341,8 +354,9 @@ class _Planner:
                 mix = "time_maa" if self.arch == "6" else "time_mix"
                 vec(f"{ffn}{mix}_k")
                 vec(f"{ffn}{mix}_r")
-                matrix(ffn + "receptance.weight", C, C)
             matrix(ffn + "key.weight", F, C)
+            if self.arch != "7":
+                matrix(ffn + "receptance.weight", C, C)
             matrix(ffn + "value.weight", C, F)
         vec("ln_out.weight")
         vec("ln_out.bias")
@@ -442,8 +456,9 @@ def convert(
     tensors = read_checkpoint(src)
     by_key = {t.key: t for t in tensors}
     planner = _Planner(src, tensors)
-    # safetensors files order tensors by element type and name, not as the model has them
-    dims, planned = planner.plan(checkpoint_order=src.suffix != ".safetensors")
+    # safetensors files (and so Hugging Face folders) order tensors by element type and name,
+    # not as the model has them
+    dims, planned = planner.plan(checkpoint_order=src.suffix != ".safetensors" and not src.is_dir())
     itemsize = {True: 2 if data_type == "FP16" else 4, False: 4}
     total = sum(int(np.prod(p.shape)) * itemsize[p.float16] for p in planned)
     done = 0

@@ -55,7 +55,8 @@ class StoredTensor:
 
     `data_offset` is the absolute file offset of element [0, 0, ...]; `stride` is in elements,
     as in torch (a transposed view has a non-contiguous stride). `big_endian` files are rare but
-    torch can write them.
+    torch can write them. `file`: the file that holds the data, when it is not the one the
+    reader is given (checkpoints sharded over several files).
     """
 
     key: str
@@ -64,6 +65,7 @@ class StoredTensor:
     stride: tuple[int, ...]
     data_offset: int
     big_endian: bool = False
+    file: Path | None = None
 
     @property
     def n_values(self) -> int:
@@ -110,6 +112,7 @@ def read_stored(path: PathLike, tensor: StoredTensor) -> np.ndarray:
     """
     if tensor.n_values == 0:
         return np.zeros(tensor.shape, dtype=np.float32)
+    path = tensor.file or path
     start, end = tensor.span()
     if start < 0 or end > os.path.getsize(path):
         raise ConversionError(

@@ -37,8 +37,14 @@ from .tensor_types import QUANTIZED_TYPES, should_quantize
 
 ARCHS = ("4", "5.1", "5.2", "6", "7")
 
-# v7 tensors kept in FP32 in FP16 files (besides every tensor that is not 2-D).
+# Tensors kept in FP32 in FP16 files (besides every tensor that is not 2-D): v7's r_k, and
+# every time_* tensor (v6's low-rank time_maa_w1, time_decay_w1, time_decay_w2), as rwkv.cpp's
+# converter does.
 _FP32_IN_FP16_FILES = ("att.r_k",)
+
+
+def _fp32_in_fp16_files(key: str) -> bool:
+    return key.endswith(_FP32_IN_FP16_FILES) or key.rsplit(".", 1)[-1].startswith("time_")
 
 
 def default_ffn_dim(arch: str, n_embed: int) -> int:
@@ -253,10 +259,11 @@ def _tensors(arch, n_layer, n_embed, n_vocab, head_size, ffn_dim, r: _Random):
 def stored_type(key: str, shape: tuple[int, ...], data_type: str, source_type: str) -> str:
     """The type a tensor gets in a file of `data_type` converted from a `source_type` model.
 
-    FP16 files hold every 2-D tensor in FP16 except v7's r_k; vectors and 3-D tensors stay FP32.
+    FP16 files hold every 2-D tensor in FP16 except v7's r_k and the time_* tensors; vectors
+    and 3-D tensors stay FP32.
     Quantized files quantize what should_quantize selects and keep the rest as the source had it.
     """
-    half_ok = len(shape) == 2 and not key.endswith(_FP32_IN_FP16_FILES)
+    half_ok = len(shape) == 2 and not _fp32_in_fp16_files(key)
     if data_type in QUANTIZED_TYPES:
         if should_quantize(key, shape, "FP32"):
             return data_type

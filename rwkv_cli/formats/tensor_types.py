@@ -1,6 +1,7 @@
 """The facts of rwkv.cpp model files that more than one module needs, written once.
 
-- the tensor types (ids, names, block layout), as rwkv.cpp files number them;
+- the tensor types (ids, names, block layout), as rwkv.cpp files number them, and the types
+  of GGUF files (llama.cpp's numbering; which of them the engine runs);
 - which tensors rwkv.cpp's quantizer leaves unquantized;
 - the file magic and versions, and the limits a header must stay within.
 
@@ -79,6 +80,48 @@ DATA_TYPE_NAMES: dict[int, str] = {t.id: t.name for t in TENSOR_TYPES}
 FLOAT_TYPES: tuple[str, ...] = tuple(t.name for t in TENSOR_TYPES if not t.quantized)
 QUANTIZED_TYPES: tuple[str, ...] = tuple(t.name for t in TENSOR_TYPES if t.quantized)
 BLOCK_BYTES: dict[str, int] = {t.name: t.block_bytes for t in TENSOR_TYPES if t.quantized}
+
+
+# ---- GGUF files: llama.cpp's type ids; the engine runs those marked `runs` (native/gguf.c
+# maps them onto its own ids). K-quants pack 256 values into a super-block (native/kquants.c).
+
+@dataclass(frozen=True)
+class GGUFType:
+    id: int
+    name: str  # GGUF's name ("F16", "Q4_K")
+    block_size: int
+    block_bytes: int
+    runs: bool
+
+    @property
+    def label(self) -> str:
+        """The name as our files and listings spell the float types ("FP16")."""
+        return {"F32": "FP32", "F16": "FP16"}.get(self.name, self.name)
+
+    @property
+    def bytes_per_value(self) -> float:
+        return self.block_bytes / self.block_size
+
+
+GGUF_TYPES: tuple[GGUFType, ...] = (
+    GGUFType(0, "F32", 1, 4, True), GGUFType(1, "F16", 1, 2, True),
+    GGUFType(2, "Q4_0", 32, 18, True), GGUFType(3, "Q4_1", 32, 20, True),
+    GGUFType(6, "Q5_0", 32, 22, True), GGUFType(7, "Q5_1", 32, 24, True),
+    GGUFType(8, "Q8_0", 32, 34, True), GGUFType(9, "Q8_1", 32, 40, False),
+    GGUFType(10, "Q2_K", 256, 84, True), GGUFType(11, "Q3_K", 256, 110, True),
+    GGUFType(12, "Q4_K", 256, 144, True), GGUFType(13, "Q5_K", 256, 176, True),
+    GGUFType(14, "Q6_K", 256, 210, True), GGUFType(15, "Q8_K", 256, 292, False),
+    GGUFType(16, "IQ2_XXS", 256, 66, False), GGUFType(17, "IQ2_XS", 256, 74, False),
+    GGUFType(18, "IQ3_XXS", 256, 98, False), GGUFType(19, "IQ1_S", 256, 50, False),
+    GGUFType(20, "IQ4_NL", 32, 18, False), GGUFType(21, "IQ3_S", 256, 110, False),
+    GGUFType(22, "IQ2_S", 256, 82, False), GGUFType(23, "IQ4_XS", 256, 136, False),
+    GGUFType(24, "I8", 1, 1, False), GGUFType(25, "I16", 1, 2, False),
+    GGUFType(26, "I32", 1, 4, False), GGUFType(27, "I64", 1, 8, False),
+    GGUFType(28, "F64", 1, 8, False), GGUFType(29, "IQ1_M", 256, 56, False),
+    GGUFType(30, "BF16", 1, 2, True), GGUFType(34, "TQ1_0", 256, 54, False),
+    GGUFType(35, "TQ2_0", 256, 66, False), GGUFType(39, "MXFP4", 32, 17, False),
+)
+GGUF_BY_ID: dict[int, GGUFType] = {t.id: t for t in GGUF_TYPES}
 
 
 def tensor_type(data_type: str | int) -> TensorType:
