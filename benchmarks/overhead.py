@@ -5,10 +5,11 @@
 
 The model is a random-weight RWKV file with a 65536-token vocabulary (World tokenizer) and tiny
 layers, so the engine's share is small and the Python layer's share is what is measured. The
-engine is wrapped in a proxy that timestamps every eval call; for each generated token the
-overhead is the gap between the end of one eval call and the start of the next (everything
-`RWKV.completion` does per token: sampling on the logits, incremental decoding, stop strings,
-streaming). Reported: the median and 90th percentile of those gaps per sampling setting, and
+engine is wrapped in a proxy that timestamps every eval call (`rwkv_eval_batch` of one
+sequence, as the scheduler makes them; `rwkv_eval` on an engine without it); for each
+generated token the overhead is the gap between the end of one eval call and the start of the
+next (everything `RWKV.completion` does per token: the scheduler's step, sampling on the
+logits, incremental decoding, stop strings, streaming). Reported: the median and 90th percentile of those gaps per sampling setting, and
 the mean per token including once-per-completion work (cache store, state copy).
 
 Random weights give flat next-token distributions, the worst case for top-p (a trained model
@@ -53,6 +54,15 @@ class TimedLibrary:
         self._library.eval(ctx, token, state_in, state_out, logits_out)
         if self.sharpen != 1.0 and logits_out is not None:
             logits_out *= self.sharpen
+        self.calls.append((start, time.perf_counter()))
+
+    def eval_batch(self, ctx, tokens, states_in, states_out, logits_out):
+        start = time.perf_counter()
+        self._library.eval_batch(ctx, tokens, states_in, states_out, logits_out)
+        if self.sharpen != 1.0:
+            for logits in logits_out or ():
+                if logits is not None:
+                    logits *= self.sharpen
         self.calls.append((start, time.perf_counter()))
 
     def eval_sequence_in_chunks(self, ctx, tokens, chunk_size, state_in, state_out, logits_out):

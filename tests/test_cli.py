@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from rwkv_cli import __version__
 from rwkv_cli.app.cli import _user_message, app
 
-SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup", "perplexity")
+SUBCOMMANDS = ("chat", "complete", "serve", "bench", "models", "convert", "quantize", "setup",
+               "perplexity")
 ROOT_FLAGS = ("--setup", "--threads", "--gpu", "--modelPath", "--model-path", "--dragon",
               "--size", "--model", "--yes", "--json", "--debug", "--version", "--help")
 
@@ -208,7 +209,7 @@ def test_threads_above_the_cpus_are_capped_with_a_note(tmp_path, byte_v4):
     assert json.loads(quiet.stdout)["threads"] == 1 and quiet.stderr == ""
 
 
-def test_concurrent_contexts_share_the_cpus_instead_of_each_taking_them_all(byte_v4):
+def test_concurrent_completions_share_one_context_that_uses_at_most_the_cpus(byte_v4):
     from rwkv_cli import RWKV
     from rwkv_cli.core.model import available_cpus
 
@@ -217,8 +218,9 @@ def test_concurrent_contexts_share_the_cpus_instead_of_each_taking_them_all(byte
     for concurrent in (1, 2, 3):
         for threads in (None, 999):
             rwkv = RWKV(model, threads=threads, concurrent=concurrent, tokenizer="bytes")
-            assert rwkv.threads >= 1
-            assert rwkv.threads * concurrent <= max(cpus, concurrent)
+            # one context (its threads) serves every concurrent completion
+            assert 1 <= rwkv.threads <= cpus
+        assert RWKV(model, threads=1, concurrent=concurrent, tokenizer="bytes").threads == 1
     assert RWKV(model, threads=999, tokenizer="bytes").threads_requested == 999
 
 

@@ -1,8 +1,9 @@
 """Concurrency under stress, through the public API only (RWKV(..., concurrent=N), completion,
 acompletion, stream=True, free), so that it checks whatever schedules the completions.
 
-Eight threads run twenty completions each on a model with fewer contexts than threads, with
-random prompts, stop strings, seeds and sampling options, and random ways of ending early: a
+Eight threads run twenty completions each on a model with fewer places in its batch than
+threads, with random prompts, stop strings, seeds and sampling options, and random ways of
+ending early: a
 stop_event set from the stream callback or from a timer, should_stop, closing a stream
 iterator, leaving an async stream, cancelling an asyncio task. Then the same load runs until
 free() is called while completions are queued. Every completion must end (a result, or a
@@ -193,7 +194,7 @@ async def run_async_job(model: RWKV, job: Job, outcome: Outcome) -> None:
 
 
 class SerialRuns:
-    """What each reproducible request gives alone, uncancelled, on a fresh one-context model
+    """What each reproducible request gives alone, uncancelled, on a fresh one-sequence model
     without a cache (computed on first use, from the test's thread)."""
 
     def __init__(self, path):
@@ -352,8 +353,8 @@ def test_free_while_completions_are_queued_ends_each_of_them(byte_v4, serial_run
     outcomes, threads, current = run_threads(model, plans, True, deadline)
     while len(outcomes) < 2 * N_THREADS and time.monotonic() < deadline:
         time.sleep(0.005)
-    # Take both contexts with streams left open in this thread: every worker thread's next
-    # completion then waits in the queue.
+    # Take both places in the batch with streams left open in this thread: every worker
+    # thread's next completion then waits in the queue.
     held = [model.completion(prompt, max_tokens=10_000, temperature=0, stream=True)
             for prompt in PROMPTS[:2]]
     first = [bounded(lambda s=stream: next(s), 30, "a stream's first chunk") for stream in held]

@@ -43,6 +43,10 @@ class CountingLibrary:
         self.tokens += len(tokens)
         return self._library.eval_sequence_in_chunks(ctx, tokens, *args)
 
+    def eval_batch(self, ctx, tokens, *args):
+        self.tokens += len(tokens)
+        return self._library.eval_batch(ctx, tokens, *args)
+
 
 @pytest.fixture(scope="module")
 def v4_path(byte_v4):
@@ -74,7 +78,7 @@ def test_model_information(model, v4_path):
     assert model.arch == "4"
     assert model.data_type == "FP32"
     assert model.n_vocab == 256
-    assert model.state_len == model.library.get_state_len(model._loaded.contexts[0].pointer)
+    assert model.state_len == model.library.get_state_len(model._loaded.context.pointer)
     assert model.tokenizer.name == "bytes"
     assert model.path == v4_path
     assert model.threads == 1
@@ -328,7 +332,7 @@ def test_stop_event_from_the_stream_callback(model):
 # ---- concurrency ----
 
 
-def test_threads_on_two_contexts_give_the_serial_outputs(v4_path):
+def test_threads_sharing_a_batch_of_two_give_the_serial_outputs(v4_path):
     prompts = [f"\nStory {i}: the" for i in range(32)]
     with RWKV(v4_path, threads=1, tokenizer="bytes", state_cache_size=0) as serial_model:
         serial = [serial_model.completion(p, max_tokens=12, temperature=0).completion for p in prompts]
@@ -404,7 +408,7 @@ def test_cancelling_acompletion_stops_the_work(v4_path):
         asyncio.run(cancel_midway())
         # The cancelled await returned once the work had stopped.
         assert single.active_work_count() == 0
-        # The context is free again for the next completion.
+        # Its place in the batch is free again for the next completion.
         assert single.completion(PROMPT, max_tokens=2, temperature=0).usage.completionTokens == 2
 
 
@@ -537,6 +541,7 @@ class ScriptedLibrary:
     completion is known in advance: the streaming and stop logic can be checked exactly."""
 
     name = "scripted"
+    has_eval_batch = False  # one eval per sequence: the position below is the context's
 
     def __init__(self, script: bytes):
         self.script = script
@@ -689,7 +694,7 @@ def test_stream_options_are_checked_when_the_stream_is_made(model):
 
 
 @pytest.mark.parametrize("how", ["close", "drop"])
-def test_leaving_a_stream_early_frees_the_context_for_the_next_completion(v4_path, how):
+def test_leaving_a_stream_early_frees_its_place_for_the_next_completion(v4_path, how):
     with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=1) as single:
         stream = single.completion(PROMPT, max_tokens=100_000, temperature=0, stream=True)
         first = [next(stream).text for _ in range(3)]
@@ -727,7 +732,7 @@ def test_async_stream_gives_the_plain_completion_in_pieces(v4_path):
 
 
 @pytest.mark.parametrize("how", ["aclose", "drop"])
-def test_leaving_an_async_stream_early_frees_the_context(v4_path, how):
+def test_leaving_an_async_stream_early_frees_its_place(v4_path, how):
     with RWKV(v4_path, threads=1, tokenizer="bytes", concurrent=1) as single:
 
         async def read_some_then_leave():
@@ -742,7 +747,7 @@ def test_leaving_an_async_stream_early_frees_the_context(v4_path, how):
                 assert single.active_work_count() == 0
             else:
                 del stream  # asyncio closes an abandoned async generator for us
-            # With one context, this completion runs only once the stream gave it back.
+            # With one place, this completion runs only once the stream gave it back.
             after = await asyncio.wait_for(
                 single.acompletion(PROMPT, max_tokens=3, temperature=0), timeout=30
             )

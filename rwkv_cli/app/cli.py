@@ -66,10 +66,10 @@ ROOT_OPTION_USE = {
     "type": ("--type", "--setup (the quantization of a .pth model)"),
     "base_url": ("--base-url", "--setup (the download mirror)"),
     "list_models": ("--list", "--setup"),
-    "model_path": ("--model-path", "chat, complete and --dragon"),
-    "threads": ("--threads", "chat, complete and --dragon"),
-    "gpu": ("--gpu", "chat, complete and --dragon"),
-    "tokenizer": ("--tokenizer", "chat, complete and --dragon"),
+    "model_path": ("--model-path", "chat, complete, serve and --dragon"),
+    "threads": ("--threads", "chat, complete, serve and --dragon"),
+    "gpu": ("--gpu", "chat, complete, serve and --dragon"),
+    "tokenizer": ("--tokenizer", "chat, complete, serve and --dragon"),
     "temperature": ("--temperature", "chat and complete"),
     "top_p": ("--top-p", "chat and complete"),
     "max_tokens": ("--max-tokens", "chat and complete"),
@@ -77,13 +77,14 @@ ROOT_OPTION_USE = {
     "stop": ("--stop", "chat and complete"),
     "system": ("--system", "chat"),
     "think": ("--think", "chat"),
-    "model": ("--model", "chat, complete, --dragon and --setup"),
+    "model": ("--model", "chat, complete, serve, --dragon and --setup"),
 }
 RUN_OPTIONS = {"model", "model_path", "threads", "gpu", "tokenizer"}
 MODE_OPTIONS = {
     "chat": RUN_OPTIONS | {"temperature", "top_p", "max_tokens", "seed", "stop", "system", "think"},
     "complete": RUN_OPTIONS | {"temperature", "top_p", "max_tokens", "seed", "stop", "json"},
     "bench": RUN_OPTIONS | {"size", "json"},
+    "serve": RUN_OPTIONS,
     "setup": {"model", "yes", "type", "base_url", "list_models", "json"},
     "models": {"json"},
     "rm": {"yes"},
@@ -428,6 +429,45 @@ def bench_command(
     options = _model_options(ctx, model_path, model, threads, gpu, tokenizer)
     n = root.pick("size", size, BENCH_SIZE)
     run_dragon(_console(), size=n, json_output=bool(root.pick("json", json_output)), **options)
+
+
+@app.command("serve")
+def serve_command(
+    ctx: typer.Context,
+    model_path: Optional[Path] = ModelPathOpt,
+    model: Optional[str] = ModelNameOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(
+        8000, "--port", "-p", min=0, max=65535, help="Port to listen on (0: any free port)."
+    ),
+    parallel: int = typer.Option(
+        8, "--parallel", min=1, help="Completions generated together (sequences in a batch)."
+    ),
+    queue: int = typer.Option(
+        64, "--queue", min=0,
+        help="Requests that may wait for a slot beyond --parallel; more get 503 + Retry-After.",
+    ),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="RWKV_API_KEY", show_envvar=True,
+        help="Require `Authorization: Bearer KEY` (all but /health).",
+    ),
+    threads: Optional[int] = ThreadsOpt,
+    gpu: Optional[str] = GpuOpt,
+    tokenizer: Optional[str] = TokenizerOpt,
+    grace: float = typer.Option(
+        5.0, "--grace", min=0.0,
+        help="On Ctrl-C / SIGTERM, seconds running completions get to finish before they are "
+        "cut short.",
+    ),
+) -> None:
+    """An OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models,
+    /health, /metrics (Prometheus). Prints its URL once the model is loaded."""
+    from .serve import run_server
+
+    _only_used(ctx, "serve")
+    options = _model_options(ctx, model_path, model, threads, gpu, tokenizer)
+    run_server(_console(), **options, host=host, port=port, parallel=parallel, queue=queue,
+               api_key=api_key, grace=grace)
 
 
 @app.command("perplexity")

@@ -86,14 +86,16 @@ def load_model(
     gpu: int | str = 0,
     quiet: bool = False,
     tokenizer: str | None = None,
+    concurrent: int = 1,
 ) -> RWKV:
-    """Check the file header (for a clear message), then load it in the engine."""
+    """Check the file header (for a clear message), then load it in the engine
+    (`concurrent`: completions it runs together, the server's --parallel)."""
     from ..core.model import RWKV
     from ..core.tokenizer import TokenizerNotFound
 
     _read_header(choice.path)
     try:
-        model = RWKV(choice.path, threads=threads, gpu_offload=gpu,
+        model = RWKV(choice.path, threads=threads, gpu_offload=gpu, concurrent=concurrent,
                      tokenizer=tokenizer or choice.tokenizer)
     except InvalidArgument as exc:
         if tokenizer is not None and exc.option == "tokenizer":

@@ -1,37 +1,29 @@
-"""The token loop: one completion on one engine context.
-
-Two parts, so that the per-sequence logic does not depend on who calls the engine:
+"""The per-sequence token logic: `Generation`, and the checked `Request` it serves.
 
 - `Generation` holds what one sequence needs between tokens: the sampler, the incremental
   UTF-8 decoder, the stop-string matcher, the text and the counts. `step(logits)` takes the
   logits after the last fed token and returns the next token to feed, or None once the
   completion has ended (`finish_reason` says why); `take_text()` hands out the text that has
-  become safe to show. It never calls the engine.
-- `generate()` drives one Generation on a worker's context: the prompt (through the state
-  cache), then per token one `eval` of the token `step` returned. It yields the completion in
-  chunks and returns the result. A batching scheduler would drive many Generations instead,
-  feeding all their tokens to the engine in one call per step.
+  become safe to show. It never calls the engine: the scheduler (scheduler.py) drives many
+  Generations, feeding all their tokens to the engine in one call per step.
 
-Per generated token this costs one engine call (GIL released), sampling on the engine's logits
-buffer (numpy, no Python loop over the vocabulary), an incremental UTF-8 decode and a stop
-check on the few characters not yet released.
+Per generated token this costs sampling on the sequence's logits buffer (numpy, no Python
+loop over the vocabulary), an incremental UTF-8 decode and a stop check on the few characters
+not yet released.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Generator, Sequence
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ..errors import InvalidArgument
-from .pool import Worker
-from .results import CompletionChunk, CompletionResult, Perf, Usage
 from .sampling import Sampler
-from .state_cache import StateCache
-from .tokenizer import IncrementalDecoder, Tokenizer
+from .tokenizer import IncrementalDecoder
 
 
 class StopMatcher:
@@ -174,101 +166,12 @@ class Request:
     sampler: Sampler | None
     stops: list[str]
     init_state: np.ndarray | None = None
+    # Checked before each token: events by the engine thread, should_stop (user code) by the
+    # caller's thread.
+    stop_events: tuple[threading.Event, ...] = ()
     should_stop: Callable[[], bool] | None = None
     pin: bool = False  # keep the prompt's cache entry from eviction
-    # Whether anyone reads the chunks: without a reader generate() makes none (a chunk holds
-    # the completion so far, a copy per piece).
+    # Whether anyone reads the chunks: without a reader none are made (a chunk holds the
+    # completion so far, a copy per piece).
     emit_chunks: bool = True
     prepare_seconds: float = 0.0  # spent tokenizing: prompt time, as the evaluation is
-
-
-def evaluate_prompt(
-    worker: Worker, request: Request, cache: StateCache, batch_size: int
-) -> int:
-    """Leave the state and logits after the prompt in the worker's buffers; returns how many
-    prompt tokens came from the cache (0 with an init_state, which bypasses the cache)."""
-    context, state, logits = worker.context, worker.state, worker.logits
-    tokens = request.tokens
-    n_cached = 0
-    state_in: np.ndarray | None = None
-    if request.init_state is not None:
-        state[:] = request.init_state
-        state_in = state
-    elif cache.enabled:
-        entry = cache.lookup(tokens)
-        if entry is not None and entry.logits is None:
-            entry = cache.lookup(tokens, max_length=len(tokens) - 1)
-        if entry is not None:
-            n_cached = entry.n_tokens
-            state[:] = entry.state
-            state_in = state
-            if n_cached == len(tokens):
-                logits[:] = entry.logits
-    remaining = tokens[n_cached:]
-    if len(remaining) == 1:
-        context.eval(remaining[0], state_in, state, logits)
-    elif remaining:
-        context.eval_sequence_in_chunks(remaining, batch_size, state_in, state, logits)
-    if request.init_state is None and cache.enabled and (remaining or request.pin):
-        cache.put(tokens, state, logits, pin=request.pin)
-    return n_cached
-
-
-def generate(
-    worker: Worker,
-    request: Request,
-    tokenizer: Tokenizer,
-    cache: StateCache,
-    batch_size: int,
-) -> Generator[CompletionChunk, None, CompletionResult]:
-    """Run `request` on `worker`: yields the completion in chunks (text never split inside a
-    character), returns the result. Closing the generator early ends the work there."""
-    # Time waiting for a worker is not the model's time; tokenizing the prompt is.
-    started = time.perf_counter() - request.prepare_seconds
-    n_cached = evaluate_prompt(worker, request, cache, batch_size)
-    prompt_done = time.perf_counter()
-    n_prompt = len(request.tokens)
-
-    generation = Generation(
-        request.sampler, tokenizer.decoder(), tokenizer.eos_token, request.max_tokens,
-        request.stops,
-    )
-    state, logits = worker.state, worker.logits
-    # The context stays open while a completion holds its worker: look its pointer up once.
-    library, pointer = worker.context.library, worker.context.pointer
-    should_stop, emit_chunks = request.should_stop, request.emit_chunks
-    step = generation.step
-    while not generation.done:
-        if should_stop is not None and should_stop():
-            generation.cancel()
-            break
-        token = step(logits)
-        if emit_chunks:
-            piece = generation.take_text()
-            if piece:
-                usage = Usage.of(n_prompt, len(generation.tokens), n_cached)
-                yield CompletionChunk(piece, generation.completion, usage)
-        if token is None:
-            break
-        library.eval(pointer, token, state, state, logits)
-    piece = generation.take_text()  # all of it without a reader, else what the end released
-    if piece and emit_chunks:
-        usage = Usage.of(n_prompt, len(generation.tokens), n_cached)
-        yield CompletionChunk(piece, generation.completion, usage)
-
-    assert generation.finish_reason is not None
-    fed = generation.fed_tokens
-    if request.init_state is None and cache.enabled and fed > 0:
-        cache.put(request.tokens + generation.tokens[:fed], state, logits)
-    finished = time.perf_counter()
-    usage = Usage.of(n_prompt, len(generation.tokens), n_cached)
-    return CompletionResult(
-        completion=generation.completion,
-        prompt=request.prompt,
-        usage=usage,
-        perf=Perf.of(usage, (prompt_done - started) * 1000.0, (finished - prompt_done) * 1000.0),
-        finish_reason=generation.finish_reason,
-        tokens=generation.tokens,
-        state=state.copy(),
-        fed_tokens=fed,
-    )

@@ -1,8 +1,10 @@
-"""Loading a model and letting it go: the engine contexts, the tokenizer, the worker pool.
+"""Loading a model and letting it go: the engine context, the tokenizer, the scheduler.
 
-`load()` does what `RWKV.setup()` needs, all or nothing: on any failure every context it
-created is freed before the error propagates. `LoadedModel.close()` waits for the running
-completions, then frees the contexts (clones first: they borrow the first one's weights).
+`load()` does what `RWKV.setup()` needs, all or nothing: on any failure the context is freed
+before the error propagates. A model has one context, whatever its `concurrent`: the
+scheduler's engine thread advances all its completions together on it.
+`LoadedModel.close()` ends the queued and running completions with a clear error, stops the
+engine thread and frees the context.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 from ..engine import Context, Library, RWKVError, default_library
 from ..errors import FileMissing, InvalidArgument
 from . import options
-from .pool import Worker, WorkerPool
+from .scheduler import Scheduler
+from .state_cache import StateCache
 from .tokenizer import Tokenizer, load_tokenizer
 
 
@@ -38,28 +41,24 @@ class LoadedModel:
     def __init__(
         self,
         library: Library,
-        contexts: list[Context],
+        context: Context,
         tokenizer: Tokenizer,
         info: ModelInfo,
         gpu_layers: int,
-        name: str,
+        scheduler: Scheduler,
     ):
         self.library = library
-        self.contexts = contexts
+        self.context = context
         self.tokenizer = tokenizer
         self.info = info
         self.gpu_layers = gpu_layers
-        self.pool = WorkerPool([Worker(c) for c in contexts], name)
+        self.scheduler = scheduler
 
-    def close(self, on_wait=None) -> None:
-        """Wait for the running completions (calling `on_wait()` while waiting), then free."""
-        self.pool.close(poll=0.05 if on_wait is not None else None, on_wait=on_wait)
-        _close_all(self.contexts)
+    def close(self) -> None:
+        """End the completions, stop the engine thread, free the context (idempotent).
 
-
-def _close_all(contexts: list[Context]) -> None:
-    for context in reversed(contexts):  # clones first
-        context.close()
+        The engine thread frees the context as it stops, never while it is in a call."""
+        self.scheduler.close()
 
 
 def load(
@@ -69,13 +68,15 @@ def load(
     concurrent: int,
     tokenizer: str | os.PathLike | Tokenizer,
     library: Library | None,
+    cache: StateCache,
+    batch_size: int,
 ) -> LoadedModel:
-    """Load the model file into `concurrent` contexts sharing its weights."""
+    """Load the model file into one context, with a scheduler running `concurrent` completions
+    at a time on it."""
     if not path.is_file():
         raise FileMissing(f"model file not found: {path}")
     library = library or default_library()
     first = Context.load(path, threads, 0, library=library)
-    contexts = [first]
     try:
         n_gpu_layers = options.gpu_layers(gpu_offload, first.n_layer)
         if n_gpu_layers > 0:
@@ -93,8 +94,6 @@ def load(
                 f"tokenizer {loaded_tokenizer.name} has {loaded_tokenizer.vocab_size} tokens but "
                 f"the model {path} has n_vocab={first.n_vocab}", "tokenizer"
             )
-        for _ in range(concurrent - 1):
-            contexts.append(first.clone(threads))
         info = ModelInfo(
             n_vocab=first.n_vocab,
             n_layer=first.n_layer,
@@ -105,7 +104,8 @@ def load(
             data_type=first.data_type_name,
             kernel_path=first.kernel_path,
         )
-        return LoadedModel(library, contexts, loaded_tokenizer, info, n_gpu_layers, str(path))
+        scheduler = Scheduler(first, loaded_tokenizer, cache, batch_size, concurrent, str(path))
+        return LoadedModel(library, first, loaded_tokenizer, info, n_gpu_layers, scheduler)
     except BaseException:
-        _close_all(contexts)
+        first.close()
         raise

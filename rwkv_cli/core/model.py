@@ -10,34 +10,35 @@
             print(chunk.text, end="")
 
 This class is the public face; its parts are beside it: option checks (options.py), loading
-and freeing (lifecycle.py), the worker pool (pool.py), the token loop (generate.py),
-sampling, the state cache, tokenizers, results. The math lives in the C engine (engine/).
+and freeing (lifecycle.py), the continuous-batching scheduler (scheduler.py: one engine thread
+advances every running completion in one call per token), the per-sequence token logic
+(generate.py), sampling, the state cache, tokenizers, results. The math lives in the C engine
+(engine/).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
-from concurrent.futures import Executor
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, overload
 
 import numpy as np
 
-from ..engine import Library
+from ..engine import Context, Library
 from ..errors import InvalidArgument, UserError
 from . import options
-from .generate import Request, generate
+from .generate import Request
 from .lifecycle import LoadedModel, load
 from .perplexity import Accumulator, PerplexityProgress, PerplexityResult, chunk_count
 from .results import CompletionChunk, CompletionResult, Perf, Usage
 from .sampling import Sampler, SamplingParams
+from .scheduler import TICK, Failed, Job
 from .state_cache import DEFAULT_MAX_BYTES, StateCache
 from .tokenizer import Tokenizer, check_tokenizer_name
 
@@ -65,45 +66,27 @@ StreamCallback = Callable[[str, str], Any]
 ShouldStop = Callable[[], bool]
 
 
-def _stop_check(
-    stop_event: threading.Event | None, should_stop: ShouldStop | None, *more: threading.Event
-) -> ShouldStop | None:
-    """One check for every way a completion can be asked to stop (None: there is none)."""
-    events = [e for e in (stop_event, *more) if e is not None]
-    if not events and should_stop is None:
-        return None
-
-    def check() -> bool:
-        return any(e.is_set() for e in events) or (should_stop is not None and bool(should_stop()))
-
-    return check
-
-
-class _Failed:
-    """An exception raised on a worker thread, carried to the event loop."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-_END = object()
-
-
 class RWKV:
     """An RWKV model in the native engine.
 
+    Completions from any number of threads and asyncio tasks share one engine context: one
+    engine thread advances all running completions together, one token each per step, in one
+    pass over the weights (continuous batching, see core/scheduler.py). A greedy completion
+    gives the same text alone or beside others with FP32/FP16 weights (up to 16 at a time);
+    with quantized weights a near tie between the top two tokens can resolve the other way in
+    a batch, and the text goes on differently from there (measured in the scheduler's notes).
+
     Args:
         path: the model file (rwkv.cpp format).
-        threads: engine threads per context (default: the physical cores available); capped
-            so that all `concurrent` contexts together use at most the CPUs available (see
-            `threads`, the count used).
+        threads: engine threads (default: the physical cores available), capped at the CPUs
+            available (see `threads`, the count used).
         gpu_offload: layers to offload, or a percentage string like "50%"; the engine must
             have a GPU backend (ours has none: any non-zero value is an error at setup).
-        concurrent: contexts sharing one copy of the weights; that many completions run in
-            parallel, others wait in a queue.
-        batch_size: prompt tokens per sequence-mode chunk.
+        concurrent: completions in flight at once: that many sequences (each its own state)
+            advance together in one batch; more wait in a queue (`pending_work_count()`).
+        batch_size: prompt tokens per sequence-mode chunk, and the prompt tokens evaluated per
+            step while other completions generate (a larger value reads a long prompt
+            sooner and holds the running streams back longer at each of its steps).
         state_cache_size: prompt states kept (0 or False disables the cache).
         tokenizer: "auto" (from n_vocab: 50277 -> 20B, 65536 -> World, 256 -> bytes), "20B",
             "world", "bytes", a tokenizer file (.json Hugging Face, .txt World vocabulary) or a
@@ -127,7 +110,7 @@ class RWKV:
         self._path = Path(path)
         self._concurrent = options.positive_int("concurrent", concurrent)
         self._threads_requested = threads
-        self._threads = options.context_threads(threads, self._concurrent)
+        self._threads = options.context_threads(threads)
         options.check_gpu_offload(gpu_offload)
         self._gpu_offload = gpu_offload
         self._batch_size = options.positive_int("batch_size", batch_size)
@@ -137,43 +120,49 @@ class RWKV:
         self._tokenizer_choice = tokenizer
         self._library = library
         self._loaded: LoadedModel | None = None
-        # Stream iterators handed out and not finished: free() closes them (each holds a
-        # worker while it is open), setting its event first.
-        self._streams: weakref.WeakKeyDictionary[Generator, threading.Event] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._release: weakref.finalize | None = None
+        # Stream iterators handed out and not finished: free() closes those that are not being
+        # read at that moment (each holds a place in the batch while it is open).
+        self._streams: weakref.WeakSet[Generator] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
 
     # ---- lifecycle ----
 
     def setup(self) -> RWKV:
-        """Load the model (and tokenizer) and create the worker contexts; idempotent."""
+        """Load the model (and tokenizer), create its context and start its engine thread;
+        idempotent."""
         if self._loaded is None:
-            self._loaded = load(
+            loaded = load(
                 self._path, self._threads, self._gpu_offload, self._concurrent,
-                self._tokenizer_choice, self._library,
+                self._tokenizer_choice, self._library, self._cache, self._batch_size,
             )
+            self._loaded = loaded
+            # A model dropped without free() still stops its engine thread and frees its
+            # context (at garbage collection, or at exit).
+            self._release = weakref.finalize(self, loaded.close)
         return self
 
     def free(self) -> None:
-        """Release the contexts; `setup()` can load again.
+        """Release the model; `setup()` can load again.
 
-        Waits for running completions; open stream iterators are closed (their results end
-        "cancelled"); completions still waiting for a context fail with a clear error.
+        Open stream iterators that nobody is reading at that moment are closed (they end);
+        every other completion, queued or running, ends with a clear error (`RWKVError`: the
+        model was freed). Returns once the engine thread has stopped and the context is freed.
         """
         loaded, self._loaded = self._loaded, None
         if loaded is not None:
-            loaded.close(on_wait=self._close_streams)
+            self._close_streams()
+            if self._release is not None:
+                self._release()  # loaded.close(), once
 
     def _close_streams(self) -> None:
         with self._streams_lock:
-            streams = list(self._streams.items())
-        for stream, cancel in streams:
-            cancel.set()
+            streams = list(self._streams)
+        for stream in streams:
             try:
                 stream.close()
             except ValueError:
-                pass  # running in another thread right now: it sees `cancel` at its next token
+                pass  # being read in another thread right now: the reader gets the error
 
     def __enter__(self) -> Self:
         return self.setup()
@@ -211,8 +200,7 @@ class RWKV:
 
     @property
     def threads(self) -> int:
-        """Engine threads per context, as used: the request capped at the CPUs available
-        (shared among the `concurrent` contexts)."""
+        """Engine threads, as used: the request capped at the CPUs available."""
         return self._threads
 
     @property
@@ -280,12 +268,14 @@ class RWKV:
         return self._cache
 
     def active_work_count(self) -> int:
-        """Completions running now."""
-        return self._loaded.pool.active() if self._loaded is not None else 0
+        """Completions in the batch now (at most `concurrent`)."""
+        loaded = self._loaded
+        return loaded.scheduler.active() if loaded is not None else 0
 
     def pending_work_count(self) -> int:
-        """Completions waiting for a free context."""
-        return self._loaded.pool.pending() if self._loaded is not None else 0
+        """Completions waiting in the queue for a place in the batch."""
+        loaded = self._loaded
+        return loaded.scheduler.pending() if loaded is not None else 0
 
     # ---- completion ----
 
@@ -333,59 +323,62 @@ class RWKV:
         `max_tokens`, or when `stop_event` is set / `should_stop()` returns true (the result
         then holds what was generated so far, finish_reason "cancelled").
         `stream_callback(text, completion_so_far)` receives the completion in pieces, never
-        half a character; the pieces concatenate to the final completion.
+        half a character; the pieces concatenate to the final completion. It runs on the
+        calling thread, and the next token is sampled only once it has returned (as are
+        `should_stop` calls, one before each token), so a slow callback holds back only its
+        own completion.
         `stream=True` returns an iterator of `CompletionChunk`s instead of the result: the
-        pieces, then a last chunk holding the result. The completion runs as the iterator is
-        read; closing it (or dropping it) ends the completion and frees its context.
+        pieces, then a last chunk holding the result. The completion joins the batch when the
+        iterator is first read and advances as it is read; closing it (or dropping it) ends
+        the completion and frees its place.
         `init_state` starts from a state (e.g. from `get_state`) instead of the cache.
         `max_tokens=0` only evaluates (and caches) the prompt.
+
+        Perf figures: `promptTime` is this request's own prompt processing (tokenizing, the
+        cache lookup, and the engine calls that evaluated its prompt chunks; steps spent on
+        other sequences between its chunks are not counted). `completionTime` is the wall time
+        from the end of its prompt to its last token: every step it took part in, each of
+        which advanced the whole batch, so beside other completions it is longer per token
+        than alone while the model's total tokens per second is higher. Time in the queue
+        counts in neither.
         """
         if stream and stream_callback is not None:
             raise InvalidArgument("stream=True returns the pieces; do not pass a stream_callback too")
         params = SamplingParams(temperature, top_p, top_k, presence_penalty, frequency_penalty)
-        if stream:
-            cancel = threading.Event()
-            request = self._request(
-                prompt, max_tokens, params, stop, seed, init_state,
-                _stop_check(stop_event, should_stop, cancel),
-            )
-            return self._open_stream(request, cancel)
         request = self._request(
-            prompt, max_tokens, params, stop, seed, init_state,
-            _stop_check(stop_event, should_stop),
+            prompt, max_tokens, params, stop, seed, init_state, stop_event, should_stop
         )
+        if stream:
+            return self._open_stream(request)
         return self._complete(request, stream_callback)
 
     async def acompletion(
         self, prompt: str = "", stream: bool = False, **kwargs: Any
     ) -> CompletionResult | AsyncIterator[CompletionChunk]:
-        """`completion` for asyncio: runs on a worker thread; cancelling the task stops it.
+        """`completion` for asyncio: the completion joins the batch, and this task waits for
+        it without blocking the event loop; cancelling the task ends it at once.
 
-        With `stream=True` it returns an async iterator of chunks (`async for`); leaving the
-        loop early (or dropping the iterator) ends the completion and frees its context.
+        A `stream_callback` runs on the event loop (the caller's thread). With `stream=True` it
+        returns an async iterator of chunks (`async for`); leaving the loop early (or dropping
+        the iterator) ends the completion and frees its place.
         """
-        loaded = self._loaded_model()
-        executor = loaded.pool.executor()
-        cancel = threading.Event()
+        self._loaded_model()
         stream_callback = kwargs.pop("stream_callback", None)
         if stream and stream_callback is not None:
             raise InvalidArgument("stream=True returns the pieces; do not pass a stream_callback too")
-        stop_check = _stop_check(kwargs.pop("stop_event", None), kwargs.pop("should_stop", None), cancel)
-        request = self._request_from_kwargs(prompt, stop_check, kwargs)
-        loop = asyncio.get_running_loop()
+        request = self._request_from_kwargs(prompt, kwargs)
         if stream:
-            return self._astream(request, cancel, loop, executor)
-        call = functools.partial(self._complete, request, stream_callback)
-        future = loop.run_in_executor(executor, call)
+            return self._arun(request)
+        request.emit_chunks = stream_callback is not None
+        chunks = self._arun(request)
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancel.set()
-            # The worker stops at its next token: wait for that, so the context is free when
-            # this returns, and the worker's future never completes into an event loop that
-            # closed meanwhile (asyncio.run closes it right after), which logs an error.
-            await asyncio.wait([future])
-            raise
+            async for chunk in chunks:
+                if chunk.result is not None:
+                    return chunk.result
+                stream_callback(chunk.text, chunk.completion)  # type: ignore[misc]
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        raise AssertionError("a completion ended without its result")  # pragma: no cover
 
     def preload_prompt(self, prefix: str, pin: bool = False) -> CompletionResult:
         """Evaluate `prefix` and keep its state in the cache; `pin=True` protects it from
@@ -461,12 +454,14 @@ class RWKV:
         return acc.result(len(tokens), chunks, ctx, time.perf_counter() - start)
 
     def _scored_logits(self, chunk: np.ndarray, first: int) -> np.ndarray:
-        """The logits after tokens first .. len(chunk)-2 of a chunk run from a fresh state."""
-        with self._loaded_model().pool.worker() as worker:
-            context = worker.context
+        """The logits after tokens first .. len(chunk)-2 of a chunk run from a fresh state.
+        Runs on the engine thread between two batch steps (the context is whole-chunk work's
+        alone meanwhile; running completions wait one chunk)."""
+
+        def score(context: Context) -> np.ndarray:
             rows = chunk[first:-1]
             out = np.empty((len(rows), context.n_vocab), dtype=np.float32)
-            state = worker.state
+            state = np.empty(context.state_len, dtype=np.float32)
             if first > 0:
                 context.eval_sequence(chunk[:first], None, state, None)
             else:
@@ -478,18 +473,21 @@ class RWKV:
                     context.eval(int(token), state, state, out[i])
             return out
 
-    def _request_from_kwargs(
-        self, prompt: str, stop_check: ShouldStop | None, kwargs: dict[str, Any]
-    ) -> Request:
+        return self._loaded_model().scheduler.call(score)
+
+    def _request_from_kwargs(self, prompt: str, kwargs: dict[str, Any]) -> Request:
         sampling = {k: kwargs.pop(k) for k in list(kwargs) if k in SamplingParams.__dataclass_fields__}
         max_tokens = kwargs.pop("max_tokens", 64)
         stop = kwargs.pop("stop", None)
         seed = kwargs.pop("seed", None)
         init_state = kwargs.pop("init_state", None)
+        stop_event = kwargs.pop("stop_event", None)
+        should_stop = kwargs.pop("should_stop", None)
         if kwargs:
             raise TypeError(f"unexpected completion options: {', '.join(sorted(kwargs))}")
         return self._request(
-            prompt, max_tokens, SamplingParams(**sampling), stop, seed, init_state, stop_check
+            prompt, max_tokens, SamplingParams(**sampling), stop, seed, init_state, stop_event,
+            should_stop,
         )
 
     def _request(
@@ -500,6 +498,7 @@ class RWKV:
         stop: None | str | Sequence[str] = None,
         seed: int | None = None,
         init_state: np.ndarray | None = None,
+        stop_event: threading.Event | None = None,
         should_stop: ShouldStop | None = None,
     ) -> Request:
         """Check the options and tokenize the prompt."""
@@ -535,24 +534,59 @@ class RWKV:
             sampler=sampler,
             stops=stops,
             init_state=start_state,
+            stop_events=() if stop_event is None else (stop_event,),
             should_stop=should_stop,
             prepare_seconds=time.perf_counter() - started,
         )
 
-    def _run(self, request: Request) -> Generator[CompletionChunk, None, None]:
-        """The completion on a free worker: its chunks, then a last chunk with the result.
+    def _submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> Job:
+        return self._loaded_model().scheduler.submit(request, loop)
 
-        The worker goes back to the pool before the last chunk, or when the generator is
-        closed early."""
-        loaded = self._loaded_model()
-        worker = loaded.pool.acquire()
+    @staticmethod
+    def _handled(job: Job, request: Request) -> None:
+        """The caller has dealt with the last event: check should_stop, allow the next token."""
+        if request.should_stop is not None and request.should_stop():
+            job.cancel()
+        job.grant()
+
+    def _run(self, request: Request) -> Generator[CompletionChunk, None, None]:
+        """The completion in the batch: its chunks, then a last chunk with the result.
+
+        It is submitted when first read; closing the generator early takes it out."""
+        job = self._submit(request)
         try:
-            result = yield from generate(
-                worker, request, loaded.tokenizer, self._cache, self._batch_size
-            )
+            while True:
+                if job.gated:
+                    self._handled(job, request)
+                event = job.wait()
+                if event is TICK:
+                    continue
+                if isinstance(event, Failed):
+                    raise event.error
+                yield event
+                if event.result is not None:
+                    return
         finally:
-            loaded.pool.release(worker)
-        yield CompletionChunk("", result.completion, result.usage, result.finish_reason, result)
+            job.abandon()
+
+    async def _arun(self, request: Request) -> AsyncIterator[CompletionChunk]:
+        """`_run` for asyncio: events are delivered on the event loop. Submitted when first
+        read; leaving it early (aclose, or dropping it) takes the completion out."""
+        job = self._submit(request, asyncio.get_running_loop())
+        try:
+            while True:
+                if job.gated:
+                    self._handled(job, request)
+                event = await job.await_event()
+                if event is TICK:
+                    continue
+                if isinstance(event, Failed):
+                    raise event.error
+                yield event
+                if event.result is not None:
+                    return
+        finally:
+            job.abandon()
 
     def _complete(
         self, request: Request, stream_callback: StreamCallback | None = None
@@ -566,48 +600,8 @@ class RWKV:
                     stream_callback(chunk.text, chunk.completion)
         raise AssertionError("a completion ended without its result")  # pragma: no cover
 
-    def _open_stream(self, request: Request, cancel: threading.Event) -> Iterator[CompletionChunk]:
+    def _open_stream(self, request: Request) -> Iterator[CompletionChunk]:
         stream = self._run(request)
         with self._streams_lock:
-            self._streams[stream] = cancel
+            self._streams.add(stream)
         return stream
-
-    async def _astream(
-        self,
-        request: Request,
-        cancel: threading.Event,
-        loop: asyncio.AbstractEventLoop,
-        executor: Executor,
-    ) -> AsyncIterator[CompletionChunk]:
-        """Chunks produced on a worker thread, delivered on the event loop."""
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def deliver(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody is reading any more
-                cancel.set()
-
-        def produce() -> None:
-            try:
-                with closing(self._open_stream(request, cancel)) as chunks:
-                    for chunk in chunks:
-                        deliver(chunk)
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the event loop
-                deliver(_Failed(exc))
-            finally:
-                deliver(_END)
-
-        producer = loop.run_in_executor(executor, produce)
-        try:
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    break
-                if isinstance(item, _Failed):
-                    raise item.error
-                yield item  # type: ignore[misc]
-        finally:
-            cancel.set()  # the reader left: stop at the next token, give the worker back
-            await asyncio.shield(producer)
-

@@ -39,19 +39,18 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def context_threads(requested: int | None, concurrent: int = 1) -> int:
-    """Engine threads per context: the request (default: the physical cores), capped so that
-    `concurrent` contexts together use no more threads than there are CPUs available.
+def context_threads(requested: int | None) -> int:
+    """Engine threads: the request (default: the physical cores), capped at the CPUs available.
 
     More threads than CPUs never helps: the engine's threads meet at a barrier per layer, and
     one that waits for a CPU stalls all the others (999 threads on 2 cores ran 30-40x slower).
-    Each context keeps at least one thread.
+    A model has one context whatever its `concurrent` (the completions share its batch), so
+    the cap does not depend on it.
     """
     if requested is not None:
         requested = positive_int("threads", requested)
-    share = max(1, available_cpus() // max(1, concurrent))
     wanted = physical_cores() if requested is None else requested
-    return max(1, min(wanted, share))
+    return max(1, min(wanted, available_cpus()))
 
 
 def _is_int(value: Any) -> bool:
