@@ -53,6 +53,10 @@
 extern const kernels kernels_avx2 __attribute__((weak));
 extern const kernels kernels_avx512 __attribute__((weak));
 #endif
+#if defined(__aarch64__)
+extern const kernels kernels_neon __attribute__((weak));
+extern const kernels kernels_neon_dotprod __attribute__((weak));
+#endif
 
 static const kernels * find_path(const char * name) {
     if (strcmp(name, "scalar") == 0) return &kernels_scalar;
@@ -65,6 +69,10 @@ static const kernels * find_path(const char * name) {
 #if defined(__x86_64__)
     if (strcmp(name, "avx2") == 0 && &kernels_avx2) return &kernels_avx2;
     if (strcmp(name, "avx512") == 0 && &kernels_avx512) return &kernels_avx512;
+#endif
+#if defined(__aarch64__)
+    if (strcmp(name, "neon") == 0 && &kernels_neon) return &kernels_neon;
+    if (strcmp(name, "neon_dotprod") == 0 && &kernels_neon_dotprod) return &kernels_neon_dotprod;
 #endif
     return NULL;
 }
