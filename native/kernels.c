@@ -70,7 +70,9 @@ extern const kernels kernels_neon_dotprod __attribute__((weak));
 /* Advanced SIMD is part of every AArch64 CPU that runs a general-purpose OS; SDOT
  * (FEAT_DotProd) is optional before Armv8.4, so it is asked of the OS. */
 static bool cpu_has_dotprod(void) {
-#if defined(__APPLE__)
+#if defined(__ARM_FEATURE_DOTPROD)
+    return true; /* the whole build may use SDOT already (Apple arm64: every chip has it) */
+#elif defined(__APPLE__)
     int value = 0;
     size_t size = sizeof value;
     return sysctlbyname("hw.optional.arm.FEAT_DotProd", &value, &size, NULL, 0) == 0 && value != 0;

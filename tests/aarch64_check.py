@@ -5,15 +5,23 @@ this script, which runs them under qemu-user and fails on any difference:
 
 - kernels: every AArch64 path (scalar, neon, neon_dotprod) and every tensor type against the
   scalar path, with the bounds of the x86 paths (kernel_bounds.py); exp and sigmoid over the
-  whole float range; non-finite activations. The baseline paths run on an emulated Cortex-A53
-  (Armv8.0, no SDOT: an instruction the baseline build must not use stops it), neon_dotprod on
-  qemu's `max` CPU, and the A53 must not be offered neon_dotprod at all.
-- the engine: models of every architecture and tensor type, rwkv.cpp files and GGUF files
-  written by our own writers, evaluated one token at a time, as a sequence and as a batch on
-  every path and compared with the scalar path (engine_check.c), and the scalar path's logits
-  compared with this machine's native build of the engine (the installed package); rwkv.cpp's
-  trained tiny models of ../shared/fixtures against their expected logits when present (a
-  failure when absent under RWKV_REQUIRE_FIXTURES=1, as in the test suite).
+  whole float range (every 4096th bit pattern here, every 256th on the host); non-finite
+  activations. The baseline paths run on an emulated Cortex-A53 (Armv8.0, no SDOT: an
+  instruction the baseline build must not use stops it), neon_dotprod on qemu's `max` CPU, and
+  the A53 must not be offered neon_dotprod at all.
+- the engine: a model of every tensor type, rwkv.cpp files (v7) and GGUF files (v7; v6 in one
+  K-quant) written by our own writers, evaluated one token at a time, as a sequence and as a
+  batch on every path and compared with the scalar path (engine_check.c), and the scalar path's
+  logits compared with this machine's native build of the engine (the installed package);
+  rwkv.cpp's trained tiny models of ../shared/fixtures (v4, v5.1, v5.2, v6, v7) against their
+  expected logits (a failure when absent under RWKV_REQUIRE_FIXTURES=1, as in the test suite;
+  without them, a random model of each of those architectures in their place).
+  RWKV_KERNELS: each path forced where the CPU has it; one the CPU lacks and one the build
+  lacks refused with the engine's message.
+
+One type per model and one architecture per type: the x86 tests cover the loaders and the
+architectures' arithmetic on every path; what is AArch64's own is the kernels, so the time
+under emulation (CI runs this) goes to them.
 
 Needs python with this package and its test extras installed. Prints one line per failure
 and a summary; exit status 1 on any failure.
@@ -60,6 +68,9 @@ assert set(ARM_PATHS) <= set(PATH_CPU)
 
 N_VOCAB = 300
 TOKENS = [(i * 37 + 5) % N_VOCAB for i in range(21)]
+# exp and sigmoid: every 2^12-th bit pattern (2^20 of them) besides the 2^21 random inputs;
+# the host's test_kernels.py sweeps every 2^8-th
+SWEEP_STRIDE_BITS = 12
 
 # The fixture README's limits on sum(logits - expected), per file (rwkv.cpp's own rule).
 FIXTURE_LIMITS = {
@@ -124,14 +135,14 @@ def check_products(results: Results, qemu: str, harness: Path, path: str, dtype:
 
 def check_sweep(results: Results, qemu: str, harness: Path, path: str, function: str) -> None:
     name = f"sweep {path} {function}"
-    proc = emulate(qemu, PATH_CPU[path], harness, path, function)
+    proc = emulate(qemu, PATH_CPU[path], harness, path, function, str(SWEEP_STRIDE_BITS))
     fields = proc.stdout.split()
     if proc.returncode != 0 or fields[:2] != ["sweep", function]:
         results.add(name, False, f"exit {proc.returncode}: {proc.stdout} {proc.stderr[-300:]}")
         return
     count, max_ulp = int(fields[2]), int(fields[3])
     nan_mismatches, range_mismatches = int(fields[5]), int(fields[6])
-    ok = count > 1 << 24 and max_ulp <= ULP_BOUND[function] and nan_mismatches == 0 and range_mismatches == 0
+    ok = count > (1 << (32 - SWEEP_STRIDE_BITS)) + (1 << 21) and max_ulp <= ULP_BOUND[function] and nan_mismatches == 0 and range_mismatches == 0
     results.add(name, ok, proc.stdout.strip() + " " + proc.stderr.strip())
 
 
@@ -149,32 +160,55 @@ def check_detection(results: Results, qemu: str, harness: Path) -> None:
     proc = emulate(qemu, CPU_BASELINE, harness, "neon_dotprod", "Q8_0")
     results.add("detection: no neon_dotprod on a Cortex-A53",
                 proc.returncode == 2 and "available: scalar neon)" in proc.stdout, proc.stdout)
-    proc = emulate(qemu, CPU_MAX, harness, "neon_dotprod", "exp")
+    proc = emulate(qemu, CPU_MAX, harness, "neon_dotprod", "Q8_0")
     results.add("detection: neon_dotprod on qemu's max CPU", proc.returncode == 0, proc.stdout)
+
+
+def check_forcing(results: Results, qemu: str, program: Path, model: Path) -> None:
+    """RWKV_KERNELS through the engine: the path asked for, or a refusal that says why."""
+    want = {
+        CPU_BASELINE: {"scalar": "selected scalar", "neon": "selected neon",
+                       "neon_dotprod": "refused RWKV_KERNELS=neon_dotprod is not supported by this CPU",
+                       "avx2": "refused RWKV_KERNELS=avx2 is not a kernel path of this build"},
+        CPU_MAX: {"neon_dotprod": "selected neon_dotprod", "neon": "selected neon",
+                  "sse9": "refused RWKV_KERNELS=sse9 is not a kernel path of this build"},
+    }
+    for cpu, cases in want.items():
+        args = [arg for path in cases for arg in ("-f", path)]
+        proc = emulate(qemu, cpu, program, *args, str(model))
+        got = {f[1]: " ".join(f[2:]) for f in (line.split() for line in proc.stdout.splitlines())
+               if len(f) > 2 and f[0] == "forced"}
+        wrong = [f"{path}: {got.get(path)!r}" for path, outcome in cases.items()
+                 if not (got.get(path) or "").startswith(outcome)]
+        results.add(f"RWKV_KERNELS forced ({cpu})", proc.returncode == 0 and not wrong,
+                    f"exit {proc.returncode}: {'; '.join(wrong)} {proc.stderr[-300:]}")
 
 
 # ---- the engine -----------------------------------------------------------------------------------
 
 
-def write_models(root: Path) -> list[tuple[str, Path, dict]]:
-    """(name, path, options) of random-weight models: every rwkv.cpp type (v7), every other
-    architecture in two types, and GGUF files of every type only they hold (v7; v6 in three)."""
+def write_models(root: Path, other_architectures: bool) -> list[tuple[str, Path, dict]]:
+    """(name, path, options) of random-weight models: every rwkv.cpp type (v7), GGUF files of
+    the types only they hold (v7; v6 in one K-quant) and, when asked (no fixtures), v4, v5.1,
+    v5.2 and v6 in one float and one block type."""
     models = []
     for dtype in TYPES:
         path = write_random_model(root / f"v7-{dtype}.bin", "7", 2, 128, N_VOCAB, dtype, seed=3)
         models.append((f"v7 {dtype}", path, {"blocks": kind(dtype) == "quantized"}))
-    for arch in ("4", "5.1", "5.2", "6"):
+    for arch in ("4", "5.1", "5.2", "6") if other_architectures else ():
         for dtype in ("FP16", "Q5_1"):
             path = write_random_model(root / f"v{arch}-{dtype}.bin", arch, 2, 128, N_VOCAB, dtype, seed=4)
             models.append((f"v{arch} {dtype}", path, {"blocks": kind(dtype) == "quantized"}))
-    gguf = [("7", k) for k in ("F32", "F16", "BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q8_0")]
-    gguf += [("6", k) for k in ("BF16", "Q4_K", "Q6_K")]
-    for arch, gguf_kind in gguf:
-        # 256 wide (whole K-quant super-blocks); the 1024-wide FFN rows hold four
-        tensors = random_tensors(arch, 2, 256, N_VOCAB, 64, ffn_dim=1024, seed=5)
-        path = write_rwkv_gguf(root / f"v{arch}-{gguf_kind}.gguf", arch, tensors, 2, 256, 64, kind=gguf_kind,
+    # BF16 128 wide, as the rwkv.cpp types; the K-quants 256 wide (whole super-blocks), the
+    # 512-wide FFN rows holding two
+    gguf = [("7", "BF16", 128, 512)]
+    gguf += [("7", k, 256, 512) for k in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")]
+    gguf += [("6", "Q4_K", 256, 512)]
+    for arch, gguf_kind, width, ffn_dim in gguf:
+        tensors = random_tensors(arch, 2, width, N_VOCAB, 64, ffn_dim=ffn_dim, seed=5)
+        path = write_rwkv_gguf(root / f"v{arch}-{gguf_kind}.gguf", arch, tensors, 2, width, 64, kind=gguf_kind,
                                rescale_every=1 if arch == "6" else 0, keep_values=False).path
-        models.append((f"gguf v{arch} {gguf_kind}", path, {"blocks": gguf_kind not in ("F32", "F16", "BF16")}))
+        models.append((f"gguf v{arch} {gguf_kind}", path, {"blocks": gguf_kind != "BF16"}))
     return models
 
 
@@ -283,11 +317,11 @@ def main() -> int:
     host_lock = threading.Lock()
     jobs = []
     paths = ["scalar", *ARM_PATHS]
-    # the longest first: the whole-range sweeps take seconds each under emulation
+    # the longest first. The scalar exp is the C library's expf, the sweep's own reference.
     for path in paths:
-        for function in ("exp", "sigmoid"):
+        for function in ("exp", "sigmoid") if path != "scalar" else ("sigmoid",):
             jobs.append((check_sweep, (results, args.qemu, harness, path, function)))
-    models = write_models(work)
+    models = write_models(work, other_architectures=not TINY.is_dir())
     if TINY.is_dir():
         models += fixture_models()
     elif REQUIRE_FIXTURES:
@@ -309,6 +343,7 @@ def main() -> int:
         for dtype in KERNEL_TYPES:
             jobs.append((check_nonfinite, (results, args.qemu, harness_ub, path, dtype)))
     jobs.append((check_detection, (results, args.qemu, harness)))
+    jobs.append((check_forcing, (results, args.qemu, program, models[0][1])))
 
     def run(job):
         function, job_args = job

@@ -5,6 +5,7 @@
  *
  *   engine_check [-t TOKENS] [-r MAX_SHARE] [-l L2_SHARE] [-e EXPECTED -s SUM_LIMIT [-m MAX_ABS]]
  *                [-o DUMP] MODEL
+ *   engine_check -f PATH [-f PATH...] MODEL
  *
  * For each kernel path (RWKV_KERNELS set to it) it evaluates TOKENS (comma-separated ids,
  * default a fixed list of 21) one at a time (rwkv_eval), as one sequence
@@ -24,6 +25,9 @@
  *   check PATH MODE max=X l2=Y [sum=S max=M] bits=H ok|FAIL
  * where H is a hash of the logits' bits (paths that promise the same bits can be compared).
  * and exits 0 when every check passed, 1 otherwise, 2 on a usage or load error.
+ * With -f it only loads MODEL with RWKV_KERNELS set to each PATH and prints, per PATH,
+ *   forced PATH selected NAME      or      forced PATH refused MESSAGE
+ * (a path that the CPU or the build lacks must be refused with a message, never replaced).
  */
 #include <math.h>
 #include <stdio.h>
@@ -111,6 +115,18 @@ static double spread(const float * v, size_t n) {
     return sqrt(var / (double)n);
 }
 
+static void report_forced(const char * model, const char * path) {
+    setenv("RWKV_KERNELS", path, 1);
+    struct rwkv_context * ctx = rwkv_init_from_file(model, 1, 0);
+    if (ctx) {
+        printf("forced %s selected %s\n", path, rwkv_get_kernel_path(ctx));
+        rwkv_free(ctx);
+    } else {
+        printf("forced %s refused %s\n", path, rwkv_get_last_error_message(NULL));
+    }
+    unsetenv("RWKV_KERNELS");
+}
+
 static int parse_tokens(const char * text, uint32_t * tokens) {
     int n = 0;
     char * copy = strdup(text);
@@ -124,9 +140,13 @@ int main(int argc, char ** argv) {
     int n_tokens = 0;
     const char *expected_path = NULL, *dump = NULL;
     double sum_limit = -1, max_abs = -1, max_share = 1e-4, l2_share = INFINITY;
-    int opt;
-    while ((opt = getopt(argc, argv, "t:r:l:e:s:m:o:")) != -1) {
+    const char * forced[MAX_PATHS];
+    int n_forced = 0, opt;
+    while ((opt = getopt(argc, argv, "t:r:l:e:s:m:o:f:")) != -1) {
         switch (opt) {
+        case 'f':
+            if (n_forced < MAX_PATHS) forced[n_forced++] = optarg;
+            break;
         case 't': n_tokens = parse_tokens(optarg, tokens); break;
         case 'r': max_share = atof(optarg); break;
         case 'l': l2_share = atof(optarg); break;
@@ -138,10 +158,14 @@ int main(int argc, char ** argv) {
         }
     }
     if (optind != argc - 1 || (expected_path && sum_limit < 0)) {
-        fprintf(stderr, "usage: %s [-t TOKENS] [-r MAX_SHARE] [-l L2_SHARE] [-e EXPECTED -s SUM_LIMIT [-m MAX_ABS]] [-o DUMP] MODEL\n", argv[0]);
+        fprintf(stderr, "usage: %s [-t TOKENS] [-r MAX_SHARE] [-l L2_SHARE] [-e EXPECTED -s SUM_LIMIT [-m MAX_ABS]] [-o DUMP] MODEL | -f PATH... MODEL\n", argv[0]);
         return 2;
     }
     const char * model = argv[optind];
+    if (n_forced) {
+        for (int i = 0; i < n_forced; i++) report_forced(model, forced[i]);
+        return 0;
+    }
     if (n_tokens == 0) {
         for (int i = 0; i < 21; i++) tokens[n_tokens++] = (uint32_t)(i * 37 + 5);
     }
