@@ -142,7 +142,8 @@ def check_sweep(results: Results, qemu: str, harness: Path, path: str, function:
         return
     count, max_ulp = int(fields[2]), int(fields[3])
     nan_mismatches, range_mismatches = int(fields[5]), int(fields[6])
-    ok = count > (1 << (32 - SWEEP_STRIDE_BITS)) + (1 << 21) and max_ulp <= ULP_BOUND[function] and nan_mismatches == 0 and range_mismatches == 0
+    ok = (count > (1 << (32 - SWEEP_STRIDE_BITS)) + (1 << 21) and max_ulp <= ULP_BOUND[function]
+          and nan_mismatches == 0 and range_mismatches == 0)
     results.add(name, ok, proc.stdout.strip() + " " + proc.stderr.strip())
 
 
