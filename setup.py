@@ -2,6 +2,7 @@
 
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -18,12 +19,17 @@ class BuildEngine(build_ext):
     """Compiles native/*.c to objects shared by the extension and the plain shared library."""
 
     def build_extensions(self):
-        objects = self.compiler.compile(
-            NATIVE_SOURCES,
-            output_dir=self.build_temp,
-            include_dirs=["native"],
-            extra_postargs=NATIVE_CFLAGS,
-        )
+        # one compiler process per source file at a time on every CPU: the engine is most of
+        # the build (a wheel, `pip install .`), and its files are independent
+        self.mkpath(os.path.join(self.build_temp, "native"))
+
+        def compile_one(source):
+            return self.compiler.compile(
+                [source], output_dir=self.build_temp, include_dirs=["native"], extra_postargs=NATIVE_CFLAGS
+            )
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            objects = [obj for objs in pool.map(compile_one, NATIVE_SOURCES) for obj in objs]
         headers = sorted(glob.glob(os.path.join("native", "*.h")))
         for ext in self.extensions:
             ext.extra_objects = list(objects) + list(ext.extra_objects or [])

@@ -122,7 +122,7 @@ typedef struct kernels {
 extern const kernels kernels_scalar;
 /* The best kernel set that the CPU supports, or the one RWKV_KERNELS names. Never NULL. */
 const kernels * kernels_select(char * why, size_t why_len);
-const char * kernels_available(void); /* e.g. "scalar avx2 avx512" */
+const char * kernels_available(void); /* e.g. "scalar avx2 avx512", "scalar neon neon_dotprod" */
 
 /* ---- thread pool ---- */
 

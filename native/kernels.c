@@ -1,7 +1,8 @@
 /*
  * kernels.c: choosing the kernel set once, at load, from what the CPU supports (never from
- * compile flags alone, so one build runs on any x86-64 machine). RWKV_KERNELS=scalar|avx2|
- * avx512 forces a path the CPU supports.
+ * compile flags alone, so one build runs on any x86-64 or AArch64 machine).
+ * RWKV_KERNELS=scalar|avx2|avx512 (x86-64) or scalar|neon|neon_dotprod (AArch64) forces a
+ * path the CPU supports.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,37 @@ static bool cpu_has_avx512(void) { return detect_cpu().avx512; }
 #define HAVE_X86 1
 #endif
 
+#if defined(__aarch64__)
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+#elif defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1ul << 20) /* the kernel's bit, for C libraries that do not name it */
+#endif
+#endif
+
+extern const kernels kernels_neon __attribute__((weak));
+extern const kernels kernels_neon_dotprod __attribute__((weak));
+
+/* Advanced SIMD is part of every AArch64 CPU that runs a general-purpose OS; SDOT
+ * (FEAT_DotProd) is optional before Armv8.4, so it is asked of the OS. */
+static bool cpu_has_dotprod(void) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return true; /* the whole build may use SDOT already (Apple arm64: every chip has it) */
+#elif defined(__APPLE__)
+    int value = 0;
+    size_t size = sizeof value;
+    return sysctlbyname("hw.optional.arm.FEAT_DotProd", &value, &size, NULL, 0) == 0 && value != 0;
+#elif defined(__linux__)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+    return false; /* no way to ask: the baseline set */
+#endif
+}
+#define HAVE_AARCH64 1
+#endif
+
 typedef struct candidate {
     const kernels * set;
     bool supported;
@@ -63,6 +95,10 @@ static int candidates(candidate * out) {
 #ifdef HAVE_X86
     if (&kernels_avx512) out[n++] = (candidate){&kernels_avx512, cpu_has_avx512()};
     if (&kernels_avx2) out[n++] = (candidate){&kernels_avx2, cpu_has_avx2()};
+#endif
+#ifdef HAVE_AARCH64
+    if (&kernels_neon_dotprod) out[n++] = (candidate){&kernels_neon_dotprod, cpu_has_dotprod()};
+    if (&kernels_neon) out[n++] = (candidate){&kernels_neon, true};
 #endif
     out[n++] = (candidate){&kernels_scalar, true};
     return n;

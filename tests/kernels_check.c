@@ -13,11 +13,12 @@
  * weights with the float activations (for quantized weights: the int8 activation error). The weights lie at an odd address and end at most one byte before
  * an unreadable page, so an over-read crashes the check.
  *
- *   kernels_check PATH exp|sigmoid
+ *   kernels_check PATH exp|sigmoid [STRIDE_BITS]
  *
- * sweeps the path's vector function over the whole float range (every 256th bit pattern,
- * the special values, 2^20 random patterns and 2^20 random values in [-110, 95]) against
- * expf, or 1 / (1 + e^-x) in double precision rounded to float, and prints
+ * sweeps the path's vector function over the whole float range (every 2^STRIDE_BITS-th bit
+ * pattern: every 256th by default, fewer under emulation, where time is dear; the special
+ * values, 2^20 random patterns and 2^20 random values in [-110, 95]) against expf, or
+ * 1 / (1 + e^-x) in double precision rounded to float, and prints
  *   sweep FUNCTION COUNT MAX_ULP WORST_X NAN_MISMATCHES RANGE_MISMATCHES
  * MAX_ULP: the largest distance in units in the last place between results that are not
  * NaN (floats ordered as integers, so subnormals, 0 and infinity count like any other
@@ -53,6 +54,10 @@
 extern const kernels kernels_avx2 __attribute__((weak));
 extern const kernels kernels_avx512 __attribute__((weak));
 #endif
+#if defined(__aarch64__)
+extern const kernels kernels_neon __attribute__((weak));
+extern const kernels kernels_neon_dotprod __attribute__((weak));
+#endif
 
 static const kernels * find_path(const char * name) {
     if (strcmp(name, "scalar") == 0) return &kernels_scalar;
@@ -65,6 +70,10 @@ static const kernels * find_path(const char * name) {
 #if defined(__x86_64__)
     if (strcmp(name, "avx2") == 0 && &kernels_avx2) return &kernels_avx2;
     if (strcmp(name, "avx512") == 0 && &kernels_avx512) return &kernels_avx512;
+#endif
+#if defined(__aarch64__)
+    if (strcmp(name, "neon") == 0 && &kernels_neon) return &kernels_neon;
+    if (strcmp(name, "neon_dotprod") == 0 && &kernels_neon_dotprod) return &kernels_neon_dotprod;
 #endif
     return NULL;
 }
@@ -292,7 +301,7 @@ static int64_t ordered(float f) {
     return (u & 0x80000000u) ? -(int64_t)(u & 0x7fffffffu) : (int64_t)u;
 }
 
-static int sweep(const kernels * k, const char * function) {
+static int sweep(const kernels * k, const char * function, int stride_bits) {
     const int is_exp = strcmp(function, "exp") == 0;
     if (!is_exp && strcmp(function, "sigmoid") != 0) {
         fprintf(stderr, "unknown function %s\n", function);
@@ -304,14 +313,14 @@ static int sweep(const kernels * k, const char * function) {
                               -87.3366f, -103.27892f, -103.972076f, -103.97208f, -103.9721f, -104.0f, -104.5f, -150.0f,
                               0.34657359f, -0.34657359f, 1.0f, -1.0f, 16.0f, -16.0f};
     const size_t n_special = sizeof specials / sizeof specials[0];
-    const size_t n_stride = (size_t)1 << 24, n_random = (size_t)1 << 20;
+    const size_t n_stride = (size_t)1 << (32 - stride_bits), n_random = (size_t)1 << 20;
     const size_t n = n_special + n_stride + 2 * n_random; /* odd: the vector tail is covered */
     float * x = malloc(n * sizeof(float));
     float * y = malloc(n * sizeof(float));
     if (!x || !y) return 1;
     size_t i = 0;
     for (size_t s = 0; s < n_special; s++) x[i++] = specials[s];
-    for (uint64_t b = 0; b < n_stride; b++) x[i++] = float_of((uint32_t)(b << 8));
+    for (uint64_t b = 0; b < n_stride; b++) x[i++] = float_of((uint32_t)(b << stride_bits));
     for (size_t r = 0; r < n_random; r++) {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -348,7 +357,7 @@ static int sweep(const kernels * k, const char * function) {
 
 int main(int argc, char ** argv) {
     if (argc != 3 && argc != 4) {
-        fprintf(stderr, "usage: %s PATH TYPE [nonfinite] | %s PATH exp|sigmoid\n", argv[0], argv[0]);
+        fprintf(stderr, "usage: %s PATH TYPE [nonfinite] | %s PATH exp|sigmoid [STRIDE_BITS]\n", argv[0], argv[0]);
         return 1;
     }
     const kernels * k = find_path(argv[1]);
@@ -356,7 +365,14 @@ int main(int argc, char ** argv) {
         printf("unavailable %s (available: %s)\n", argv[1], kernels_available());
         return 2;
     }
-    if (strcmp(argv[2], "exp") == 0 || strcmp(argv[2], "sigmoid") == 0) return sweep(k, argv[2]);
+    if (strcmp(argv[2], "exp") == 0 || strcmp(argv[2], "sigmoid") == 0) {
+        const int stride_bits = argc == 4 ? atoi(argv[3]) : 8;
+        if (stride_bits < 8 || stride_bits > 24) {
+            fprintf(stderr, "STRIDE_BITS %s: 8 to 24\n", argv[3]);
+            return 1;
+        }
+        return sweep(k, argv[2], stride_bits);
+    }
     const int type = type_from_name(argv[2]);
     if (type < 0) {
         fprintf(stderr, "unknown type %s\n", argv[2]);

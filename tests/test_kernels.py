@@ -13,31 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from engine_utils import run_sequence, run_serial
+from kernel_bounds import (
+    ELEMENT_RATIO,
+    ENGINE_TOLERANCE,
+    EXACT_RATIO,
+    KERNEL_TYPES,
+    REL_ERR,
+    SIMD_PATHS,
+    TYPES,
+    ULP_BOUND,
+    kind,
+)
 
 from rwkv_cli import engine as native
 from rwkv_cli.formats.synthetic import write_random_model
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "native"
-TYPES = ["FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 QUANTIZED = TYPES[2:]
-# the types of GGUF files only: kernel level here, engine level in test_gguf.py
-GGUF_TYPES = ["BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-KERNEL_TYPES = TYPES + GGUF_TYPES
-SIMD_PATHS = ["avx2", "avx512"]
-
-# Every path computes the same numbers as the scalar one up to the order of the float sums:
-# quantized weights meet int8 activations (per 32-value block, as rwkv.cpp does) on every path,
-# and their integer dot products are exact.
-REL_ERR = 1e-5  # |y - y_scalar| / |y_scalar| over a whole product
-ELEMENT_RATIO = 1e-6  # |y_rt - y_scalar_rt| / (|w_r| |x_t|)
-# Against the exact product of the stored weights with the float activations: int8
-# activations cost at most half a step (max|x| / 254) per value.
-EXACT_RATIO = {"float": 1e-6, "quantized": 5e-3}
-
-
-def kind(dtype: str) -> str:
-    return "float" if dtype in ("FP32", "FP16", "BF16") else "quantized"
 
 
 # ---- kernel level: the C harness ---------------------------------------------------------------
@@ -129,11 +122,6 @@ def test_nonfinite_activations_give_nonfinite_outputs_without_undefined_behaviou
 
 # ---- exp and sigmoid over the whole float range --------------------------------------------------
 
-# The bounds native/engine.h states: exp within 2 ulp of expf, sigmoid within 3 ulp of the exact value
-# (measured on the development machine, gcc and clang: exp 0 ulp scalar (it is expf) and 1 ulp
-# avx2/avx512; sigmoid 2 ulp scalar, 3 ulp avx2/avx512).
-ULP_BOUND = {"exp": 2, "sigmoid": 3}
-
 
 @pytest.mark.parametrize("function", ["exp", "sigmoid"])
 @pytest.mark.parametrize("path", ["scalar", *SIMD_PATHS])
@@ -213,7 +201,7 @@ def test_engine_paths_agree_with_scalar(lib, models, dtype, monkeypatch):
     spread = float(np.std(reference))
     # through 2 layers and the head, relative to the spread of the logits: only the order of
     # float sums differs between paths
-    tolerance = 1e-4
+    tolerance = ENGINE_TOLERANCE
     checked = 0
     for path in available_paths(lib):
         if path == "scalar":
