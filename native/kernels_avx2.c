@@ -360,9 +360,100 @@ INLINE void f_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes,
     }
 }
 
+/* Sequence mode (X86_XT_MIN_T tokens and more), as in the AVX-512 file: the activations come
+ * transposed (kernels_x86.h), one vector = one column of 8 tokens; a group of XT_RG rows is
+ * converted to float32 XT_COLS columns at a time into a buffer in L1, and each weight is
+ * broadcast against up to 3 token vectors: 4 x 3 accumulators of the 16 registers, per column
+ * 3 vector loads and 4 broadcasts for 12 FMAs. The rows' sums go to a tile of XT_ROWS rows x
+ * 64 tokens, written out once per chunk of columns. */
+enum { XT_COLS = 64, XT_ROWS = 32, XT_TOKENS = 64, XT_RG = 4, XT_CHUNK = 2048 };
+
+INLINE void xt_convert(int type, float * dst, const uint8_t * row, int64_t k0, int64_t len) {
+    const size_t wb = type == TYPE_FP32 ? 4 : 2;
+    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + b), _MM_HINT_T1);
+    int64_t k = 0;
+    for (; k + 8 <= len; k += 8) _mm256_store_ps(dst + k, f_load(type, row, k0 + k, 8));
+    if (k < len) _mm256_store_ps(dst + k, f_load(type, row, k0 + k, len - k));
+}
+
+/* RG rows (weights in wb, stride XT_COLS) x TV vectors of 8 tokens over len columns of xt
+ * (stride ts floats per column), into the tile (stride XT_TOKENS): stored when first, else added. */
+INLINE void xt_micro(int RG, int TV, const float * wb, const float * xt, int64_t ts, int64_t len, float * tile, int first) {
+    __m256 acc[12];
+    for (int i = 0; i < RG * TV; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < len; k++) {
+        __m256 xv[3];
+        for (int v = 0; v < TV; v++) xv[v] = _mm256_load_ps(xt + (size_t)k * ts + 8 * v);
+        for (int i = 0; i < RG; i++) {
+            const __m256 wv = _mm256_broadcast_ss(wb + i * XT_COLS + k);
+            for (int v = 0; v < TV; v++) acc[i * TV + v] = _mm256_fmadd_ps(wv, xv[v], acc[i * TV + v]);
+        }
+    }
+    for (int i = 0; i < RG; i++) {
+        for (int v = 0; v < TV; v++) {
+            float * out = tile + i * XT_TOKENS + 8 * v;
+            _mm256_store_ps(out, first ? acc[i * TV + v] : _mm256_add_ps(acc[i * TV + v], _mm256_load_ps(out)));
+        }
+    }
+}
+
+/* The token vectors [0, nv) of RG rows, 3 at a time. */
+INLINE void xt_group(int RG, const float * wb, const float * xt, int64_t ts, int64_t len, int nv, float * tile, int first) {
+    int v = 0;
+    for (; v + 3 <= nv; v += 3) xt_micro(RG, 3, wb, xt + 8 * v, ts, len, tile + 8 * v, first);
+    if (nv - v == 2) xt_micro(RG, 2, wb, xt + 8 * v, ts, len, tile + 8 * v, first);
+    if (nv - v == 1) xt_micro(RG, 1, wb, xt + 8 * v, ts, len, tile + 8 * v, first);
+}
+
+INLINE void f_matmul_xt(int type, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int T, float * y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t ts = x86_round16(T);
+    float wbuf[XT_RG * XT_COLS] __attribute__((aligned(32)));
+    float tile[XT_ROWS * XT_TOKENS] __attribute__((aligned(32)));
+    for (int64_t t0 = 0; t0 < T; t0 += XT_TOKENS) {
+        const int64_t tn = T - t0 < XT_TOKENS ? T - t0 : XT_TOKENS;
+        const int nv = (int)((tn + 7) / 8);
+        for (int64_t c0 = 0; c0 < n; c0 += XT_CHUNK) {
+            const int64_t c1 = c0 + XT_CHUNK < n ? c0 + XT_CHUNK : n;
+            for (int64_t rb = r0; rb < r1; rb += XT_ROWS) {
+                const int64_t nr = r1 - rb < XT_ROWS ? r1 - rb : XT_ROWS;
+                for (int64_t k0 = c0; k0 < c1; k0 += XT_COLS) {
+                    const int64_t len = c1 - k0 < XT_COLS ? c1 - k0 : XT_COLS;
+                    const float * xt = x + (size_t)k0 * ts + t0;
+                    for (int64_t g = 0; g < nr; g += XT_RG) {
+                        const int64_t ng = nr - g < XT_RG ? nr - g : XT_RG;
+                        for (int64_t i = 0; i < ng; i++) {
+                            xt_convert(type, wbuf + i * XT_COLS, w + (size_t)(rb + g + i) * row_bytes, k0, len);
+                        }
+                        if (ng == XT_RG) {
+                            xt_group(XT_RG, wbuf, xt, ts, len, nv, tile + g * XT_TOKENS, k0 == c0);
+                        } else {
+                            for (int64_t i = 0; i < ng; i++) {
+                                xt_group(1, wbuf + i * XT_COLS, xt, ts, len, nv, tile + (g + i) * XT_TOKENS, k0 == c0);
+                            }
+                        }
+                    }
+                }
+                for (int64_t t = 0; t < tn; t++) {
+                    float * out = y + (size_t)(t0 + t) * ldy + rb;
+                    if (c0 == 0) {
+                        for (int64_t i = 0; i < nr; i++) out[i] = tile[i * XT_TOKENS + t];
+                    } else {
+                        for (int64_t i = 0; i < nr; i++) out[i] += tile[i * XT_TOKENS + t];
+                    }
+                }
+            }
+        }
+    }
+}
+
 INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                      int64_t ldy, int64_t r0, int64_t r1) {
     const float * x = (const float *)xp;
+    if (T >= X86_XT_MIN_T) {
+        f_matmul_xt(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
+        return;
+    }
     const int64_t ns = x86_round16(n);
     const int64_t chunk = T > TOKS ? F_COLS_CHUNK : n;
     for (int64_t k0 = 0; k0 < n; k0 += chunk) {

@@ -5,8 +5,12 @@
  * function here is compiled for the including file's instruction set (AVX2 is the floor).
  *
  * Prepared activations
- *   FP32 / FP16 weights: the T rows of x as float32, each padded with zeros to a multiple of
- *   16 values (so the x side of a product never needs a masked load).
+ *   FP32 / FP16 / BF16 weights, up to X86_XT_MIN_T - 1 tokens: the T rows of x as float32,
+ *   each padded with zeros to a multiple of 16 values (so the x side of a product never needs
+ *   a masked load). From X86_XT_MIN_T tokens on (sequence mode), transposed: for each column
+ *   k, the T tokens' values padded with zeros to a multiple of 16 (x86_round16(T) floats), so
+ *   that one vector holds one column of 16 (AVX-512) or 8 (AVX2) tokens and a weight is
+ *   broadcast against it: the weights then need no transposing, only converting.
  *   Quantized weights: x is quantized per 32-value block to int8 with a float scale
  *   (d = max|x| / 127, q = round(x / d)). Blocks go in pairs (one 64-byte vector of codes
  *   for AVX-512; AVX2 reads the halves). Per pair: float d[2] and int32 bias[2], where
@@ -64,8 +68,16 @@ X86_INLINE xq_layout xq_layout_of(int64_t n, int T, int expand) {
     return L;
 }
 
+/* Tokens from which float activations are prepared transposed (see above). Below it, float
+ * products keep decode's summation order per token (a batch of up to 16 sequences gives the
+ * bits of decoding each alone). */
+enum { X86_XT_MIN_T = 17 };
+
 X86_INLINE size_t x86_prepared_bytes(int type, int64_t n, int T, int expand) {
-    if (!type_is_quantized(type)) return (size_t)T * (size_t)x86_round16(n) * sizeof(float) + 64;
+    if (!type_is_quantized(type)) {
+        const size_t rows = (size_t)T * (size_t)x86_round16(n), cols = (size_t)n * (size_t)x86_round16(T);
+        return (rows > cols ? rows : cols) * sizeof(float) + 64;
+    }
     size_t bytes = xq_layout_of(n, T, expand).total;
     /* a call with fewer tokens may use the decode layout */
     for (int t = 1; t < XE_MAX_T && t < T; t++) {
@@ -149,6 +161,22 @@ X86_INLINE int32_t x86_quantize_block(const float * x, int8_t * q, float * d, fl
 
 X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int expand) {
     uint8_t * base = (uint8_t *)dst;
+    if (!type_is_quantized(type) && T >= X86_XT_MIN_T) {
+        const int64_t ts = x86_round16(T);
+        float * out = (float *)base;
+        /* 16 x 16 tiles through a small buffer: both sides stay in cache lines */
+        for (int64_t k0 = 0; k0 < n; k0 += 16) {
+            const int64_t kn = n - k0 < 16 ? n - k0 : 16;
+            for (int64_t t0 = 0; t0 < ts; t0 += 16) {
+                float tile[16][16];
+                for (int64_t t = 0; t < 16; t++) {
+                    for (int64_t k = 0; k < kn; k++) tile[k][t] = t0 + t < T ? x[(size_t)(t0 + t) * n + k0 + k] : 0.0f;
+                }
+                for (int64_t k = 0; k < kn; k++) memcpy(out + (size_t)(k0 + k) * ts + t0, tile[k], sizeof tile[k]);
+            }
+        }
+        return;
+    }
     if (!type_is_quantized(type)) {
         const int64_t ns = x86_round16(n);
         float * out = (float *)base;
