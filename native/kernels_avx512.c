@@ -397,11 +397,7 @@ INLINE __m512 f_load(int type, const uint8_t * row, int64_t k, __mmask16 mask, i
  * loads, bound the loop. Sums go to a tile of XT_ROWS rows x 64 tokens that is written out
  * (transposed) once all columns are done; a block of columns of the activations (XT_COLS x 64
  * tokens, 32 KB) stays in L1 while the rows of the tile pass over it. */
-#ifndef XT_COLS_OVERRIDE
 enum { XT_COLS = 128, XT_ROWS = 48, XT_TOKENS = 64 };
-#else
-enum { XT_COLS = XT_COLS_OVERRIDE, XT_ROWS = XT_ROWS_OVERRIDE, XT_TOKENS = 64 };
-#endif
 
 /* len (<= XT_COLS) weights of a row from column k0, as float32 into dst (zeros up to a
  * multiple of 16), and a prefetch of the row's next block of columns. */

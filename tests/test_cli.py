@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from rwkv_cli import __version__
 from rwkv_cli.app.cli import _user_message, app
+from rwkv_cli.formats.synthetic import write_random_model
 
 SUBCOMMANDS = ("chat", "complete", "bench", "models", "convert", "quantize", "setup", "perplexity")
 ROOT_FLAGS = ("--setup", "--threads", "--gpu", "--modelPath", "--model-path", "--dragon",
@@ -160,6 +161,28 @@ def test_convert_then_quantize(tmp_path):
     bad = run_cli(tmp_path, "quantize", str(fp16), str(tmp_path / "x.bin"), "Q3_K")
     assert bad.returncode == 1 and "Q3_K" in bad.stderr
     assert not (tmp_path / "x.bin").exists()
+
+
+def test_quantize_with_a_quantized_head(tmp_path):
+    """--head TYPE quantizes the head too; the engine, complete's JSON and the dragon
+    benchmark name its type; without --head the head stays FP16 (rwkv.cpp's output)."""
+    from rwkv_cli.formats.modelfile import list_tensors
+
+    fp16 = write_random_model(tmp_path / "m-FP16.bin", "7", 2, 64, 256, "FP16", head_size=16)
+    plain, headed = tmp_path / "m-Q4_0.bin", tmp_path / "m-Q4_0-h.bin"
+    assert run_cli(tmp_path, "quantize", str(fp16), str(plain), "Q4_0").returncode == 0
+    done = run_cli(tmp_path, "quantize", str(fp16), str(headed), "Q4_0", "--head", "q8_0")
+    assert done.returncode == 0, done.stderr
+    heads = [{i.key: i.data_type_name for i in list_tensors(p)}["head.weight"] for p in (plain, headed)]
+    assert heads == ["FP16", "Q8_0"]
+    assert headed.stat().st_size < plain.stat().st_size
+    bench = run_cli(tmp_path, "--dragon", "-n", "2", "--json", "--modelPath", str(headed))
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout.strip().splitlines()[-1])
+    assert (report["dataType"], report["headType"]) == ("Q4_0", "Q8_0")
+    bad = run_cli(tmp_path, "quantize", str(fp16), str(tmp_path / "x.bin"), "Q4_0", "--head", "Q6_K")
+    assert "Q6_K" in one_line_error(bad) and "Quantizing" not in bad.stdout
+    assert not list(tmp_path.glob("*x.bin*"))
 
 
 def test_convert_reads_a_hugging_face_folder(tmp_path):
