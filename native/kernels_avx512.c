@@ -154,6 +154,62 @@ INLINE __m512 q_pair_decode(int type, const uint8_t * a, int both, const int8_t 
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
 }
 
+/* Decode of the 4- and 5-bit types, 4 blocks at a time: two loads of the blocks' bytes and
+ * one two-source byte permute (VPERMI2B) put the 4 x 16 bytes of packed codes in one vector;
+ * an AND gives the 64 low nibbles (values 0-15 of each block) and a shift and an AND the 64
+ * high ones (values 16-31), which meet the activations in the nibble order of kernels_x86.h
+ * (no per-half shifts, half the permutes of unpacking pair by pair). The 5th bits: a permute
+ * of the qh bytes, a bit test and a masked OR per 64 codes. Lanes 4k..4k+3 of the dot
+ * products belong to block k, whose scale comes from the 16 gathered ones by one permute. */
+#define QUAD(o) (o), (o) + 1, (o) + 2, (o) + 3, (o) + 4, (o) + 5, (o) + 6, (o) + 7, (o) + 8, (o) + 9, (o) + 10, (o) + 11, \
+                (o) + 12, (o) + 13, (o) + 14, (o) + 15
+#define CODES4(qs, bb) {QUAD(qs), QUAD((bb) + (qs)), QUAD(2 * (bb) + (qs)), QUAD(3 * (bb) + (qs))}
+#define HIGHS4(qh, bb) {REP8(qh), REP8((qh) + 1), REP8((bb) + (qh)), REP8((bb) + (qh) + 1), REP8(2 * (bb) + (qh)), \
+                        REP8(2 * (bb) + (qh) + 1), REP8(3 * (bb) + (qh)), REP8(3 * (bb) + (qh) + 1)}
+static const uint8_t CODES4_Q4_0[64] __attribute__((aligned(64))) = CODES4(2, 18);
+static const uint8_t CODES4_Q4_1[64] __attribute__((aligned(64))) = CODES4(4, 20);
+static const uint8_t CODES4_Q5_0[64] __attribute__((aligned(64))) = CODES4(6, 22);
+static const uint8_t CODES4_Q5_1[64] __attribute__((aligned(64))) = CODES4(8, 24);
+static const uint8_t HIGHS4_Q5_0[2][64] __attribute__((aligned(64))) = {HIGHS4(2, 22), HIGHS4(4, 22)};
+static const uint8_t HIGHS4_Q5_1[2][64] __attribute__((aligned(64))) = {HIGHS4(4, 24), HIGHS4(6, 24)};
+static const int32_t QUAD_LANES[4][16] __attribute__((aligned(64))) = {
+    {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},         {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
+    {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11}, {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
+
+/* Blocks [0, nblocks) (<= 4) of the group at a against the group's activations xg (nibble
+ * order); k: the group's place among the 16 blocks whose scales16 were gathered. */
+INLINE __m512 q4_group_decode(int type, const uint8_t * a, int nblocks, const int8_t * xg, __m512 scales16, int k, __m512 acc) {
+    const size_t bb = q_block_bytes(type);
+    const size_t bytes = (size_t)nblocks * bb;
+    _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
+    _mm_prefetch((const char *)(a + PREFETCH + 64), _MM_HINT_T0);
+    __m512i lo_bytes, hi_bytes;
+    if (nblocks == 4) {
+        lo_bytes = _mm512_loadu_si512((const void *)a);
+        hi_bytes = _mm512_maskz_loadu_epi8(((__mmask64)1 << (4 * bb - 64)) - 1, a + 64);
+    } else {
+        lo_bytes = _mm512_maskz_loadu_epi8(bytes >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << bytes) - 1, a);
+        hi_bytes = bytes > 64 ? _mm512_maskz_loadu_epi8(((__mmask64)1 << (bytes - 64)) - 1, a + 64) : _mm512_setzero_si512();
+    }
+    const uint8_t * perm = type == TYPE_Q4_0 ? CODES4_Q4_0 : type == TYPE_Q4_1 ? CODES4_Q4_1 : type == TYPE_Q5_0 ? CODES4_Q5_0 : CODES4_Q5_1;
+    const __m512i packed = _mm512_permutex2var_epi8(lo_bytes, table(perm), hi_bytes);
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    __m512i lo = _mm512_and_si512(packed, nibble);
+    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+    if (type == TYPE_Q5_0 || type == TYPE_Q5_1) {
+        const uint8_t(*highs)[64] = type == TYPE_Q5_0 ? HIGHS4_Q5_0 : HIGHS4_Q5_1;
+        const __m512i bit = table(BIT_OF_BYTE), sixteen = _mm512_set1_epi8(16);
+        const __mmask64 lo5 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(lo_bytes, table(highs[0]), hi_bytes), bit);
+        const __mmask64 hi5 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(lo_bytes, table(highs[1]), hi_bytes), bit);
+        lo = _mm512_mask_add_epi8(lo, lo5, lo, sixteen);
+        hi = _mm512_mask_add_epi8(hi, hi5, hi, sixteen);
+    }
+    __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512((const void *)xg));
+    dot = _mm512_dpbusd_epi32(dot, hi, _mm512_load_si512((const void *)(xg + 64)));
+    const __m512 scale = _mm512_permutexvar_ps(_mm512_load_si512((const void *)QUAD_LANES[k]), scales16);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
+}
+
 /* Decode of R rows (R = 1, or 2 for short rows, whose fixed costs per row - a gather per 16
  * blocks, the final sum - then overlap) with one token: out[i] = row i . x. */
 INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes, const xq_layout * L, const int8_t * xq,
@@ -183,7 +239,19 @@ INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes
             }
         }
         const uint8_t * a = row + (size_t)b0 * bb;
-        if (blocks == 16) {
+        if (type != TYPE_Q8_0) { /* xq in nibble order: 128 bytes per group of 4 blocks */
+            for (int k = 0; 4 * k < blocks; k++) {
+                const int nblocks = blocks - 4 * k < 4 ? (int)(blocks - 4 * k) : 4;
+                for (int i = 0; i < R; i++) {
+                    const uint8_t * ai = a + (size_t)i * row_bytes + (size_t)(4 * k) * bb;
+                    if (k & 1) {
+                        a1[i] = q4_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a1[i]);
+                    } else {
+                        a0[i] = q4_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a0[i]);
+                    }
+                }
+            }
+        } else if (blocks == 16) {
             for (int p = 0; p < 8; p += 2) {
                 for (int i = 0; i < R; i++) {
                     const uint8_t * ai = a + (size_t)i * row_bytes;
@@ -292,7 +360,7 @@ INLINE void q_panel_apply(int type, int TT, const q_panel * panel, const xq_layo
         for (int g = 0; g < 8; g++) {
             const __m512i codes = panel->codes[pb][g];
             for (int j = 0; j < TT; j++) {
-                const int32_t x4 = (int32_t)load_u32(xq + (size_t)(t + j) * L->np * 64 + (size_t)b * 32 + (size_t)g * 4);
+                const int32_t x4 = (int32_t)load_u32(xq + (size_t)(t + j) * L->qstride + (size_t)b * 32 + (size_t)g * 4);
                 dot[j] = _mm512_dpbusd_epi32(dot[j], codes, _mm512_set1_epi32(x4));
             }
         }
@@ -352,7 +420,7 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
             const uint8_t * row = w + (size_t)r * row_bytes;
             for (int t = 0; t < T; t++) {
                 const float * d = xd + (size_t)t * L.nbs * 2;
-                q_rows_decode(type, 1, row, row_bytes, &L, xq + (size_t)t * L.np * 64, d, d + L.nbs, xs_min + (size_t)t * L.nbs,
+                q_rows_decode(type, 1, row, row_bytes, &L, xq + (size_t)t * L.qstride, d, d + L.nbs, xs_min + (size_t)t * L.nbs,
                               &y[(size_t)t * ldy + r]);
             }
         }

@@ -18,6 +18,10 @@
  *   Q8_0 read as unsigned) into the integer dot product. Per block also
  *   s = d * sum(q), which the _1 types need for their per-block minimum: sum_j (c_j dw + m) x_j
  *   = dw dx sum_j c_j q_j + m s. A row with an odd number of blocks gets a zero block.
+ *   Decode of the 4- and 5-bit types (AVX-512, fewer than XE_MAX_T tokens) orders the codes by
+ *   nibble instead, in groups of 4 blocks a..d (zero blocks up to a whole group): 64 bytes of
+ *   values 0-15 of a, b, c, d, then 64 bytes of values 16-31, the order in which one byte
+ *   permute lays out those blocks' low and high nibbles (kernels_avx512.c, q4_group_decode).
  */
 #ifndef RWKV_KERNELS_X86_H
 #define RWKV_KERNELS_X86_H
@@ -40,6 +44,7 @@ typedef struct xq_scale {
 typedef struct xq_layout {
     int64_t nb;  /* blocks per row */
     int64_t np;  /* pairs of blocks per row */
+    size_t qstride; /* bytes of codes per token: np pairs of 64, or (decode layout) groups of 4 blocks */
     int64_t nbs; /* stride (floats) of the per-block s array, a multiple of 16 */
     size_t sc_off, s_off;
     size_t xe_off; /* decode (T < XE_MAX_T, AVX-512): per token d[nbs] and (float) bias[nbs]; 0 = none */
@@ -56,7 +61,8 @@ X86_INLINE xq_layout xq_layout_of(int64_t n, int T, int expand) {
     L.nb = (n + QK - 1) / QK;
     L.np = (L.nb + 1) / 2;
     L.nbs = x86_round16(2 * L.np);
-    L.sc_off = x86_align64((size_t)T * (size_t)L.np * 64);
+    L.qstride = expand && T < XE_MAX_T ? (size_t)((L.nb + 3) / 4) * 128 : (size_t)L.np * 64;
+    L.sc_off = x86_align64((size_t)T * L.qstride);
     L.s_off = x86_align64(L.sc_off + (size_t)T * (size_t)L.np * sizeof(xq_scale));
     L.xe_off = 0;
     L.total = L.s_off + (size_t)T * (size_t)L.nbs * sizeof(float);
@@ -189,23 +195,31 @@ X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * 
     const xq_layout L = xq_layout_of(n, T, expand);
     const int offset = x86_code_offset(type, q8_offset);
     const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    const int nibble_order = L.xe_off && type != TYPE_Q8_0;
     int8_t * q = (int8_t *)base;
     xq_scale * sc = (xq_scale *)(base + L.sc_off);
     float * s = (float *)(base + L.s_off);
     for (int t = 0; t < T; t++) {
         const float * xt = x + (size_t)t * n;
-        int8_t * qt = q + (size_t)t * L.np * 64;
+        int8_t * qt = q + (size_t)t * L.qstride;
         xq_scale * sct = sc + (size_t)t * L.np;
         float * st = s + (size_t)t * L.nbs;
+        if (nibble_order) memset(qt, 0, L.qstride);
         for (int64_t b = 0; b < L.nb; b++) {
             float d, exact;
-            const int32_t sum = x86_quantize_block(xt + b * QK, qt + b * QK, &d, &exact, 1);
+            int8_t codes[QK];
+            const int32_t sum = x86_quantize_block(xt + b * QK, nibble_order ? codes : qt + b * QK, &d, &exact, 1);
+            if (nibble_order) {
+                int8_t * group = qt + (b / 4) * 128 + (b % 4) * 16;
+                memcpy(group, codes, 16);
+                memcpy(group + 64, codes + 16, 16);
+            }
             sct[b / 2].d[b & 1] = d;
             sct[b / 2].bias[b & 1] = -offset * sum;
             st[b] = with_min ? _cvtsh_ss(_cvtss_sh(exact * (float)sum, 0)) : d * (float)sum;
         }
         for (int64_t b = L.nb; b < 2 * L.np; b++) {
-            memset(qt + b * QK, 0, QK);
+            if (!nibble_order) memset(qt + b * QK, 0, QK);
             sct[b / 2].d[b & 1] = 0.0f;
             sct[b / 2].bias[b & 1] = 0;
         }
