@@ -18,6 +18,7 @@ including the embedding and the head in that type.
     python benchmarks/engine.py                                   # 169M, 4 types, 2 and 1 threads
     python benchmarks/engine.py --shapes 1.5B --types Q5_1 --threads 2
     python benchmarks/engine.py --arch 7 --vocab 65536 --types Q4_K,Q5_K,Q6_K --threads 2
+    python benchmarks/engine.py --arch 7 --vocab 65536 --types Q4_0,Q4_0+Q8_0  # + a Q8_0 head
     python benchmarks/engine.py --table results.jsonl           # JSON lines -> markdown table
 """
 
@@ -70,8 +71,10 @@ def gguf_model(cache: Path, arch: str, shape: str, dtype: str, n_vocab: int, ste
 
 
 def model_file(cache: Path, arch: str, shape: str, dtype: str, n_vocab: int) -> Path:
-    """The cached model file of one shape and type (written and quantized on first use)."""
+    """The cached model file of one shape and type (written and quantized on first use).
+    "Q4_0+Q8_0": a Q4_0 file whose head is Q8_0 too (`rwkv-cpp quantize --head Q8_0`)."""
     n_layer, n_embed = SHAPES[shape]
+    body, _, head = dtype.partition("+")
     stem = f"rwkv{arch}-{shape}-v{n_vocab}"
     source = cache / f"{stem}-FP16.bin"
     if not source.exists():
@@ -82,10 +85,10 @@ def model_file(cache: Path, arch: str, shape: str, dtype: str, n_vocab: int) -> 
         return gguf_model(cache, arch, shape, dtype, n_vocab, stem)
     if dtype == "FP16":
         return source
-    target = cache / f"{stem}-{dtype}.bin"
+    target = cache / f"{stem}-{body}{f'-head-{head}' if head else ''}.bin"
     if not target.exists():
         partial = target.with_suffix(".partial")
-        native.default_library().quantize_model_file(source, partial, dtype)
+        native.default_library().quantize_model_file(source, partial, body, head_type=head or None)
         partial.rename(target)
     return target
 
@@ -114,7 +117,14 @@ class ReadBandwidth:
     def __init__(self, gib: float = 1.0):
         self.words = np.ones(int(gib * (1 << 30)) // 8, dtype=np.uint64)
 
-    def measure(self, threads: int, runs: int = 5) -> float:
+    def measure(self, threads: int, runs: int = 5, cpu_clock: bool = False) -> float:
+        if cpu_clock and threads == 1:  # on this thread, timed by its CPU time (as the engine)
+            rates = []
+            for _ in range(runs + 1):
+                start = time.thread_time()
+                np.bitwise_or.reduce(self.words)
+                rates.append(self.words.nbytes / (time.thread_time() - start) / 1e9)
+            return statistics.median(rates[1:])
         parts = np.array_split(self.words, threads)
         rates = []
         for _ in range(runs + 1):
@@ -248,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                              "line: before/after figures from one run; repeatable")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time one-thread lines (engine and numpy) by the thread's CPU time instead of "
-                             "wall time: steadier on a shared machine (decode then excludes waiting for "
-                             "memory only as far as the CPU stalls, so its ratio to the floor is still meaningful)")
+                             "wall time: steadier on a shared machine (the read bandwidth of those lines too: "
+                             "a thread stalled on memory still spends CPU time, so decode's ratio to the floor "
+                             "keeps its meaning)")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(args.table))
@@ -275,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
             flops_per_chunk = 2.0 * CHUNK * sum(r * c for r, c in layers) + 2.0 * head[0] * head[1]
             for threads in thread_counts:
                 cpu_clock = args.cpu_time and threads == 1
-                read_before = bandwidth.measure(threads)
+                read_before = bandwidth.measure(threads, cpu_clock=cpu_clock)
                 numpy_before, blas = numpy_matmul_rate(layers, threads, args.runs, cpu_clock)
                 measured = [(label, measure_engine(lib, path, threads, args.runs, args.decode_tokens, cpu_clock))
                             for label, lib in engines]
-                read_gbps = max(read_before, bandwidth.measure(threads))
+                read_gbps = max(read_before, bandwidth.measure(threads, cpu_clock=cpu_clock))
                 numpy_gflops = max(numpy_before, numpy_matmul_rate(layers, threads, args.runs, cpu_clock)[0])
                 for label, engine in measured:
                     print(json.dumps(result_line(shape, args.arch, dtype, threads, label, engine, read_gbps,

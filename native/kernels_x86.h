@@ -18,10 +18,11 @@
  *   Q8_0 read as unsigned) into the integer dot product. Per block also
  *   s = d * sum(q), which the _1 types need for their per-block minimum: sum_j (c_j dw + m) x_j
  *   = dw dx sum_j c_j q_j + m s. A row with an odd number of blocks gets a zero block.
- *   Decode of the 4- and 5-bit types (AVX-512, fewer than XE_MAX_T tokens) orders the codes by
+ *   Decode of the 4- and 5-bit types (fewer than XE_MAX_T tokens) orders the codes by
  *   nibble instead, in groups of 4 blocks a..d (zero blocks up to a whole group): 64 bytes of
  *   values 0-15 of a, b, c, d, then 64 bytes of values 16-31, the order in which one byte
- *   permute lays out those blocks' low and high nibbles (kernels_avx512.c, q4_group_decode).
+ *   permute lays out those blocks' low and high nibbles (kernels_avx512.c, q4_group_decode;
+ *   AVX2 reads it as pairs of blocks, kernels_avx2.c, q4_row_decode).
  */
 #ifndef RWKV_KERNELS_X86_H
 #define RWKV_KERNELS_X86_H
@@ -47,7 +48,7 @@ typedef struct xq_layout {
     size_t qstride; /* bytes of codes per token: np pairs of 64, or (decode layout) groups of 4 blocks */
     int64_t nbs; /* stride (floats) of the per-block s array, a multiple of 16 */
     size_t sc_off, s_off;
-    size_t xe_off; /* decode (T < XE_MAX_T, AVX-512): per token d[nbs] and (float) bias[nbs]; 0 = none */
+    size_t xe_off; /* decode (T < XE_MAX_T): per token d[nbs] and (float) bias[nbs]; 0 = none */
     size_t total;
 } xq_layout;
 
