@@ -318,7 +318,7 @@ def test_the_registry_stores_paths_relative_to_the_home_so_a_moved_home_works(tm
     home_module.register_model(home_module.InstalledModel(name="tiny", path=str(path), arch="4"))
     raw = json.loads((old_home / "models.json").read_text())
     assert raw["models"]["tiny"]["path"] == "models/tiny.bin"
-    assert [p.name for p in old_home.iterdir()] == ["models", "models.json"]  # no temp file left
+    assert sorted(p.name for p in old_home.iterdir()) == ["models", "models.json"]  # no temp file left
     old_home.rename(new_home)
     listed = json.loads(run_cli(new_home, "models", "--json").stdout)
     assert listed[0]["present"] and listed[0]["path"] == str(new_home / "models" / "tiny.bin")
