@@ -190,36 +190,48 @@ def numpy_matmul_rate(shapes: list[tuple[int, int]], threads: int, runs: int, cp
 # ---- the engine -------------------------------------------------------------------------------
 
 
-def measure_engine(lib: native.Library, path: Path, threads: int, runs: int, decode_tokens: int,
-                   cpu_clock: bool = False):
-    ctx = lib.init_from_file(path, threads)
+def measure_engines(engines: list[tuple[str, native.Library]], path: Path, threads: int, runs: int,
+                    decode_tokens: int, cpu_clock: bool = False) -> list[tuple[str, dict]]:
+    """Decode and prompt times of every engine on one file, their runs interleaved (run 1 of
+    each engine, then run 2 of each...) so that a busy moment of a shared machine falls on all
+    of them alike rather than on whichever was measured then."""
+    opened = []
     try:
-        n_vocab = lib.get_n_vocab(ctx)
+        for label, lib in engines:
+            opened.append((label, lib, lib.init_from_file(path, threads)))
         rng = np.random.default_rng(1)
+        n_vocab = engines[0][1].get_n_vocab(opened[0][2])
         tokens = rng.integers(0, n_vocab, size=max(CHUNK, decode_tokens)).tolist()
-        state = np.empty(lib.get_state_len(ctx), np.float32)
-        logits = np.empty(lib.get_logits_len(ctx), np.float32)
-        lib.eval_sequence(ctx, tokens[:CHUNK], None, state, logits)  # warm-up: page in, caches
+        buffers = {}
+        for label, lib, ctx in opened:
+            state = np.empty(lib.get_state_len(ctx), np.float32)
+            logits = np.empty(lib.get_logits_len(ctx), np.float32)
+            lib.eval_sequence(ctx, tokens[:CHUNK], None, state, logits)  # warm-up: page in, caches
+            buffers[label] = (state, logits)
         # one thread runs the engine on the calling thread, whose CPU time other work on a
         # shared machine does not inflate
         clock = time.thread_time if cpu_clock else time.perf_counter
-        decode, prompt = [], []
+        decode = {label: [] for label, _, _ in opened}
+        prompt = {label: [] for label, _, _ in opened}
         for _ in range(runs):
-            start = clock()
-            for token in tokens[:decode_tokens]:
-                lib.eval(ctx, token, state, state, logits)
-            decode.append((clock() - start) / decode_tokens)
-            start = clock()
-            lib.eval_sequence(ctx, tokens[:CHUNK], None, state, logits)
-            prompt.append((clock() - start) / CHUNK)
-        return {
+            for label, lib, ctx in opened:
+                state, logits = buffers[label]
+                start = clock()
+                for token in tokens[:decode_tokens]:
+                    lib.eval(ctx, token, state, state, logits)
+                decode[label].append((clock() - start) / decode_tokens)
+                start = clock()
+                lib.eval_sequence(ctx, tokens[:CHUNK], None, state, logits)
+                prompt[label].append((clock() - start) / CHUNK)
+        return [(label, {
             "kernels": lib.get_kernel_path(ctx),
             "weight_bytes_per_token": lib.get_weight_bytes_per_token(ctx),
-            "decode_s": statistics.median(decode),
-            "prompt_s": statistics.median(prompt),
-        }
+            "decode_s": statistics.median(decode[label]),
+            "prompt_s": statistics.median(prompt[label]),
+        }) for label, lib, ctx in opened]
     finally:
-        lib.free(ctx)
+        for _, lib, ctx in opened:
+            lib.free(ctx)
 
 
 TABLE_COLUMNS = [
@@ -254,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a saved run and exit")
     parser.add_argument("--lib", action="append", default=[], metavar="LABEL=PATH",
                         help="also measure this build of the engine (a librwkv.so, e.g. of an earlier "
-                             "commit: `make -C native BUILD=/tmp/old`), interleaved with ours on every "
-                             "line: before/after figures from one run; repeatable")
+                             "commit: `make -C native BUILD=/tmp/old`), its runs interleaved with ours "
+                             "on every line: before/after figures from one run; repeatable")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time one-thread lines (engine and numpy) by the thread's CPU time instead of "
                              "wall time: steadier on a shared machine (the read bandwidth of those lines too: "
@@ -288,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_clock = args.cpu_time and threads == 1
                 read_before = bandwidth.measure(threads, cpu_clock=cpu_clock)
                 numpy_before, blas = numpy_matmul_rate(layers, threads, args.runs, cpu_clock)
-                measured = [(label, measure_engine(lib, path, threads, args.runs, args.decode_tokens, cpu_clock))
-                            for label, lib in engines]
+                measured = measure_engines(engines, path, threads, args.runs, args.decode_tokens, cpu_clock)
                 read_gbps = max(read_before, bandwidth.measure(threads, cpu_clock=cpu_clock))
                 numpy_gflops = max(numpy_before, numpy_matmul_rate(layers, threads, args.runs, cpu_clock)[0])
                 for label, engine in measured:
