@@ -235,7 +235,8 @@ def measure_engines(engines: list[tuple[str, native.Library]], path: Path, threa
 
 
 TABLE_COLUMNS = [
-    ("shape", "shape"), ("type", "type"), ("engine", "engine"), ("threads", "thr"),
+    ("shape", "shape"), ("arch", "arch"), ("type", "type"), ("engine", "engine"), ("threads", "thr"),
+    ("clock", "clock"),
     ("decode_ms_per_token", "decode ms/tok"), ("decode_floor_ms", "floor ms"),
     ("effective_GBps", "GB/s"), ("read_bandwidth_GBps", "read GB/s"), ("bandwidth_ratio", "of floor"),
     ("prompt_ms_per_token", "prompt ms/tok"), ("prompt_GFLOPps", "GFLOP/s"),

@@ -33,7 +33,7 @@ def score(model_path: Path, reference: RWKV, text: str, ctx: int, max_chunks: in
         result = model.perplexity(text, ctx=ctx, reference=reference, max_chunks=max_chunks)
         return {
             "perplexity": round(result.perplexity, 4),
-            "kl_divergence": round(result.kl_divergence, 6),
+            "kl_divergence": float(f"{result.kl_divergence:.3g}"),  # tiny: 3 significant digits
             "top1_agreement": round(result.top1_agreement, 4),
             "reference_perplexity": round(result.reference_perplexity, 4),
             "scored_tokens": result.scored_tokens,
