@@ -163,8 +163,8 @@ for _ in range(runs + 1):
 print(json.dumps({"GFLOPps": statistics.median(rates[1:]), "blas": blas}))
 """
 
-# Tuning variables of older OpenBLAS builds that slow a current one's products (measured on a
-# Zen 4 machine that set them: 64 x 2048 by 2048 x 8192 FP32 at ~200 GFLOP/s with them, ~270
+# Tuning variables of older OpenBLAS builds that slow a current one's products (issue 16, on a
+# machine that set them: 64 x 2048 by 2048 x 8192 FP32 at ~200 GFLOP/s with them, ~270
 # without). The baseline runs without them so that it is numpy at its best on this machine;
 # only the baseline's subprocess drops them, never the engine, the tests or CI.
 BLAS_HANDICAPS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
