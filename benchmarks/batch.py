@@ -29,6 +29,7 @@ matrix-matrix products. Three levels (`--levels`, default all):
     python benchmarks/batch.py                          # RWKV-7 0.1B shape, Q8_0, 2 threads
     python benchmarks/batch.py --levels c --type Q4_0 --threads 1 --sequences 1,4,16,64
     python benchmarks/batch.py --levels ttft --chunks 32,64,128,256
+    python benchmarks/batch.py --levels c --type Q8_0+Q8_0 --threads 1 --cpu-time   # a Q8_0 head too
 
 Models are random-weight files of the real shape (benchmarks/engine.py writes and caches
 them); the RWKV levels use the World tokenizer without its end-of-text token (a random
@@ -64,8 +65,11 @@ PROMPT_TOKENS = 16  # history each sequence has before the measured steps
 class CLevel:
     """Steps through the C API: rwkv_eval for one sequence, rwkv_eval_batch for n."""
 
-    def __init__(self, lib: native.Library, path: Path, threads: int, max_sequences: int):
+    def __init__(self, lib: native.Library, path: Path, threads: int, max_sequences: int,
+                 cpu_clock: bool = False):
         self.lib = lib
+        # one engine thread runs on the calling thread: its CPU time ignores other load
+        self.clock = time.thread_time if cpu_clock and threads == 1 else time.perf_counter
         self.ctx = lib.init_from_file(path, threads)
         self.kernels = lib.get_kernel_path(self.ctx)
         n_state, self.n_vocab = lib.get_state_len(self.ctx), lib.get_logits_len(self.ctx)
@@ -81,26 +85,26 @@ class CLevel:
     def single_step_s(self, steps: int) -> float:
         """Seconds per token of one sequence through rwkv_eval."""
         state, logits = self.states[0], self.logits[0]
-        start = time.perf_counter()
+        start = self.clock()
         for step in range(steps):
             self.lib.eval(self.ctx, self.tokens[step % 64][0], state, state, logits)
-        return (time.perf_counter() - start) / steps
+        return (self.clock() - start) / steps
 
     def batch_step_s(self, n: int, steps: int, with_logits: bool = True) -> float:
         """Seconds per step of n sequences through rwkv_eval_batch."""
         states = self.states[:n]
         logits = self.logits[:n] if with_logits else None
-        start = time.perf_counter()
+        start = self.clock()
         for step in range(steps):
             self.lib.eval_batch(self.ctx, self.tokens[step % 64][:n], states, states, logits)
-        return (time.perf_counter() - start) / steps
+        return (self.clock() - start) / steps
 
     def free(self) -> None:
         self.lib.free(self.ctx)
 
 
 def measure_c_level(args, path: Path, sizes: list[int]) -> list[dict]:
-    level = CLevel(native.default_library(), path, args.threads, max(sizes))
+    level = CLevel(native.default_library(), path, args.threads, max(sizes), args.cpu_time)
     try:
         level.batch_step_s(max(sizes), 2)  # warm-up: page the weights in
         single, steps, heads = [], {n: [] for n in sizes}, {n: [] for n in sizes}
@@ -118,6 +122,7 @@ def measure_c_level(args, path: Path, sizes: list[int]) -> list[dict]:
             "kernels": level.kernels,
             "runs": args.runs,
             "steps_per_run": args.steps,
+            "clock": "thread_cpu" if args.cpu_time and args.threads == 1 else "wall",
         }
         single_s = statistics.median(single)
         rows = [
@@ -454,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         "--arch", default="7", help="architecture of the random model (4, 5.2, 6, 7)"
     )
     parser.add_argument("--vocab", type=int, default=65536)
-    parser.add_argument("--type", default="Q8_0", help="tensor type of the model")
+    parser.add_argument("--type", default="Q8_0",
+                        help="tensor type of the model; BODY+HEAD (Q8_0+Q8_0) quantizes the head too")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="with --threads 1: time by the thread's CPU time (steadier on a shared machine)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sequences", default="1,2,4,8,16", help="comma list of batch sizes")
     parser.add_argument(

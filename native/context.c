@@ -337,6 +337,7 @@ void rwkv_init_state(const struct rwkv_context * ctx, float * state) { forward_i
 const char * rwkv_get_arch_version(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->ops->version; }
 const char * rwkv_get_kernel_path(const struct rwkv_context * ctx) { return ((const context *)ctx)->kern->name; }
 const char * rwkv_get_data_type_name(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->type_label; }
+const char * rwkv_get_head_type_name(const struct rwkv_context * ctx) { return type_name(((const context *)ctx)->m->head.type); }
 size_t rwkv_get_weight_bytes_per_token(const struct rwkv_context * ctx) { return ((const context *)ctx)->m->weight_bytes_per_token; }
 
 const char * rwkv_get_system_info_string(void) {

@@ -34,7 +34,7 @@ enum {
 };
 
 X86_TARGET static size_t avx2_prepared_bytes(int type, int64_t n, int T) {
-    return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 0);
+    return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 1);
 }
 
 X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) {
@@ -42,7 +42,7 @@ X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T,
         kq_prepare_avx2(type, x, n, T, dst);
         return;
     }
-    x86_prepare(type, x, n, T, dst, 0, 0);
+    x86_prepare(type, x, n, T, dst, 0, 1);
 }
 
 /* ---- quantized weights ---- */
@@ -79,7 +79,7 @@ INLINE __m256i q_codes(int type, const uint8_t * a) {
 }
 
 INLINE void q_block(int type, int R, int TT, const uint8_t * w, size_t row_bytes, int64_t b, const int8_t * xq,
-                    const xq_scale * xs, int64_t np, __m256 acc[ROWS][TOKS], int prefetch) {
+                    const xq_scale * xs, int64_t np, size_t qstride, __m256 acc[ROWS][TOKS], int prefetch) {
     const size_t bb = q_block_bytes(type);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i codes[ROWS], mags[ROWS];
@@ -94,7 +94,7 @@ INLINE void q_block(int type, int R, int TT, const uint8_t * w, size_t row_bytes
     for (int j = 0; j < TT; j++) {
         const xq_scale * sc = &xs[(size_t)j * np + b / 2];
         const __m256 dx = _mm256_broadcast_ss(&sc->d[b & 1]);
-        const __m256i x = _mm256_load_si256((const __m256i *)(xq + (size_t)j * np * 64 + (size_t)b * 32));
+        const __m256i x = _mm256_load_si256((const __m256i *)(xq + (size_t)j * qstride + (size_t)b * 32));
         const __m256i bias = _mm256_zextsi128_si256(_mm_cvtsi32_si128(sc->bias[b & 1]));
         for (int i = 0; i < R; i++) {
             __m256i dot;
@@ -114,9 +114,9 @@ INLINE void q_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes,
     for (int i = 0; i < R; i++)
         for (int j = 0; j < TT; j++) acc[i][j] = _mm256_setzero_ps();
     const uint8_t * wr = w + (size_t)r * row_bytes;
-    const int8_t * xt = xq + (size_t)t * L->np * 64;
+    const int8_t * xt = xq + (size_t)t * L->qstride;
     const xq_scale * st = xs + (size_t)t * L->np;
-    for (int64_t b = b0; b < b1; b++) q_block(type, R, TT, wr, row_bytes, b, xt, st, L->np, acc, TT == 1);
+    for (int64_t b = b0; b < b1; b++) q_block(type, R, TT, wr, row_bytes, b, xt, st, L->np, L->qstride, acc, TT == 1);
     for (int i = 0; i < R; i++) {
         for (int j = 0; j < TT; j++) {
             const float v = x86_hsum8(acc[i][j]);
@@ -199,12 +199,12 @@ INLINE void q_panel8_apply(int type, int TT, const q_panel8 * panel, const xq_la
         for (int j = 0; j < TT; j++) {
             dot[j] = with_bias ? _mm256_set1_epi32(xs[(size_t)(t + j) * L->np + b / 2].bias[b & 1]) : _mm256_setzero_si256();
         }
-        const int8_t * xb = xq + (size_t)t * L->np * 64 + (size_t)b * 32;
+        const int8_t * xb = xq + (size_t)t * L->qstride + (size_t)b * 32;
         if (type == TYPE_Q8_0) {
             for (int g = 0; g < 8; g++) {
                 const __m256i codes = panel->codes[pb][g], mags = panel->mags[pb][g];
                 for (int j = 0; j < TT; j++) {
-                    const __m256i x4 = _mm256_set1_epi32((int32_t)load_u32(xb + (size_t)j * L->np * 64 + (size_t)g * 4));
+                    const __m256i x4 = _mm256_set1_epi32((int32_t)load_u32(xb + (size_t)j * L->qstride + (size_t)g * 4));
                     const __m256i p = _mm256_maddubs_epi16(mags, _mm256_sign_epi8(x4, codes));
                     dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(p, ones));
                 }
@@ -216,7 +216,7 @@ INLINE void q_panel8_apply(int type, int TT, const q_panel8 * panel, const xq_la
                 for (int g = h; g < h + 4; g++) {
                     const __m256i codes = panel->codes[pb][g];
                     for (int j = 0; j < TT; j++) {
-                        const __m256i x4 = _mm256_set1_epi32((int32_t)load_u32(xb + (size_t)j * L->np * 64 + (size_t)g * 4));
+                        const __m256i x4 = _mm256_set1_epi32((int32_t)load_u32(xb + (size_t)j * L->qstride + (size_t)g * 4));
                         const __m256i p = _mm256_maddubs_epi16(codes, x4);
                         sum16[j] = g == h ? p : _mm256_add_epi16(sum16[j], p);
                     }
@@ -258,13 +258,108 @@ INLINE void q_matmul_panels8(int type, const uint8_t * w, size_t row_bytes, cons
     }
 }
 
+/* ---- decode of the 4- and 5-bit types ----
+ * The activations come in nibble order (kernels_x86.h): for a pair of blocks a, b, 32 bytes
+ * of values 0-15 of a and b, and 32 of values 16-31. The packed codes of the pair (16 bytes
+ * each) are loaded into the two halves of one vector; an AND gives the pair's 32 low nibbles
+ * and a shift and an AND its 32 high ones, so a pair costs 4 instructions to unpack (a block
+ * alone cost 4). The products of low and high halves are added as 16-bit sums (< 2 x 2 x 31 x
+ * 127) and widened once. Block scales and the code offset or minimum come per 8 blocks, as
+ * vectors (one gather of the blocks' first 4 bytes), and each pair takes its scales with one
+ * permute: lanes 0-3 of a pair's dot product are block a, 4-7 block b. */
+static const int32_t PAIR_OF_8[4][8] __attribute__((aligned(32))) = {
+    {0, 0, 0, 0, 1, 1, 1, 1}, {2, 2, 2, 2, 3, 3, 3, 3}, {4, 4, 4, 4, 5, 5, 5, 5}, {6, 6, 6, 6, 7, 7, 7, 7}};
+
+/* The 64 codes of the pair at a (b only when both): low nibbles in *lo, high ones in *hi,
+ * each [block a's 16 | block b's 16], with the 5th bits of the Q5 types. */
+INLINE void q4_pair_codes(int type, const uint8_t * a, int both, __m256i * lo, __m256i * hi) {
+    const size_t bb = q_block_bytes(type);
+    const size_t qs = type == TYPE_Q4_0 ? 2 : type == TYPE_Q4_1 ? 4 : type == TYPE_Q5_0 ? 6 : 8;
+    const __m128i qa = _mm_loadu_si128((const __m128i *)(a + qs));
+    const __m128i qb = both ? _mm_loadu_si128((const __m128i *)(a + bb + qs)) : _mm_setzero_si128();
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(qa), qb, 1);
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    *lo = _mm256_and_si256(v, nibble);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+    if (type == TYPE_Q5_0 || type == TYPE_Q5_1) {
+        const size_t at = type == TYPE_Q5_0 ? 2 : 4;
+        const __m256i qh = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi32((int)load_u32(a + at))),
+                                                   _mm_set1_epi32(both ? (int)load_u32(a + bb + at) : 0), 1);
+        /* byte i of a half <- the qh byte holding its bit; then one bit tested per byte */
+        const __m256i spread_lo = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+                                                   1, 1, 1, 1, 1, 1, 1);
+        const __m256i bits = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfeLL), ones = _mm256_set1_epi8(-1);
+        const __m256i sixteen = _mm256_set1_epi8(0x10);
+        const __m256i h_lo = _mm256_cmpeq_epi8(_mm256_or_si256(_mm256_shuffle_epi8(qh, spread_lo), bits), ones);
+        const __m256i h_hi = _mm256_cmpeq_epi8(
+            _mm256_or_si256(_mm256_shuffle_epi8(qh, _mm256_add_epi8(spread_lo, _mm256_set1_epi8(2))), bits), ones);
+        *lo = _mm256_or_si256(*lo, _mm256_and_si256(h_lo, sixteen));
+        *hi = _mm256_or_si256(*hi, _mm256_and_si256(h_hi, sixteen));
+    }
+}
+
+/* Row r of W against T (< P2_MIN_T) tokens, y[t * ldy] = the dot product. */
+INLINE void q4_row_decode(int type, const uint8_t * row, const xq_layout * L, const int8_t * xq, const float * xe, const float * xs,
+                          int T, float * y, int64_t ldy) {
+    const size_t bb = q_block_bytes(type);
+    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bb));
+    __m256 acc[P2_MIN_T - 1], extra[P2_MIN_T - 1];
+    for (int t = 0; t < T; t++) acc[t] = extra[t] = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < L->nb; b0 += 8) {
+        const int blocks = L->nb - b0 < 8 ? (int)(L->nb - b0) : 8;
+        const uint8_t * a = row + (size_t)b0 * bb;
+        const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(blocks), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        /* the first 4 bytes of each block: d, then m (_1 types) */
+        const __m256i heads = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int *)a, offsets, lanes, 1);
+        const __m256i d16 = _mm256_packus_epi32(_mm256_and_si256(heads, _mm256_set1_epi32(0xffff)), _mm256_setzero_si256());
+        const __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(d16, 0x08)));
+        __m256 mw = _mm256_setzero_ps();
+        if (with_min) {
+            const __m256i m16 = _mm256_packus_epi32(_mm256_srli_epi32(heads, 16), _mm256_setzero_si256());
+            mw = _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(m16, 0x08)));
+        }
+        __m256 scales[P2_MIN_T - 1];
+        for (int t = 0; t < T; t++) {
+            const float * xd = xe + (size_t)t * L->nbs * 2;
+            scales[t] = _mm256_mul_ps(dw, _mm256_loadu_ps(xd + b0));
+            extra[t] = with_min ? _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs + (size_t)t * L->nbs + b0), extra[t])
+                                : _mm256_fmadd_ps(scales[t], _mm256_loadu_ps(xd + L->nbs + b0), extra[t]);
+        }
+        for (int p = 0; 2 * p < blocks; p++) {
+            const uint8_t * pa = a + (size_t)(2 * p) * bb;
+            _mm_prefetch((const char *)(pa + 1024), _MM_HINT_T0);
+            __m256i lo, hi;
+            q4_pair_codes(type, pa, 2 * p + 1 < blocks, &lo, &hi);
+            const int64_t b = b0 + 2 * p;
+            const size_t at = (size_t)(b / 4) * 128 + (size_t)((b / 2) % 2) * 32;
+            const __m256i pick = _mm256_load_si256((const __m256i *)PAIR_OF_8[p]);
+            for (int t = 0; t < T; t++) {
+                const int8_t * xg = xq + (size_t)t * L->qstride + at;
+                const __m256i sum16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_load_si256((const __m256i *)xg)),
+                                                       _mm256_maddubs_epi16(hi, _mm256_load_si256((const __m256i *)(xg + 64))));
+                const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16, ones));
+                acc[t] = _mm256_fmadd_ps(dot, _mm256_permutevar8x32_ps(scales[t], pick), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++) y[(size_t)t * ldy] = x86_hsum8(_mm256_add_ps(acc[t], extra[t]));
+}
+
 INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                      int64_t ldy, int64_t r0, int64_t r1) {
-    const xq_layout L = xq_layout_of(n, T, 0);
+    const xq_layout L = xq_layout_of(n, T, 1);
     const int8_t * xq = (const int8_t *)xp;
     const xq_scale * xs = (const xq_scale *)((const uint8_t *)xp + L.sc_off);
     if (T >= P2_MIN_T) {
         q_matmul_panels8(type, w, row_bytes, &L, xp, T, y, ldy, r0, r1);
+        return;
+    }
+    if (type != TYPE_Q8_0) { /* decode: one row stream at a time, activations in nibble order */
+        const float * xe = (const float *)((const uint8_t *)xp + L.xe_off);
+        const float * xs_min = (const float *)((const uint8_t *)xp + L.s_off);
+        for (int64_t r = r0; r < r1; r++) q4_row_decode(type, w + (size_t)r * row_bytes, &L, xq, xe, xs_min, T, y + r, ldy);
         return;
     }
     const int64_t chunk = T > TOKS ? 2 * Q_PAIRS_CHUNK : L.nb;
@@ -360,9 +455,100 @@ INLINE void f_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes,
     }
 }
 
+/* Sequence mode (X86_XT_MIN_T tokens and more), as in the AVX-512 file: the activations come
+ * transposed (kernels_x86.h), one vector = one column of 8 tokens; a group of XT_RG rows is
+ * converted to float32 XT_COLS columns at a time into a buffer in L1, and each weight is
+ * broadcast against up to 3 token vectors: 4 x 3 accumulators of the 16 registers, per column
+ * 3 vector loads and 4 broadcasts for 12 FMAs. The rows' sums go to a tile of XT_ROWS rows x
+ * 64 tokens, written out once per chunk of columns. */
+enum { XT_COLS = 64, XT_ROWS = 32, XT_TOKENS = 64, XT_RG = 4, XT_CHUNK = 2048 };
+
+INLINE void xt_convert(int type, float * dst, const uint8_t * row, int64_t k0, int64_t len) {
+    const size_t wb = type == TYPE_FP32 ? 4 : 2;
+    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + b), _MM_HINT_T1);
+    int64_t k = 0;
+    for (; k + 8 <= len; k += 8) _mm256_store_ps(dst + k, f_load(type, row, k0 + k, 8));
+    if (k < len) _mm256_store_ps(dst + k, f_load(type, row, k0 + k, len - k));
+}
+
+/* RG rows (weights in wb, stride XT_COLS) x TV vectors of 8 tokens over len columns of xt
+ * (stride ts floats per column), into the tile (stride XT_TOKENS): stored when first, else added. */
+INLINE void xt_micro(int RG, int TV, const float * wb, const float * xt, int64_t ts, int64_t len, float * tile, int first) {
+    __m256 acc[12];
+    for (int i = 0; i < RG * TV; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < len; k++) {
+        __m256 xv[3];
+        for (int v = 0; v < TV; v++) xv[v] = _mm256_load_ps(xt + (size_t)k * ts + 8 * v);
+        for (int i = 0; i < RG; i++) {
+            const __m256 wv = _mm256_broadcast_ss(wb + i * XT_COLS + k);
+            for (int v = 0; v < TV; v++) acc[i * TV + v] = _mm256_fmadd_ps(wv, xv[v], acc[i * TV + v]);
+        }
+    }
+    for (int i = 0; i < RG; i++) {
+        for (int v = 0; v < TV; v++) {
+            float * out = tile + i * XT_TOKENS + 8 * v;
+            _mm256_store_ps(out, first ? acc[i * TV + v] : _mm256_add_ps(acc[i * TV + v], _mm256_load_ps(out)));
+        }
+    }
+}
+
+/* The token vectors [0, nv) of RG rows, 3 at a time. */
+INLINE void xt_group(int RG, const float * wb, const float * xt, int64_t ts, int64_t len, int nv, float * tile, int first) {
+    int v = 0;
+    for (; v + 3 <= nv; v += 3) xt_micro(RG, 3, wb, xt + 8 * v, ts, len, tile + 8 * v, first);
+    if (nv - v == 2) xt_micro(RG, 2, wb, xt + 8 * v, ts, len, tile + 8 * v, first);
+    if (nv - v == 1) xt_micro(RG, 1, wb, xt + 8 * v, ts, len, tile + 8 * v, first);
+}
+
+INLINE void f_matmul_xt(int type, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int T, float * y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t ts = x86_round16(T);
+    float wbuf[XT_RG * XT_COLS] __attribute__((aligned(32)));
+    float tile[XT_ROWS * XT_TOKENS] __attribute__((aligned(32)));
+    for (int64_t t0 = 0; t0 < T; t0 += XT_TOKENS) {
+        const int64_t tn = T - t0 < XT_TOKENS ? T - t0 : XT_TOKENS;
+        const int nv = (int)((tn + 7) / 8);
+        for (int64_t c0 = 0; c0 < n; c0 += XT_CHUNK) {
+            const int64_t c1 = c0 + XT_CHUNK < n ? c0 + XT_CHUNK : n;
+            for (int64_t rb = r0; rb < r1; rb += XT_ROWS) {
+                const int64_t nr = r1 - rb < XT_ROWS ? r1 - rb : XT_ROWS;
+                for (int64_t k0 = c0; k0 < c1; k0 += XT_COLS) {
+                    const int64_t len = c1 - k0 < XT_COLS ? c1 - k0 : XT_COLS;
+                    const float * xt = x + (size_t)k0 * ts + t0;
+                    for (int64_t g = 0; g < nr; g += XT_RG) {
+                        const int64_t ng = nr - g < XT_RG ? nr - g : XT_RG;
+                        for (int64_t i = 0; i < ng; i++) {
+                            xt_convert(type, wbuf + i * XT_COLS, w + (size_t)(rb + g + i) * row_bytes, k0, len);
+                        }
+                        if (ng == XT_RG) {
+                            xt_group(XT_RG, wbuf, xt, ts, len, nv, tile + g * XT_TOKENS, k0 == c0);
+                        } else {
+                            for (int64_t i = 0; i < ng; i++) {
+                                xt_group(1, wbuf + i * XT_COLS, xt, ts, len, nv, tile + (g + i) * XT_TOKENS, k0 == c0);
+                            }
+                        }
+                    }
+                }
+                for (int64_t t = 0; t < tn; t++) {
+                    float * out = y + (size_t)(t0 + t) * ldy + rb;
+                    if (c0 == 0) {
+                        for (int64_t i = 0; i < nr; i++) out[i] = tile[i * XT_TOKENS + t];
+                    } else {
+                        for (int64_t i = 0; i < nr; i++) out[i] += tile[i * XT_TOKENS + t];
+                    }
+                }
+            }
+        }
+    }
+}
+
 INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                      int64_t ldy, int64_t r0, int64_t r1) {
     const float * x = (const float *)xp;
+    if (T >= X86_XT_MIN_T) {
+        f_matmul_xt(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
+        return;
+    }
     const int64_t ns = x86_round16(n);
     const int64_t chunk = T > TOKS ? F_COLS_CHUNK : n;
     for (int64_t k0 = 0; k0 < n; k0 += chunk) {

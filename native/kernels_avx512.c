@@ -39,9 +39,15 @@ X86_TARGET static size_t avx512_prepared_bytes(int type, int64_t n, int T) {
     return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 1);
 }
 
+X86_TARGET static void xt_prepare(const float * x, int64_t n, int T, float * out);
+
 X86_TARGET static void avx512_prepare(int type, const float * x, int64_t n, int T, void * dst) {
     if (type_is_kquant(type)) {
         kq_prepare_avx2(type, x, n, T, dst); /* the layout and numbers every path shares */
+        return;
+    }
+    if (!type_is_quantized(type) && T >= X86_XT_MIN_T) {
+        xt_prepare(x, n, T, (float *)dst);
         return;
     }
     x86_prepare(type, x, n, T, dst, 128, 1);
@@ -148,6 +154,62 @@ INLINE __m512 q_pair_decode(int type, const uint8_t * a, int both, const int8_t 
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
 }
 
+/* Decode of the 4- and 5-bit types, 4 blocks at a time: two loads of the blocks' bytes and
+ * one two-source byte permute (VPERMI2B) put the 4 x 16 bytes of packed codes in one vector;
+ * an AND gives the 64 low nibbles (values 0-15 of each block) and a shift and an AND the 64
+ * high ones (values 16-31), which meet the activations in the nibble order of kernels_x86.h
+ * (no per-half shifts, half the permutes of unpacking pair by pair). The 5th bits: a permute
+ * of the qh bytes, a bit test and a masked OR per 64 codes. Lanes 4k..4k+3 of the dot
+ * products belong to block k, whose scale comes from the 16 gathered ones by one permute. */
+#define QUAD(o) (o), (o) + 1, (o) + 2, (o) + 3, (o) + 4, (o) + 5, (o) + 6, (o) + 7, (o) + 8, (o) + 9, (o) + 10, (o) + 11, \
+                (o) + 12, (o) + 13, (o) + 14, (o) + 15
+#define CODES4(qs, bb) {QUAD(qs), QUAD((bb) + (qs)), QUAD(2 * (bb) + (qs)), QUAD(3 * (bb) + (qs))}
+#define HIGHS4(qh, bb) {REP8(qh), REP8((qh) + 1), REP8((bb) + (qh)), REP8((bb) + (qh) + 1), REP8(2 * (bb) + (qh)), \
+                        REP8(2 * (bb) + (qh) + 1), REP8(3 * (bb) + (qh)), REP8(3 * (bb) + (qh) + 1)}
+static const uint8_t CODES4_Q4_0[64] __attribute__((aligned(64))) = CODES4(2, 18);
+static const uint8_t CODES4_Q4_1[64] __attribute__((aligned(64))) = CODES4(4, 20);
+static const uint8_t CODES4_Q5_0[64] __attribute__((aligned(64))) = CODES4(6, 22);
+static const uint8_t CODES4_Q5_1[64] __attribute__((aligned(64))) = CODES4(8, 24);
+static const uint8_t HIGHS4_Q5_0[2][64] __attribute__((aligned(64))) = {HIGHS4(2, 22), HIGHS4(4, 22)};
+static const uint8_t HIGHS4_Q5_1[2][64] __attribute__((aligned(64))) = {HIGHS4(4, 24), HIGHS4(6, 24)};
+static const int32_t QUAD_LANES[4][16] __attribute__((aligned(64))) = {
+    {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},         {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
+    {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11}, {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
+
+/* Blocks [0, nblocks) (<= 4) of the group at a against the group's activations xg (nibble
+ * order); k: the group's place among the 16 blocks whose scales16 were gathered. */
+INLINE __m512 q4_group_decode(int type, const uint8_t * a, int nblocks, const int8_t * xg, __m512 scales16, int k, __m512 acc) {
+    const size_t bb = q_block_bytes(type);
+    const size_t bytes = (size_t)nblocks * bb;
+    _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
+    _mm_prefetch((const char *)(a + PREFETCH + 64), _MM_HINT_T0);
+    __m512i lo_bytes, hi_bytes;
+    if (nblocks == 4) {
+        lo_bytes = _mm512_loadu_si512((const void *)a);
+        hi_bytes = _mm512_maskz_loadu_epi8(((__mmask64)1 << (4 * bb - 64)) - 1, a + 64);
+    } else {
+        lo_bytes = _mm512_maskz_loadu_epi8(bytes >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << bytes) - 1, a);
+        hi_bytes = bytes > 64 ? _mm512_maskz_loadu_epi8(((__mmask64)1 << (bytes - 64)) - 1, a + 64) : _mm512_setzero_si512();
+    }
+    const uint8_t * perm = type == TYPE_Q4_0 ? CODES4_Q4_0 : type == TYPE_Q4_1 ? CODES4_Q4_1 : type == TYPE_Q5_0 ? CODES4_Q5_0 : CODES4_Q5_1;
+    const __m512i packed = _mm512_permutex2var_epi8(lo_bytes, table(perm), hi_bytes);
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    __m512i lo = _mm512_and_si512(packed, nibble);
+    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+    if (type == TYPE_Q5_0 || type == TYPE_Q5_1) {
+        const uint8_t(*highs)[64] = type == TYPE_Q5_0 ? HIGHS4_Q5_0 : HIGHS4_Q5_1;
+        const __m512i bit = table(BIT_OF_BYTE), sixteen = _mm512_set1_epi8(16);
+        const __mmask64 lo5 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(lo_bytes, table(highs[0]), hi_bytes), bit);
+        const __mmask64 hi5 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(lo_bytes, table(highs[1]), hi_bytes), bit);
+        lo = _mm512_mask_add_epi8(lo, lo5, lo, sixteen);
+        hi = _mm512_mask_add_epi8(hi, hi5, hi, sixteen);
+    }
+    __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512((const void *)xg));
+    dot = _mm512_dpbusd_epi32(dot, hi, _mm512_load_si512((const void *)(xg + 64)));
+    const __m512 scale = _mm512_permutexvar_ps(_mm512_load_si512((const void *)QUAD_LANES[k]), scales16);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
+}
+
 /* Decode of R rows (R = 1, or 2 for short rows, whose fixed costs per row - a gather per 16
  * blocks, the final sum - then overlap) with one token: out[i] = row i . x. */
 INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes, const xq_layout * L, const int8_t * xq,
@@ -177,7 +239,19 @@ INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes
             }
         }
         const uint8_t * a = row + (size_t)b0 * bb;
-        if (blocks == 16) {
+        if (type != TYPE_Q8_0) { /* xq in nibble order: 128 bytes per group of 4 blocks */
+            for (int k = 0; 4 * k < blocks; k++) {
+                const int nblocks = blocks - 4 * k < 4 ? (int)(blocks - 4 * k) : 4;
+                for (int i = 0; i < R; i++) {
+                    const uint8_t * ai = a + (size_t)i * row_bytes + (size_t)(4 * k) * bb;
+                    if (k & 1) {
+                        a1[i] = q4_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a1[i]);
+                    } else {
+                        a0[i] = q4_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a0[i]);
+                    }
+                }
+            }
+        } else if (blocks == 16) {
             for (int p = 0; p < 8; p += 2) {
                 for (int i = 0; i < R; i++) {
                     const uint8_t * ai = a + (size_t)i * row_bytes;
@@ -286,7 +360,7 @@ INLINE void q_panel_apply(int type, int TT, const q_panel * panel, const xq_layo
         for (int g = 0; g < 8; g++) {
             const __m512i codes = panel->codes[pb][g];
             for (int j = 0; j < TT; j++) {
-                const int32_t x4 = (int32_t)load_u32(xq + (size_t)(t + j) * L->np * 64 + (size_t)b * 32 + (size_t)g * 4);
+                const int32_t x4 = (int32_t)load_u32(xq + (size_t)(t + j) * L->qstride + (size_t)b * 32 + (size_t)g * 4);
                 dot[j] = _mm512_dpbusd_epi32(dot[j], codes, _mm512_set1_epi32(x4));
             }
         }
@@ -346,7 +420,7 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
             const uint8_t * row = w + (size_t)r * row_bytes;
             for (int t = 0; t < T; t++) {
                 const float * d = xd + (size_t)t * L.nbs * 2;
-                q_rows_decode(type, 1, row, row_bytes, &L, xq + (size_t)t * L.np * 64, d, d + L.nbs, xs_min + (size_t)t * L.nbs,
+                q_rows_decode(type, 1, row, row_bytes, &L, xq + (size_t)t * L.qstride, d, d + L.nbs, xs_min + (size_t)t * L.nbs,
                               &y[(size_t)t * ldy + r]);
             }
         }
@@ -382,58 +456,138 @@ INLINE __m512 f_load(int type, const uint8_t * row, int64_t k, __mmask16 mask, i
     return masked ? _mm512_maskz_loadu_ps(mask, p) : _mm512_loadu_ps(p);
 }
 
-/* Sequence mode for float weights: panels of 16 rows x F_PANEL_COLS columns as float32,
- * transposed so that one vector holds column k of the 16 rows; each FMA then takes one
- * activation broadcast from memory (no conversions or horizontal sums in the loop). */
-enum { F_PANEL_COLS = 256 };
+/* Sequence mode for float weights (X86_XT_MIN_T tokens and more): the activations come
+ * transposed (kernels_x86.h), one vector = one column of 16 tokens. A group of RG rows is
+ * converted to float32 XT_COLS columns at a time into a buffer in L1 (no transposing: FP16
+ * conversion is 1 instruction per 16 weights, each then used for every token), and each
+ * weight is broadcast against TV token vectors: RG x TV accumulators (24 of the 32 registers),
+ * per column TV vector loads and RG broadcasts for RG x TV FMAs, so the FMA units, not the
+ * loads, bound the loop. Sums go to a tile of XT_ROWS rows x 64 tokens that is written out
+ * (transposed) once all columns are done; a block of columns of the activations (XT_COLS x 64
+ * tokens, 32 KB) stays in L1 while the rows of the tile pass over it. */
+enum { XT_COLS = 128, XT_ROWS = 48, XT_TOKENS = 64 };
 
-INLINE void f_panel_fill(int type, __m512 * panel, const uint8_t * w, size_t row_bytes, int64_t n, int64_t r, int nr,
-                         int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; k += 16) {
-        const int left = k1 - k < 16 ? (int)(k1 - k) : 16;
-        const __mmask16 mask = (__mmask16)((1u << left) - 1);
-        __m512i cols[16];
-        for (int i = 0; i < 16; i++) {
-            cols[i] = i < nr ? _mm512_castps_si512(f_load(type, w + (size_t)(r + i) * row_bytes, k, mask, left < 16))
-                             : _mm512_setzero_si512();
+/* len (<= XT_COLS) weights of a row from column k0, as float32 into dst (zeros up to a
+ * multiple of 16), and a prefetch of the row's next block of columns. */
+INLINE void xt_convert(int type, float * dst, const uint8_t * row, int64_t k0, int64_t len) {
+    const size_t wb = type == TYPE_FP32 ? 4 : 2;
+    _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb), _MM_HINT_T1);
+    _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + 64), _MM_HINT_T1);
+    if (wb == 4) {
+        _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + 128), _MM_HINT_T1);
+        _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + 192), _MM_HINT_T1);
+    }
+    int64_t k = 0;
+    for (; k + 16 <= len; k += 16) _mm512_store_ps(dst + k, f_load(type, row, k0 + k, 0xffff, 0));
+    if (k < len) _mm512_store_ps(dst + k, f_load(type, row, k0 + k, (__mmask16)((1u << (len - k)) - 1), 1));
+}
+
+/* RG rows (weights in wb, stride XT_COLS) x TV token vectors over len columns of xt (stride
+ * ts floats per column), into the tile (stride XT_TOKENS): stored when first, else added. */
+INLINE void xt_micro(int RG, int TV, const float * wb, const float * xt, int64_t ts, int64_t len, float * tile, int first) {
+    __m512 acc[24];
+    for (int i = 0; i < RG * TV; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < len; k++) {
+        __m512 xv[4];
+        for (int v = 0; v < TV; v++) xv[v] = _mm512_load_ps(xt + (size_t)k * ts + 16 * v);
+        for (int i = 0; i < RG; i++) {
+            const __m512 wv = _mm512_set1_ps(wb[i * XT_COLS + k]);
+            for (int v = 0; v < TV; v++) acc[i * TV + v] = _mm512_fmadd_ps(wv, xv[v], acc[i * TV + v]);
         }
-        transpose16(cols);
-        for (int c = 0; c < 16; c++) panel[k - k0 + c] = _mm512_castsi512_ps(cols[c]);
+    }
+    for (int i = 0; i < RG; i++) {
+        for (int v = 0; v < TV; v++) {
+            float * out = tile + i * XT_TOKENS + 16 * v;
+            _mm512_store_ps(out, first ? acc[i * TV + v] : _mm512_add_ps(acc[i * TV + v], _mm512_load_ps(out)));
+        }
     }
 }
 
-INLINE void f_panel_apply(int TT, const __m512 * panel, const float * x, int64_t ns, int t, int64_t k0, int64_t k1,
-                          int64_t r, int nr, int first, float * y, int64_t ldy) {
-    __m512 acc[PANEL_TOKENS];
-    for (int j = 0; j < TT; j++) acc[j] = _mm512_setzero_ps();
-    const float * xt = x + (size_t)t * ns;
-    for (int64_t k = k0; k < k1; k++) {
-        const __m512 col = panel[k - k0];
-        for (int j = 0; j < TT; j++) acc[j] = _mm512_fmadd_ps(col, _mm512_set1_ps(xt[(size_t)j * ns + k]), acc[j]);
-    }
-    const __mmask16 mask = (__mmask16)((1u << nr) - 1);
-    for (int j = 0; j < TT; j++) {
-        float * out = y + (size_t)(t + j) * ldy + r;
-        __m512 v = acc[j];
-        if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
-        _mm512_mask_storeu_ps(out, mask, v);
+/* Rows [rb, rb + nr) (nr <= XT_ROWS) with TV token vectors from token t0, columns [c0, c1). */
+INLINE void xt_rows(int type, int TV, int RG, const uint8_t * w, size_t row_bytes, int64_t c0, int64_t c1, const float * x,
+                    int64_t ts, int64_t t0, int64_t rb, int64_t nr, float * wbuf, float * tile) {
+    for (int64_t k0 = c0; k0 < c1; k0 += XT_COLS) {
+        const int64_t len = c1 - k0 < XT_COLS ? c1 - k0 : XT_COLS;
+        const float * xt = x + (size_t)k0 * ts + t0;
+        for (int64_t g = 0; g < nr; g += RG) {
+            const int64_t ng = nr - g < RG ? nr - g : RG;
+            for (int64_t i = 0; i < ng; i++) {
+                const uint8_t * row = w + (size_t)(rb + g + i) * row_bytes;
+                xt_convert(type, wbuf + i * XT_COLS, row, k0, len);
+                if (k0 == c0) { /* the first columns of the next block of rows */
+                    const uint8_t * next = row + (size_t)XT_ROWS * row_bytes + (size_t)c0 * (type == TYPE_FP32 ? 4 : 2);
+                    for (int b = 0; b < XT_COLS * (type == TYPE_FP32 ? 4 : 2); b += 64) _mm_prefetch((const char *)(next + b), _MM_HINT_T1);
+                }
+            }
+            if (ng == RG) {
+                xt_micro(RG, TV, wbuf, xt, ts, len, tile + g * XT_TOKENS, k0 == c0);
+            } else {
+                for (int64_t i = 0; i < ng; i++) xt_micro(1, TV, wbuf + i * XT_COLS, xt, ts, len, tile + (g + i) * XT_TOKENS, k0 == c0);
+            }
+        }
     }
 }
 
-INLINE void f_matmul_panels(int type, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int T, float * y,
-                            int64_t ldy, int64_t r0, int64_t r1) {
-    const int64_t ns = x86_round16(n);
-    __m512 panel[F_PANEL_COLS];
-    for (int64_t k0 = 0; k0 < n; k0 += F_PANEL_COLS) {
-        const int64_t k1 = k0 + F_PANEL_COLS < n ? k0 + F_PANEL_COLS : n;
-        const int first = k0 == 0;
-        for (int64_t r = r0; r < r1; r += 16) {
-            const int nr = r1 - r < 16 ? (int)(r1 - r) : 16;
-            f_panel_fill(type, panel, w, row_bytes, n, r, nr, k0, k1);
-            int t = 0;
-            for (; t + 8 <= T; t += 8) f_panel_apply(8, panel, x, ns, t, k0, k1, r, nr, first, y, ldy);
-            for (; t + 4 <= T; t += 4) f_panel_apply(4, panel, x, ns, t, k0, k1, r, nr, first, y, ldy);
-            for (; t < T; t++) f_panel_apply(1, panel, x, ns, t, k0, k1, r, nr, first, y, ldy);
+/* Columns in chunks whose activations (XT_CHUNK x 64 tokens, 512 KB) stay in L2 while every
+ * row passes over them; each chunk's sums are added to y. */
+enum { XT_CHUNK = 2048 };
+
+/* The transposed activations of kernels_x86.h, 16 x 16 tiles at a time. */
+X86_TARGET static void xt_prepare(const float * x, int64_t n, int T, float * out) {
+    const int64_t ts = x86_round16(T);
+    for (int64_t k0 = 0; k0 < n; k0 += 16) {
+        const int64_t kn = n - k0 < 16 ? n - k0 : 16;
+        const __mmask16 kmask = (__mmask16)((1u << kn) - 1);
+        for (int64_t t0 = 0; t0 < ts; t0 += 16) {
+            __m512i v[16];
+            for (int t = 0; t < 16; t++) {
+                v[t] = t0 + t < T ? _mm512_maskz_loadu_epi32(kmask, x + (size_t)(t0 + t) * n + k0) : _mm512_setzero_si512();
+            }
+            transpose16(v);
+            for (int64_t k = 0; k < kn; k++) _mm512_store_si512((void *)(out + (size_t)(k0 + k) * ts + t0), v[k]);
+        }
+    }
+}
+
+/* y (+)= the tile: rows [rb, rb + nr), tokens [t0, t0 + tn), 16 x 16 transposes. */
+INLINE void xt_store_tile(const float * tile, float * y, int64_t ldy, int64_t t0, int64_t tn, int64_t rb, int64_t nr, int first) {
+    for (int64_t ib = 0; ib < nr; ib += 16) {
+        const __mmask16 mask = nr - ib >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nr - ib)) - 1);
+        for (int64_t tb = 0; tb < tn; tb += 16) {
+            __m512i v[16];
+            for (int j = 0; j < 16; j++) v[j] = _mm512_load_si512((const void *)(tile + (ib + j) * XT_TOKENS + tb));
+            transpose16(v);
+            const int64_t cn = tn - tb < 16 ? tn - tb : 16;
+            for (int64_t c = 0; c < cn; c++) {
+                float * out = y + (size_t)(t0 + tb + c) * ldy + rb + ib;
+                __m512 val = _mm512_castsi512_ps(v[c]);
+                if (!first) val = _mm512_add_ps(val, _mm512_maskz_loadu_ps(mask, out));
+                _mm512_mask_storeu_ps(out, mask, val);
+            }
+        }
+    }
+}
+
+INLINE void f_matmul_xt(int type, const uint8_t * w, size_t row_bytes, int64_t n, const float * x, int T, float * y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t ts = x86_round16(T);
+    float wbuf[12 * XT_COLS] __attribute__((aligned(64)));
+    float tile[XT_ROWS * XT_TOKENS] __attribute__((aligned(64)));
+    for (int64_t t0 = 0; t0 < ts; t0 += XT_TOKENS) {
+        const int TV = ts - t0 >= XT_TOKENS ? 4 : (int)((ts - t0) / 16);
+        const int64_t tn = T - t0 < XT_TOKENS ? T - t0 : XT_TOKENS;
+        for (int64_t c0 = 0; c0 < n; c0 += XT_CHUNK) {
+            const int64_t c1 = c0 + XT_CHUNK < n ? c0 + XT_CHUNK : n;
+            for (int64_t rb = r0; rb < r1; rb += XT_ROWS) {
+                const int64_t nr = r1 - rb < XT_ROWS ? r1 - rb : XT_ROWS;
+                switch (TV) {
+                case 4: xt_rows(type, 4, 6, w, row_bytes, c0, c1, x, ts, t0, rb, nr, wbuf, tile); break;
+                case 3: xt_rows(type, 3, 8, w, row_bytes, c0, c1, x, ts, t0, rb, nr, wbuf, tile); break;
+                case 2: xt_rows(type, 2, 12, w, row_bytes, c0, c1, x, ts, t0, rb, nr, wbuf, tile); break;
+                default: xt_rows(type, 1, 12, w, row_bytes, c0, c1, x, ts, t0, rb, nr, wbuf, tile); break;
+                }
+                xt_store_tile(tile, y, ldy, t0, tn, rb, nr, c0 == 0);
+            }
         }
     }
 }
@@ -487,8 +641,8 @@ INLINE void f_rows2_decode(int type, const uint8_t * row0, const uint8_t * row1,
  * and nothing is transposed. Measured on one thread against the panels: the 65536 x 768 FP16
  * head 2.5x faster at 4 tokens, 1.5x at 16; 768 x 768 and 768 x 3072 FP16 1.2-1.3x at 16; in
  * the engine's sequence mode 6% faster at 16-token chunks but 12% slower at 32 (and 28% at
- * 64), hence the panels above F_ROWS_MAX_T tokens. */
-enum { F_GROUP = 6, F_ROWS_MAX_T = 16 };
+ * 64), hence the token-vector kernel (f_matmul_xt) from X86_XT_MIN_T tokens on. */
+enum { F_GROUP = 6 };
 
 INLINE void f_row_tokens(int type, int G, const uint8_t * row, int64_t n, const float * x, int64_t ns, float * y, int64_t ldy) {
     __m512 a0[F_GROUP], a1[F_GROUP], a2[F_GROUP], a3[F_GROUP];
@@ -588,7 +742,7 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
                      int64_t ldy, int64_t r0, int64_t r1) {
     const float * x = (const float *)xp;
     const int64_t ns = x86_round16(n);
-    if (T >= XE_MAX_T && T <= F_ROWS_MAX_T) {
+    if (T >= XE_MAX_T && T < X86_XT_MIN_T) {
         f_matmul_rows(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
         return;
     }
@@ -608,7 +762,7 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
         }
         return;
     }
-    f_matmul_panels(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
+    f_matmul_xt(type, w, row_bytes, n, x, T, y, ldy, r0, r1);
 }
 
 X86_TARGET static void matmul_fp32(const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y, int64_t ldy,

@@ -5,8 +5,12 @@
  * function here is compiled for the including file's instruction set (AVX2 is the floor).
  *
  * Prepared activations
- *   FP32 / FP16 weights: the T rows of x as float32, each padded with zeros to a multiple of
- *   16 values (so the x side of a product never needs a masked load).
+ *   FP32 / FP16 / BF16 weights, up to X86_XT_MIN_T - 1 tokens: the T rows of x as float32,
+ *   each padded with zeros to a multiple of 16 values (so the x side of a product never needs
+ *   a masked load). From X86_XT_MIN_T tokens on (sequence mode), transposed: for each column
+ *   k, the T tokens' values padded with zeros to a multiple of 16 (x86_round16(T) floats), so
+ *   that one vector holds one column of 16 (AVX-512) or 8 (AVX2) tokens and a weight is
+ *   broadcast against it: the weights then need no transposing, only converting.
  *   Quantized weights: x is quantized per 32-value block to int8 with a float scale
  *   (d = max|x| / 127, q = round(x / d)). Blocks go in pairs (one 64-byte vector of codes
  *   for AVX-512; AVX2 reads the halves). Per pair: float d[2] and int32 bias[2], where
@@ -14,6 +18,11 @@
  *   Q8_0 read as unsigned) into the integer dot product. Per block also
  *   s = d * sum(q), which the _1 types need for their per-block minimum: sum_j (c_j dw + m) x_j
  *   = dw dx sum_j c_j q_j + m s. A row with an odd number of blocks gets a zero block.
+ *   Decode of the 4- and 5-bit types (fewer than XE_MAX_T tokens) orders the codes by
+ *   nibble instead, in groups of 4 blocks a..d (zero blocks up to a whole group): 64 bytes of
+ *   values 0-15 of a, b, c, d, then 64 bytes of values 16-31, the order in which one byte
+ *   permute lays out those blocks' low and high nibbles (kernels_avx512.c, q4_group_decode;
+ *   AVX2 reads it as pairs of blocks, kernels_avx2.c, q4_row_decode).
  */
 #ifndef RWKV_KERNELS_X86_H
 #define RWKV_KERNELS_X86_H
@@ -36,9 +45,10 @@ typedef struct xq_scale {
 typedef struct xq_layout {
     int64_t nb;  /* blocks per row */
     int64_t np;  /* pairs of blocks per row */
+    size_t qstride; /* bytes of codes per token: np pairs of 64, or (decode layout) groups of 4 blocks */
     int64_t nbs; /* stride (floats) of the per-block s array, a multiple of 16 */
     size_t sc_off, s_off;
-    size_t xe_off; /* decode (T < XE_MAX_T, AVX-512): per token d[nbs] and (float) bias[nbs]; 0 = none */
+    size_t xe_off; /* decode (T < XE_MAX_T): per token d[nbs] and (float) bias[nbs]; 0 = none */
     size_t total;
 } xq_layout;
 
@@ -52,7 +62,8 @@ X86_INLINE xq_layout xq_layout_of(int64_t n, int T, int expand) {
     L.nb = (n + QK - 1) / QK;
     L.np = (L.nb + 1) / 2;
     L.nbs = x86_round16(2 * L.np);
-    L.sc_off = x86_align64((size_t)T * (size_t)L.np * 64);
+    L.qstride = expand && T < XE_MAX_T ? (size_t)((L.nb + 3) / 4) * 128 : (size_t)L.np * 64;
+    L.sc_off = x86_align64((size_t)T * L.qstride);
     L.s_off = x86_align64(L.sc_off + (size_t)T * (size_t)L.np * sizeof(xq_scale));
     L.xe_off = 0;
     L.total = L.s_off + (size_t)T * (size_t)L.nbs * sizeof(float);
@@ -64,8 +75,16 @@ X86_INLINE xq_layout xq_layout_of(int64_t n, int T, int expand) {
     return L;
 }
 
+/* Tokens from which float activations are prepared transposed (see above). Below it, float
+ * products keep decode's summation order per token (a batch of up to 16 sequences gives the
+ * bits of decoding each alone). */
+enum { X86_XT_MIN_T = 17 };
+
 X86_INLINE size_t x86_prepared_bytes(int type, int64_t n, int T, int expand) {
-    if (!type_is_quantized(type)) return (size_t)T * (size_t)x86_round16(n) * sizeof(float) + 64;
+    if (!type_is_quantized(type)) {
+        const size_t rows = (size_t)T * (size_t)x86_round16(n), cols = (size_t)n * (size_t)x86_round16(T);
+        return (rows > cols ? rows : cols) * sizeof(float) + 64;
+    }
     size_t bytes = xq_layout_of(n, T, expand).total;
     /* a call with fewer tokens may use the decode layout */
     for (int t = 1; t < XE_MAX_T && t < T; t++) {
@@ -149,6 +168,22 @@ X86_INLINE int32_t x86_quantize_block(const float * x, int8_t * q, float * d, fl
 
 X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int expand) {
     uint8_t * base = (uint8_t *)dst;
+    if (!type_is_quantized(type) && T >= X86_XT_MIN_T) {
+        const int64_t ts = x86_round16(T);
+        float * out = (float *)base;
+        /* 16 x 16 tiles through a small buffer: both sides stay in cache lines */
+        for (int64_t k0 = 0; k0 < n; k0 += 16) {
+            const int64_t kn = n - k0 < 16 ? n - k0 : 16;
+            for (int64_t t0 = 0; t0 < ts; t0 += 16) {
+                float tile[16][16];
+                for (int64_t t = 0; t < 16; t++) {
+                    for (int64_t k = 0; k < kn; k++) tile[k][t] = t0 + t < T ? x[(size_t)(t0 + t) * n + k0 + k] : 0.0f;
+                }
+                for (int64_t k = 0; k < kn; k++) memcpy(out + (size_t)(k0 + k) * ts + t0, tile[k], sizeof tile[k]);
+            }
+        }
+        return;
+    }
     if (!type_is_quantized(type)) {
         const int64_t ns = x86_round16(n);
         float * out = (float *)base;
@@ -161,23 +196,31 @@ X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * 
     const xq_layout L = xq_layout_of(n, T, expand);
     const int offset = x86_code_offset(type, q8_offset);
     const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    const int nibble_order = L.xe_off && type != TYPE_Q8_0;
     int8_t * q = (int8_t *)base;
     xq_scale * sc = (xq_scale *)(base + L.sc_off);
     float * s = (float *)(base + L.s_off);
     for (int t = 0; t < T; t++) {
         const float * xt = x + (size_t)t * n;
-        int8_t * qt = q + (size_t)t * L.np * 64;
+        int8_t * qt = q + (size_t)t * L.qstride;
         xq_scale * sct = sc + (size_t)t * L.np;
         float * st = s + (size_t)t * L.nbs;
+        if (nibble_order) memset(qt, 0, L.qstride);
         for (int64_t b = 0; b < L.nb; b++) {
             float d, exact;
-            const int32_t sum = x86_quantize_block(xt + b * QK, qt + b * QK, &d, &exact, 1);
+            int8_t codes[QK];
+            const int32_t sum = x86_quantize_block(xt + b * QK, nibble_order ? codes : qt + b * QK, &d, &exact, 1);
+            if (nibble_order) {
+                int8_t * group = qt + (b / 4) * 128 + (b % 4) * 16;
+                memcpy(group, codes, 16);
+                memcpy(group + 64, codes + 16, 16);
+            }
             sct[b / 2].d[b & 1] = d;
             sct[b / 2].bias[b & 1] = -offset * sum;
             st[b] = with_min ? _cvtsh_ss(_cvtss_sh(exact * (float)sum, 0)) : d * (float)sum;
         }
         for (int64_t b = L.nb; b < 2 * L.np; b++) {
-            memset(qt + b * QK, 0, QK);
+            if (!nibble_order) memset(qt + b * QK, 0, QK);
             sct[b / 2].d[b & 1] = 0.0f;
             sct[b / 2].bias[b & 1] = 0;
         }

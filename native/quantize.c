@@ -2,7 +2,8 @@
  * quantize.c: rwkv_quantize_model_file. Reads an FP32 or FP16 file and writes the same
  * tensors with the 2-D matrices quantized (rwkv.cpp's rule of which tensors stay as they
  * are is part of file compatibility), streaming tensor by tensor into a temporary file that
- * takes the output's name only when complete.
+ * takes the output's name only when complete. rwkv_quantize_model_file_ex can also quantize
+ * the head (opt-in: rwkv.cpp's quantizer never does, so by default our output is its output).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -73,8 +74,8 @@ static bool is_same_file(int fd, const char * path) {
     return in.st_dev == out.st_dev && in.st_ino == out.st_ino;
 }
 
-bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * path_out, const char * format_name,
-                                            rwkv_progress_callback callback, void * user_data) {
+bool rwkv_quantize_model_file_ex(const char * path_in, const char * path_out, const char * format_name,
+                                 const char * head_format_name, rwkv_progress_callback callback, void * user_data) {
     error_slot * err = error_thread_slot();
     err->flags = 0;
     err->message[0] = 0;
@@ -88,8 +89,25 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
                   "unsupported quantization format '%s' (expected Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0)", format_name);
         return false;
     }
+    const bool with_head = head_format_name && head_format_name[0];
+    const int head_target = with_head ? type_from_name(head_format_name) : -1;
+    if (with_head && (!type_is_quantized(head_target) || !type_in_rwkv_cpp_files(head_target))) {
+        error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_DATA_TYPE,
+                  "unsupported head quantization format '%s' (expected Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0)", head_format_name);
+        return false;
+    }
     model * m = model_open(path_in, err);
     if (!m) return false;
+    const tensor * head = with_head ? model_find(m, "head.weight") : NULL;
+    if (with_head && (!head || head->n_dims != 2 || (head->type != TYPE_FP32 && head->type != TYPE_FP16) || head->ne[0] % QK != 0)) {
+        error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_SHAPE,
+                  "%s: the head cannot be quantized: %s", path_in,
+                  !head ? "the file has no head.weight"
+                  : head->n_dims != 2 || (head->type != TYPE_FP32 && head->type != TYPE_FP16) ? "head.weight is not an FP32 or FP16 matrix"
+                  : "its rows (n_embed) are not a multiple of 32 values");
+        model_release(m);
+        return false;
+    }
     if (m->gguf_version) {
         error_set(err, RWKV_ERROR_ARGS | RWKV_ERROR_UNSUPPORTED,
                   "%s is a GGUF file: it runs as it is; this quantizer writes rwkv.cpp files from rwkv.cpp FP32 or FP16 files", path_in);
@@ -147,8 +165,9 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
     size_t done = 0, total = m->map_size;
     for (int i = 0; ok && i < m->n_tensors; i++) {
         const tensor * t = &m->tensors[i];
-        const bool quantize = should_quantize(t);
-        const int type = quantize ? target : t->type;
+        const bool is_head = with_head && t == head;
+        const bool quantize = is_head || should_quantize(t);
+        const int type = is_head ? head_target : quantize ? target : t->type;
         const int32_t key_len = (int32_t)strlen(t->key);
         const int32_t head[3] = {t->n_dims, key_len, type};
         ok = write_all(out, head, sizeof head);
@@ -162,7 +181,7 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
             ok = write_all(out, t->data, t->nbytes);
         } else {
             const int64_t rows = tensor_rows(t);
-            const size_t in_bytes = tensor_row_bytes(t), out_bytes = type_row_bytes(target, t->ne[0]);
+            const size_t in_bytes = tensor_row_bytes(t), out_bytes = type_row_bytes(type, t->ne[0]);
             for (int64_t r = 0; ok && r < rows; r++) {
                 dequantize_row(t->type, t->data + r * in_bytes, row, t->ne[0]);
                 /* a block's scale would be NaN or infinite, and every value of it lost */
@@ -173,7 +192,7 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
                     ok = false;
                     break;
                 }
-                quantize_row(target, row, qrow, t->ne[0]);
+                quantize_row(type, row, qrow, t->ne[0]);
                 ok = write_all(out, qrow, out_bytes);
             }
         }
@@ -203,6 +222,11 @@ bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * p
     return ok;
 }
 
+bool rwkv_quantize_model_file_with_progress(const char * path_in, const char * path_out, const char * format_name,
+                                            rwkv_progress_callback callback, void * user_data) {
+    return rwkv_quantize_model_file_ex(path_in, path_out, format_name, NULL, callback, user_data);
+}
+
 bool rwkv_quantize_model_file(const char * path_in, const char * path_out, const char * format_name) {
-    return rwkv_quantize_model_file_with_progress(path_in, path_out, format_name, NULL, NULL);
+    return rwkv_quantize_model_file_ex(path_in, path_out, format_name, NULL, NULL, NULL);
 }

@@ -130,6 +130,17 @@ RWKV_API size_t rwkv_get_weight_bytes_per_token(const struct rwkv_context * ctx)
 typedef void (*rwkv_progress_callback)(void * user_data, size_t done_bytes, size_t total_bytes);
 RWKV_API bool rwkv_quantize_model_file_with_progress(const char * model_file_path_in, const char * model_file_path_out, const char * format_name, rwkv_progress_callback callback, void * user_data);
 
+/* Quantization as rwkv_quantize_model_file_with_progress, and the head (head.weight) too when
+ * head_format_name names a quantized type ("Q8_0", "Q5_1", "Q4_0", ...; NULL or "": the head
+ * stays as the source has it, which is what rwkv.cpp's quantizer does, byte for byte). The
+ * embedding is never quantized (a token reads one row of it). Such a file holds the head's
+ * type in the head's tensor header, as every rwkv.cpp file holds each tensor's type. */
+RWKV_API bool rwkv_quantize_model_file_ex(const char * model_file_path_in, const char * model_file_path_out, const char * format_name, const char * head_format_name, rwkv_progress_callback callback, void * user_data);
+
+/* The head's tensor type ("FP16" in rwkv.cpp's quantized files, "Q8_0" after
+ * rwkv_quantize_model_file_ex with a head type; GGUF files: as stored, e.g. "Q6_K"). */
+RWKV_API const char * rwkv_get_head_type_name(const struct rwkv_context * ctx);
+
 /* Sequence mode with the logits after every token: logits_out holds sequence_len rows of
  * n_vocab floats, row i the logits after tokens[0..i] (what perplexity needs; the head then
  * runs as one matrix product per chunk). */

@@ -385,7 +385,7 @@ int main(int argc, char ** argv) {
     const int64_t shapes_f[][2] = {{13, 67}, {1, 5}, {9, 16}, {21, 1100}, {5, 2051}, {7, 4099}};
     const int64_t shapes_q[][2] = {{13, 96}, {1, 32}, {7, 64}, {21, 160}, {5, 32 * 131}, {6, 32 * 128}};
     const int64_t shapes_k[][2] = {{13, 256}, {1, 256}, {7, 512}, {21, 768}, {5, 256 * 17}, {17, 256 * 16}};
-    const int Ts[] = {1, 2, 3, 4, 5, 7, 64};
+    const int Ts[] = {1, 2, 3, 4, 5, 7, 16, 17, 40, 64};
     int failures = 0;
     const int n_shapes = 6;
     for (int s = 0; s < n_shapes; s++) {

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from rwkv_cli import __version__
 from rwkv_cli.app.cli import _user_message, app
+from rwkv_cli.formats.synthetic import write_random_model
 
 SUBCOMMANDS = ("chat", "complete", "serve", "bench", "models", "convert", "quantize", "setup",
                "perplexity")
@@ -163,6 +164,28 @@ def test_convert_then_quantize(tmp_path):
     assert not (tmp_path / "x.bin").exists()
 
 
+def test_quantize_with_a_quantized_head(tmp_path):
+    """--head TYPE quantizes the head too; the engine, complete's JSON and the dragon
+    benchmark name its type; without --head the head stays FP16 (rwkv.cpp's output)."""
+    from rwkv_cli.formats.modelfile import list_tensors
+
+    fp16 = write_random_model(tmp_path / "m-FP16.bin", "7", 2, 64, 256, "FP16", head_size=16)
+    plain, headed = tmp_path / "m-Q4_0.bin", tmp_path / "m-Q4_0-h.bin"
+    assert run_cli(tmp_path, "quantize", str(fp16), str(plain), "Q4_0").returncode == 0
+    done = run_cli(tmp_path, "quantize", str(fp16), str(headed), "Q4_0", "--head", "q8_0")
+    assert done.returncode == 0, done.stderr
+    heads = [{i.key: i.data_type_name for i in list_tensors(p)}["head.weight"] for p in (plain, headed)]
+    assert heads == ["FP16", "Q8_0"]
+    assert headed.stat().st_size < plain.stat().st_size
+    bench = run_cli(tmp_path, "--dragon", "-n", "2", "--json", "--modelPath", str(headed))
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout.strip().splitlines()[-1])
+    assert (report["dataType"], report["headType"]) == ("Q4_0", "Q8_0")
+    bad = run_cli(tmp_path, "quantize", str(fp16), str(tmp_path / "x.bin"), "Q4_0", "--head", "Q6_K")
+    assert "Q6_K" in one_line_error(bad) and "Quantizing" not in bad.stdout
+    assert not list(tmp_path.glob("*x.bin*"))
+
+
 def test_convert_reads_a_hugging_face_folder(tmp_path):
     import checkpoints
 
@@ -297,7 +320,7 @@ def test_the_registry_stores_paths_relative_to_the_home_so_a_moved_home_works(tm
     home_module.register_model(home_module.InstalledModel(name="tiny", path=str(path), arch="4"))
     raw = json.loads((old_home / "models.json").read_text())
     assert raw["models"]["tiny"]["path"] == "models/tiny.bin"
-    assert [p.name for p in old_home.iterdir()] == ["models", "models.json"]  # no temp file left
+    assert sorted(p.name for p in old_home.iterdir()) == ["models", "models.json"]  # no temp file left
     old_home.rename(new_home)
     listed = json.loads(run_cli(new_home, "models", "--json").stdout)
     assert listed[0]["present"] and listed[0]["path"] == str(new_home / "models" / "tiny.bin")

@@ -127,6 +127,18 @@ def test_quantized_random_model_follows_reference(lib, random_models, tmp_path, 
     assert np.max(np.abs(sequence - serial)) < 1e-2 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quantized_head_follows_reference(lib, random_models, tmp_path, arch):
+    """A file whose head is quantized too (rwkv_quantize_model_file_ex): the engine runs its
+    Q8_0 head like any quantized matrix, in decode and in sequence mode."""
+    out = tmp_path / "q4-head-q8.bin"
+    lib.quantize_model_file(random_models[arch], out, "Q4_0", head_type="Q8_0")
+    want, _ = Reference.from_file(out).forward_sequence(PROMPT)
+    serial, _, sequence, _ = evaluate(lib, out, PROMPT)
+    assert np.max(np.abs(serial - want)) < 0.05 * np.abs(want).max()
+    assert np.max(np.abs(sequence - serial)) < 1e-2 * np.abs(want).max()
+
+
 # ---- files the loader must accept or refuse ---------------------------------------------------
 
 

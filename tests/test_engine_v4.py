@@ -42,6 +42,53 @@ def test_c_quantizer_equals_numpy_quantizer(lib, tmp_path, target):
             assert q.data_type == info.data_type, info.key
 
 
+@pytest.mark.parametrize("head", ["Q8_0", "Q4_0", "Q5_1"])
+def test_c_quantizer_quantizes_the_head_only_when_asked(lib, tmp_path, head):
+    """rwkv_quantize_model_file_ex: the head in its own type (the numpy quantizer's bytes),
+    every other tensor as the default quantization writes it; the embedding stays FP16."""
+    src = write_random_model(tmp_path / "src.bin", "4", 2, 96, 300, data_type="FP16", seed=3)
+    plain, with_head = tmp_path / "q.bin", tmp_path / "qh.bin"
+    lib.quantize_model_file(src, plain, "Q4_0")
+    lib.quantize_model_file(src, with_head, "Q4_0", head_type=head)
+    plain_infos = {i.key: i for i in modelfile.list_tensors(plain)}
+    raw_plain, raw = plain.read_bytes(), with_head.read_bytes()
+    assert modelfile.read_header(with_head).data_type_name == "Q4_0"
+    for info in modelfile.list_tensors(with_head):
+        if info.key == "head.weight":
+            assert info.data_type_name == head
+            values = modelfile.read_tensor(src, info_of(src, "head.weight"))
+            assert raw[info.offset : info.offset + info.nbytes] == modelfile.quantize_array(values, head)
+        else:
+            other = plain_infos[info.key]
+            assert info.data_type == other.data_type, info.key
+            assert raw[info.offset : info.offset + info.nbytes] == raw_plain[
+                other.offset : other.offset + other.nbytes], info.key
+    assert plain_infos["head.weight"].data_type_name == "FP16"
+    assert plain_infos["emb.weight"].data_type_name == "FP16"
+    ctx = lib.init_from_file(with_head, 1)
+    try:
+        assert (lib.get_data_type_name(ctx), lib.get_head_type_name(ctx)) == ("Q4_0", head)
+        # the head's bytes are what a token reads less: FP16 300 x 96 against the head type's
+        assert lib.get_weight_bytes_per_token(ctx) < plain.stat().st_size
+    finally:
+        lib.free(ctx)
+
+
+def info_of(path, key):
+    return next(i for i in modelfile.list_tensors(path) if i.key == key)
+
+
+def test_quantizer_refuses_a_head_type_it_cannot_write(lib, tmp_path):
+    src = write_random_model(tmp_path / "src.bin", "4", 1, 96, 300, data_type="FP16", seed=3)
+    for bad in ("Q3_K", "FP16", "nonsense"):
+        with pytest.raises(native.RWKVError, match="head quantization format"):
+            lib.quantize_model_file(src, tmp_path / "out.bin", "Q8_0", head_type=bad)
+    odd = write_random_model(tmp_path / "odd.bin", "4", 1, 40, 300, data_type="FP16", seed=3)
+    with pytest.raises(native.RWKVError, match="multiple of 32"):
+        lib.quantize_model_file(odd, tmp_path / "out.bin", "Q8_0", head_type="Q8_0")
+    assert not (tmp_path / "out.bin").exists()
+
+
 @pytest.fixture(scope="module")
 def random_v4(tmp_path_factory):
     path = tmp_path_factory.mktemp("v4") / "v4-3x96.bin"

@@ -579,6 +579,9 @@ class ScriptedLibrary:
     def get_data_type_name(self, ctx):
         return "FP32"
 
+    def get_head_type_name(self, ctx):
+        return "FP32"
+
     def get_kernel_path(self, ctx):
         return "scalar"
 

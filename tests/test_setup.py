@@ -14,6 +14,7 @@ import pexpect
 import pytest
 from http_range_server import serve
 
+from rwkv_cli.formats import modelfile
 from rwkv_cli.formats.synthetic import write_random_model
 
 HF = "resolve/main"
@@ -192,6 +193,38 @@ def test_checkpoint_is_converted_and_quantized_and_intermediates_removed(site):
     assert (entry["arch"], entry["data_type"], entry["n_embed"]) == ("7", "Q5_1", 64)
     assert Path(entry["path"]).name == "tiny-pth-Q5_1.bin"
     assert list((site["home"] / "downloads").iterdir()) == []
+
+
+def test_setup_can_quantize_the_head_of_a_checkpoint_too(site):
+    shape = checkpoints.Shape(n_layer=2, n_embed=64, n_vocab=256, head_size=16)
+    src = site["root"] / "test" / "tiny" / HF / "tiny-v7.pth"
+    checkpoints.write_pth(src, checkpoints.raw_checkpoint("7", shape), dtype="BF16")
+    catalog = json.loads(site["catalog"].read_text())
+    catalog["models"].append(
+        {"name": "tiny-pth", "title": "Tiny v7 checkpoint", "arch": "7", "tokenizer": "bytes",
+         "repo": "test/tiny", "file": "tiny-v7.pth", "format": "pth",
+         "download_size": src.stat().st_size, "quantization": "Q8_0"}
+    )
+    site["catalog"].write_text(json.dumps(catalog))
+
+    # a ready-made file cannot get one, and a bad type is refused before any download
+    refused = run_cli(site["env"], "--setup", "--model", "tiny-bin", "--head-type", "Q8_0", "--yes")
+    assert refused.returncode != 0 and "ready-made" in refused.stderr
+    refused = run_cli(site["env"], "setup", "--model", "tiny-pth", "--head-type", "Q3_K", "--yes")
+    assert refused.returncode != 0 and "--head-type" in refused.stderr
+    assert registry(site["home"])["models"] == {}
+
+    result = run_cli(site["env"], "--setup", "--model", "tiny-pth", "--type", "Q4_0",
+                     "--head-type", "q8_0", "--yes")
+    assert result.returncode == 0, result.stderr
+    entry = registry(site["home"])["models"]["tiny-pth-Q4_0-head-Q8_0"]
+    assert (entry["data_type"], entry["head_type"]) == ("Q4_0", "Q8_0")
+    infos = {i.key: i.data_type_name for i in modelfile.list_tensors(site["home"] / entry["path"])}
+    assert infos["head.weight"] == "Q8_0" and infos["emb.weight"] == "FP16"
+    listed = json.loads(run_cli(site["env"], "models", "--json").stdout)
+    assert [(m["dataType"], m["headType"]) for m in listed] == [("Q4_0", "Q8_0")]
+    table = run_cli(site["env"], "models").stdout
+    assert "Q4_0, head Q8_0" in table
 
 
 def test_interactive_picker_installs_the_chosen_model(site):

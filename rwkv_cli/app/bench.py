@@ -137,6 +137,7 @@ def dragon(
             "synthetic": choice.synthetic,
             "arch": model.arch,
             "dataType": model.data_type,
+            "headType": model.head_type,
             "threads": model.threads,
             "engine": model.engine,
             "size": size,

@@ -64,6 +64,7 @@ ROOT_OPTION_USE = {
     "json": ("--json", "complete, bench (--dragon), models and setup --list"),
     "yes": ("--yes", "--setup (and rm)"),
     "type": ("--type", "--setup (the quantization of a .pth model)"),
+    "head_type": ("--head-type", "--setup (quantizing the head of a .pth model too)"),
     "base_url": ("--base-url", "--setup (the download mirror)"),
     "list_models": ("--list", "--setup"),
     "model_path": ("--model-path", "chat, complete, serve and --dragon"),
@@ -85,7 +86,7 @@ MODE_OPTIONS = {
     "complete": RUN_OPTIONS | {"temperature", "top_p", "max_tokens", "seed", "stop", "json"},
     "bench": RUN_OPTIONS | {"size", "json"},
     "serve": RUN_OPTIONS,
-    "setup": {"model", "yes", "type", "base_url", "list_models", "json"},
+    "setup": {"model", "yes", "type", "head_type", "base_url", "list_models", "json"},
     "models": {"json"},
     "rm": {"yes"},
 }
@@ -195,6 +196,11 @@ ModelOutArg = typer.Argument(..., help="The rwkv.cpp model file to write.")
 QuantizeSrcArg = typer.Argument(..., help="An FP32 or FP16 rwkv.cpp model file.")
 QuantizeDestArg = typer.Argument(..., help="The quantized file to write.")
 QuantTypeArg = typer.Argument(..., help="Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0.")
+HeadTypeOpt = typer.Option(
+    None, "--head", "--head-type",
+    help="Quantize the head too, to this type (Q8_0, Q5_1, Q4_0...): faster decoding at a small "
+         "cost in accuracy; the default keeps it FP16, as rwkv.cpp's quantizer does.",
+)
 TextFileArg = typer.Argument(..., help="A UTF-8 text file.")
 
 
@@ -257,6 +263,10 @@ def root(
     quant_type: Optional[str] = typer.Option(
         None, "--type", help="With --setup: quantization for .pth models (e.g. Q8_0, Q5_1)."
     ),
+    head_type: Optional[str] = typer.Option(
+        None, "--head-type", help="With --setup: quantize the head of a .pth model too (e.g. "
+        "Q8_0; faster decoding; default: FP16 as rwkv.cpp keeps it).",
+    ),
     base_url: Optional[str] = typer.Option(
         None, "--base-url", help="With --setup: download mirror (default $RWKV_DOWNLOAD_BASE "
         "or https://huggingface.co).",
@@ -289,7 +299,7 @@ def root(
             "tokenizer": tokenizer, "temperature": temperature, "top_p": top_p,
             "max_tokens": max_tokens, "seed": seed, "stop": stop, "system": system,
             "think": think, "json": json_output, "size": size, "yes": yes, "type": quant_type,
-            "base_url": base_url, "list_models": list_models,
+            "head_type": head_type, "base_url": base_url, "list_models": list_models,
         }
     )
     if ctx.invoked_subcommand is not None:
@@ -302,7 +312,7 @@ def root(
         raise CLIError("--setup and --dragon are separate modes; give one of them")
     if setup:
         ctx.invoke(setup_command, ctx=ctx, model=model, yes=yes, quant_type=quant_type,
-                   base_url=base_url, list_models=list_models, refresh=False,
+                   head_type=head_type, base_url=base_url, list_models=list_models, refresh=False,
                    json_output=json_output)
     elif dragon:
         ctx.invoke(bench_command, ctx=ctx, size=size, json_output=json_output,
@@ -546,6 +556,10 @@ def setup_command(
     quant_type: Optional[str] = typer.Option(
         None, "--type", help="Quantization for .pth models: FP16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0."
     ),
+    head_type: Optional[str] = typer.Option(
+        None, "--head-type", help="Quantize the head of a .pth model too (Q8_0, Q5_1, Q4_0...): "
+        "faster decoding; by default it stays FP16, as rwkv.cpp keeps it.",
+    ),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Download mirror."),
     list_models: bool = typer.Option(
         False, "--list", help="List the models it can install (name, size, RAM, notes), and exit."
@@ -566,6 +580,7 @@ def setup_command(
     if list_models:
         for flag, value in (("--model", model or root.values.get("model")),
                             ("--type", quant_type or root.values.get("type")),
+                            ("--head-type", head_type or root.values.get("head_type")),
                             ("--yes", yes or root.values.get("yes"))):
             if value:
                 raise CLIError(f"{flag} does nothing with --list: it is for installing a model")
@@ -583,6 +598,7 @@ def setup_command(
         yes=yes or bool(root.values.get("yes")),
         data_type=quant_type or root.values.get("type"),
         base_url=base_url,
+        head_type=head_type or root.values.get("head_type"),
     )
 
 
@@ -609,12 +625,14 @@ def quantize_command(
     dest: Path = QuantizeDestArg,
     type_name: str = QuantTypeArg,
     force: bool = ForceOpt,
+    head_type: Optional[str] = HeadTypeOpt,
 ) -> None:
     """Quantize an rwkv.cpp model file."""
     from .model_files import quantize_with_progress
 
     _only_used(ctx, "quantize")
-    quantize_with_progress(_console(), src, dest, type_name.upper(), force=force)
+    quantize_with_progress(_console(), src, dest, type_name.upper(), force=force,
+                           head_type=head_type)
 
 
 # ---- errors and the entry point ----

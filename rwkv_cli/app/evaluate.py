@@ -42,7 +42,7 @@ def run_perplexity(
     ref_choice = _reference_choice(reference) if reference else None
     err = Console(stderr=True, highlight=False)
     model = load_model(err, choice, threads, gpu, quiet=True, tokenizer=tokenizer)
-    data_type, used_threads = model.data_type, model.threads
+    data_type, head_type, used_threads = model.data_type, model.head_type, model.threads
     ref_model = None
     try:
         if ref_choice is not None:
@@ -63,7 +63,7 @@ def run_perplexity(
             ref_model.free()
         model.free()
     payload = {"model": choice.name, "modelPath": str(choice.path), "dataType": data_type,
-               "textFile": str(text_file)}
+               "headType": head_type, "textFile": str(text_file)}
     if ref_choice is not None:
         payload.update(reference=ref_choice.name, referencePath=str(ref_choice.path))
     payload.update(result.to_dict(), threads=used_threads)

@@ -100,6 +100,7 @@ class InstalledModel:
     title: str = ""
     source: str = ""
     catalog_name: str = ""  # the catalog entry it was installed from ("" for older records)
+    head_type: str = ""  # the head's tensor type ("" for older records: read from the file)
     installed_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
     @property

@@ -81,14 +81,17 @@ def convert_with_progress(console: Console, src: Path, dest: Path, data_type: st
 
 
 def quantize_with_progress(console: Console, src: Path, dest: Path, type_name: str,
-                           force: bool = False) -> Path:
-    from ..formats.convert import check_quantize, quantize
+                           force: bool = False, head_type: str | None = None) -> Path:
+    from ..formats.convert import check_head_type, check_quantize, quantize
 
     _check_paths(src, dest, force, "model file")
-    type_name = check_quantize(src, type_name)
+    type_name = check_quantize(src, type_name, head_type)
+    head_type = check_head_type(head_type)
     with _work_progress(console) as progress:
-        task = progress.add_task(f"Quantizing to {type_name}", total=None)
-        quantize(src, dest, type_name, progress=_progress_callback(progress, task))
+        what = f"{type_name}, head {head_type}" if head_type else type_name
+        task = progress.add_task(f"Quantizing to {what}", total=None)
+        quantize(src, dest, type_name, progress=_progress_callback(progress, task),
+                 head_type=head_type)
     _report_file(console, "Wrote", dest, src)
     return Path(dest)
 
@@ -112,23 +115,46 @@ def synthetic_models() -> list[Path]:
     return sorted(folder.glob("*.bin")) if folder.is_dir() else []
 
 
+def file_head_type(path: str | Path) -> str:
+    """The head's tensor type read from a model file ("" when it cannot be read)."""
+    from ..formats import gguf, modelfile
+
+    try:
+        info = gguf.describe(path) if gguf.is_gguf(path) else modelfile.describe(path)
+        return str(info.get("head_type", ""))
+    except (modelfile.ModelFileError, gguf.GGUFError, OSError, ValueError):
+        return ""
+
+
+def _type_label(data_type: str, head_type: str) -> str:
+    """The type column: the file's type, and the head's when it is quantized (rwkv.cpp's files
+    keep it FP16; `rwkv-cpp quantize --head` and GGUF presets do not)."""
+    if head_type and head_type not in ("FP16", "FP32", "BF16") and head_type != data_type:
+        return f"{data_type or '?'}, head {head_type}"
+    return data_type
+
+
 def show_installed(console: Console, json_output: bool = False) -> None:
     registry = home.load_registry()
     models = list(registry.models.values())
     synthetic = synthetic_models()
+    # records from before head types were kept: read it from the file
+    heads = {m.name: m.head_type or (file_head_type(m.path) if m.exists else "") for m in models}
+    synthetic_heads = {p: file_head_type(p) for p in synthetic}
     if json_output:
         rows = [
             {
-                "name": m.name, "arch": m.arch, "dataType": m.data_type, "fileSize": m.file_size,
+                "name": m.name, "arch": m.arch, "dataType": m.data_type,
+                "headType": heads[m.name], "fileSize": m.file_size,
                 "path": m.path, "present": m.exists, "default": m.name == registry.last,
                 "last": m.name == registry.last, "synthetic": False,
             }
             for m in models
         ]
         rows += [
-            {"name": p.stem, "arch": "", "dataType": "", "fileSize": p.stat().st_size,
-             "path": str(p), "present": True, "default": False, "last": False,
-             "synthetic": True}
+            {"name": p.stem, "arch": "", "dataType": "", "headType": synthetic_heads[p],
+             "fileSize": p.stat().st_size, "path": str(p), "present": True, "default": False,
+             "last": False, "synthetic": True}
             for p in synthetic
         ]
         print(json.dumps(rows))
@@ -142,8 +168,8 @@ def show_installed(console: Console, json_output: bool = False) -> None:
     for m in models:
         name = m.name + (" [bold green]*[/]" if m.name == registry.last else "")
         path = m.path if m.exists else f"[red]{m.path} (missing)[/]"
-        rows.append([name, f"v{m.arch}" if m.arch else "?", m.data_type or "?",
-                     human_bytes(m.file_size), path])
+        rows.append([name, f"v{m.arch}" if m.arch else "?",
+                     _type_label(m.data_type, heads[m.name]) or "?", human_bytes(m.file_size), path])
     for p in synthetic:
         rows.append([f"{p.stem} [dim](synthetic)[/]", "", "", human_bytes(p.stat().st_size),
                      str(p)])

@@ -248,6 +248,7 @@ def _installed_record(model: CatalogModel, path: Path, data_type: str | None,
         path=str(path),
         arch=info["arch"],
         data_type=info["data_type"],
+        head_type=info.get("head_type", ""),
         n_vocab=info["n_vocab"],
         n_layer=info["n_layer"],
         n_embed=info["n_embed"],
@@ -267,9 +268,18 @@ def run_setup(
     yes: bool = False,
     data_type: str | None = None,
     base_url: str | None = None,
+    head_type: str | None = None,
 ) -> home.InstalledModel:
-    """Install a catalog model; returns its registry record (also made the default)."""
+    """Install a catalog model; returns its registry record (also made the default).
+    `head_type` quantizes the head too when a .pth model is quantized (`--head-type Q8_0`:
+    faster decoding; off by default, as rwkv.cpp's quantizer keeps the head FP16)."""
+    from ..formats.convert import ConversionError, check_head_type
+
     check_base_url(base_url)
+    try:
+        head_type = check_head_type(head_type)
+    except ConversionError as exc:
+        raise SetupError(str(exc).replace("head quantization type", "--head-type")) from exc
     catalog = load_catalog()
     home.load_registry()  # a broken registry stops the setup before anything is downloaded
     interactive = _interactive() and not yes
@@ -302,9 +312,17 @@ def run_setup(
         )
     else:
         data_type = None
+    if head_type is not None and (data_type is None or data_type in ("FP16", "FP32")):
+        raise SetupError(
+            f"--head-type quantizes the head of a .pth model quantized with --type (Q8_0, Q5_1, "
+            f"...); {model.name} " + ("is a ready-made file, installed as it is" if data_type is None
+                                      else f"is installed as {data_type}")
+        )
+    # the file and registry name say what the head is when it is not the usual FP16
+    label = data_type if head_type is None else f"{data_type}-head-{head_type}"
 
-    target = home.models_dir() / model.installed_file(data_type)
-    existing = home.find_model(model.installed_name(data_type))
+    target = home.models_dir() / model.installed_file(label)
+    existing = home.find_model(model.installed_name(label))
     if existing is not None and existing.exists:
         home.set_last(existing.name)
         console.print(f"{model.title} is already installed at {existing.path}; it is now the "
@@ -314,7 +332,7 @@ def run_setup(
     if _is_model_file(target) and (model.is_checkpoint or not model.sha256
                                    or sha256_of(target) == model.sha256):
         # Installed before (the registry was lost or reset): register the file as it is.
-        record = _installed_record(model, target, data_type, None, model.url(base_url))
+        record = _installed_record(model, target, label, None, model.url(base_url))
         record.tokenizer_path = str(ensure_tokenizer(console, catalog, model, base_url) or "")
         record.tokenizer = record.tokenizer_path or "auto"
         home.register_model(record)
@@ -326,6 +344,7 @@ def run_setup(
         f"[bold]{model.title}[/] (RWKV v{model.arch}, {model.tokenizer} tokenizer): "
         f"download {human_bytes(model.download_size)}"
         + (f", converted and quantized to {data_type}" if model.is_checkpoint else "")
+        + (f" (the head to {head_type})" if head_type else "")
         + f", about {human_bytes(model.ram_bytes(data_type))} of RAM to run. "
         f"Installing into {home.models_dir()}."
     )
@@ -355,15 +374,17 @@ def run_setup(
                 convert_with_progress(console, download_dest, target, "FP16", force=True)
             else:
                 convert_with_progress(console, download_dest, fp16, "FP16", force=True)
-                quantize_with_progress(console, fp16, target, data_type, force=True)
+                quantize_with_progress(console, fp16, target, data_type, force=True,
+                                       head_type=head_type)
         finally:
             fp16.unlink(missing_ok=True)
         download_dest.unlink(missing_ok=True)  # the checkpoint is no longer needed
 
-    record = _installed_record(model, target, data_type, tokenizer_path, url)
+    record = _installed_record(model, target, label, tokenizer_path, url)
     home.register_model(record)
+    head = f", head {record.head_type}" if head_type else ""
     console.print(
-        f"[bold green]Installed[/] {record.name} (v{record.arch}, {record.data_type}, "
+        f"[bold green]Installed[/] {record.name} (v{record.arch}, {record.data_type}{head}, "
         f"{human_bytes(record.file_size)}) at {record.path}\n"
         "Chat with it: [bold]rwkv-cpp[/]    benchmark it: [bold]rwkv-cpp --dragon[/]"
     )

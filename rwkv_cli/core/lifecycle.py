@@ -33,6 +33,7 @@ class ModelInfo:
     arch: str
     data_type: str
     kernel_path: str
+    head_type: str = ""  # the head's tensor type (FP16 in rwkv.cpp's quantized files)
 
 
 class LoadedModel:
@@ -103,6 +104,7 @@ def load(
             arch=first.arch_version,
             data_type=first.data_type_name,
             kernel_path=first.kernel_path,
+            head_type=first.head_type_name,
         )
         scheduler = Scheduler(first, loaded_tokenizer, cache, batch_size, concurrent, str(path))
         return LoadedModel(library, first, loaded_tokenizer, info, n_gpu_layers, scheduler)

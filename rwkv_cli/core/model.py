@@ -246,6 +246,12 @@ class RWKV:
         return self._loaded_model().info.data_type
 
     @property
+    def head_type(self) -> str:
+        """The head's tensor type: "FP16" in rwkv.cpp's quantized files, the type given to
+        `rwkv-cpp quantize --head` otherwise; GGUF files as stored ("Q6_K"...)."""
+        return self._loaded_model().info.head_type
+
+    @property
     def kernel_path(self) -> str:
         return self._loaded_model().info.kernel_path
 

@@ -173,5 +173,9 @@ class Context:
         return self.library.get_data_type_name(self.pointer)
 
     @property
+    def head_type_name(self) -> str:
+        return self.library.get_head_type_name(self.pointer)
+
+    @property
     def weight_bytes_per_token(self) -> int:
         return self.library.get_weight_bytes_per_token(self.pointer)

@@ -379,8 +379,14 @@ class Library:
         path_out: str | os.PathLike,
         format_name: str,
         progress: Callable[[int, int], None] | None = None,
+        head_type: str | None = None,
     ) -> None:
+        """rwkv_quantize_model_file (and _with_progress); `head_type` (e.g. "Q8_0") quantizes
+        the head too, through our extension rwkv_quantize_model_file_ex."""
         src, dst = os.fspath(path_in).encode(), os.fspath(path_out).encode()
+        if head_type and not self._has("rwkv_quantize_model_file_ex"):
+            raise UserError(f"{self.name} cannot quantize the head (no rwkv_quantize_model_file_ex)")
+        on_progress = self.ffi.NULL
         if progress is not None and self._has("rwkv_quantize_model_file_with_progress"):
             @self.ffi.callback("void(void *, size_t, size_t)")
             def on_progress(_user, done, total):
@@ -389,13 +395,19 @@ class Library:
                 except Exception:  # noqa: BLE001, S110 - a failing display must not unwind through C
                     pass
 
+        if head_type:
+            ok = self.lib.rwkv_quantize_model_file_ex(
+                src, dst, format_name.encode(), head_type.encode(), on_progress, self.ffi.NULL
+            )
+        elif on_progress != self.ffi.NULL:
             ok = self.lib.rwkv_quantize_model_file_with_progress(
                 src, dst, format_name.encode(), on_progress, self.ffi.NULL
             )
         else:
             ok = self.lib.rwkv_quantize_model_file(src, dst, format_name.encode())
         if not ok:
-            self._raise(None, f"quantizing {os.fspath(path_in)} to {format_name}")
+            head = f" (head {head_type})" if head_type else ""
+            self._raise(None, f"quantizing {os.fspath(path_in)} to {format_name}{head}")
 
     def get_system_info_string(self) -> str:
         return self.ffi.string(self.lib.rwkv_get_system_info_string()).decode("utf-8", "replace")
@@ -413,6 +425,9 @@ class Library:
 
     def get_data_type_name(self, ctx: ContextPointer) -> str:
         return self._ext_string("rwkv_get_data_type_name", ctx, "unknown")
+
+    def get_head_type_name(self, ctx: ContextPointer) -> str:
+        return self._ext_string("rwkv_get_head_type_name", ctx, "unknown")
 
     def get_weight_bytes_per_token(self, ctx: ContextPointer) -> int:
         if not self._has("rwkv_get_weight_bytes_per_token"):

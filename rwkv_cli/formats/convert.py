@@ -422,13 +422,27 @@ def refuse_same_file(src: PathLike, dest: PathLike) -> None:
         raise ConversionError(f"{dest} is the source file itself; write to another file")
 
 
-def check_quantize(src: PathLike, type_name: str) -> str:
+def check_head_type(head_type: str | None) -> str | None:
+    """The head type's name (None: the head stays as the source has it)."""
+    if head_type is None or head_type == "":
+        return None
+    name = str(head_type).upper()
+    if name not in QUANTIZED_TYPES:
+        raise ConversionError(
+            f"unknown head quantization type {head_type!r}; choose one of "
+            f"{', '.join(QUANTIZED_TYPES)}"
+        )
+    return name
+
+
+def check_quantize(src: PathLike, type_name: str, head_type: str | None = None) -> str:
     """The checks `quantize` makes before it writes anything; returns the type's name."""
     name = str(type_name).upper()
     if name not in QUANTIZED_TYPES:
         raise ConversionError(
             f"unknown quantization type {type_name!r}; choose one of {', '.join(QUANTIZED_TYPES)}"
         )
+    check_head_type(head_type)
     try:
         header = modelfile.read_header(src)
     except (modelfile.ModelFileError, OSError) as exc:
@@ -436,6 +450,11 @@ def check_quantize(src: PathLike, type_name: str) -> str:
     if header.data_type_name not in FLOAT_TYPES:
         raise ConversionError(
             f"{src}: is already {header.data_type_name}; quantize an FP32 or FP16 file"
+        )
+    if head_type and header.n_embed % 32:
+        raise ConversionError(
+            f"{src}: the head cannot be quantized: its rows ({header.n_embed} values) are not "
+            "a multiple of 32"
         )
     return name
 
@@ -490,15 +509,18 @@ def convert(
 
 
 def quantize(
-    src: PathLike, dest: PathLike, type_name: str, progress: Progress = None, library=None
+    src: PathLike, dest: PathLike, type_name: str, progress: Progress = None, library=None,
+    head_type: str | None = None,
 ) -> dict:
     """Quantize an FP32/FP16 rwkv.cpp model file with the engine's quantizer.
 
-    Writes to a temporary file beside `dest` and renames it at the end. Returns
-    `{"type", "bytes_before", "bytes_after"}`.
+    `head_type` (e.g. "Q8_0") quantizes the head too (opt-in; by default the head stays as the
+    source has it, as rwkv.cpp's quantizer leaves it). Writes to a temporary file beside `dest`
+    and renames it at the end. Returns `{"type", "head_type", "bytes_before", "bytes_after"}`.
     """
     src, dest = Path(src), Path(dest)
-    name = check_quantize(src, type_name)
+    name = check_quantize(src, type_name, head_type)
+    head = check_head_type(head_type)
     refuse_same_file(src, dest)
     if library is None:
         from ..engine import default_library
@@ -506,9 +528,13 @@ def quantize(
         library = default_library()
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
-        library.quantize_model_file(src, tmp, name, progress=progress)
+        if head:
+            library.quantize_model_file(src, tmp, name, progress=progress, head_type=head)
+        else:
+            library.quantize_model_file(src, tmp, name, progress=progress)
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"type": name, "bytes_before": src.stat().st_size, "bytes_after": dest.stat().st_size}
+    return {"type": name, "head_type": head, "bytes_before": src.stat().st_size,
+            "bytes_after": dest.stat().st_size}

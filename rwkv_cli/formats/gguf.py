@@ -242,6 +242,7 @@ def describe(path: str | os.PathLike) -> dict:
                 sizes[t.type_name] = sizes.get(t.type_name, 0) + math.prod(t.shape)
         label = max(sizes, key=sizes.get) if sizes else "FP32"
         data_type = {"F32": "FP32", "F16": "FP16"}.get(label, label)
+    head = next((t.type_name for t in info.tensors if t.name == "output.weight"), "")
     return {
         "arch": info.rwkv_version,
         "data_type": data_type,
@@ -251,4 +252,5 @@ def describe(path: str | os.PathLike) -> dict:
         "n_params": int(sum(math.prod(t.shape) for t in info.tensors)),
         "file_size": os.path.getsize(path),
         "version": info.version,
+        "head_type": {"F32": "FP32", "F16": "FP16"}.get(head, head),
     }

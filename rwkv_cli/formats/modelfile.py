@@ -303,6 +303,7 @@ def describe(path: PathLike) -> dict:
         "n_params": int(sum(info.n_values for info in infos)),
         "file_size": os.path.getsize(path),
         "version": header.version,
+        "head_type": next((i.data_type_name for i in infos if i.key == "head.weight"), ""),
     }
 
 

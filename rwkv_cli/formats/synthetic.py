@@ -305,20 +305,25 @@ def write_random_model(
     ffn_dim: int | None = None,
     seed: int = 0,
     source_type: str = "FP16",
+    head_type: str | None = None,
 ) -> Path:
     """Write a random-weight model, streaming tensor by tensor; returns the path.
 
     `source_type` ("FP32" or "FP16") matters for quantized files only: the tensors that are not
     quantized (embedding, head, v7 low-rank matrices) are kept as in a model quantized from an
-    FP32 or an FP16 file (FP16 by default, like most published rwkv.cpp files).
+    FP32 or an FP16 file (FP16 by default, like most published rwkv.cpp files). `head_type`
+    stores the head in that type instead (as `rwkv-cpp quantize --head` does).
     """
     data_type = type_name(data_type)
     source_type = type_name(source_type)
     if source_type not in ("FP32", "FP16"):
         raise ModelFileError(f"source_type must be FP32 or FP16, not {source_type}")
+    head = type_name(head_type) if head_type else None
     path = Path(path)
     with ModelWriter(path, n_vocab, n_embed, n_layer, data_type) as writer:
         for key, value in random_tensors(arch, n_layer, n_embed, n_vocab, head_size, ffn_dim, seed):
-            writer.write_tensor(key, value, stored_type(key, value.shape, data_type, source_type))
+            stored = head if head and key == "head.weight" else stored_type(
+                key, value.shape, data_type, source_type)
+            writer.write_tensor(key, value, stored)
             del value
     return path
