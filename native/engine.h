@@ -228,8 +228,11 @@ extern const arch_ops arch_v4, arch_v5_1, arch_v5_2, arch_v6, arch_v7;
 struct model {
     /* file */
     int fd;
-    const uint8_t * map;
+    const uint8_t * map;   /* the file's bytes: a read-only file mapping, or a copy (weights_in_huge_pages) */
     size_t map_size;
+    void * region;         /* what to munmap: the mapping, or the copy's larger anonymous region */
+    size_t region_size;
+    int weights_copied;    /* 1: map is the huge-page copy, 0: the file mapping */
     int version, data_type;
     int64_t n_vocab, n_embed, n_layer;
     int n_tensors;
