@@ -6,10 +6,11 @@
 For each shape a random-weight model is written (our writer; the size of a file, not its
 values, decides the memory), then `rwkv-cpp complete` runs on it in a child process with a
 prompt longer than one sequence-mode chunk, and the child's peak resident set size is read
-from the kernel (VmHWM, which the child writes as it exits). The weights are memory-mapped and
-every token reads all of them, so the whole file counts in the resident set (all but the
-embedding, which is read row by row); the rest is the Python runtime with its libraries, the
-tokenizer's tables and the engine's per-context buffers. Linux only (/proc).
+from the kernel (VmHWM, which the child writes as it exits). Files of 64 MB and more are read
+whole into memory at load (2 MiB pages); smaller ones are memory-mapped and every token reads
+all of them but the embedding (read row by row). The rest is the Python runtime with its
+libraries, the tokenizer's tables and the engine's per-context buffers. Linux only (/proc).
+Run it outside the project's root (the source folder there has no compiled engine).
 
 Each line: the shape, the file size, the measured peak, the estimate of
 `rwkv_cli.app.catalog.estimate_ram_bytes` for that file, and their ratio. The estimate's

@@ -46,20 +46,21 @@ TOKENIZERS = ("world", "20B", "bytes")
 
 # The RAM estimate, from peak resident sets measured with `benchmarks/ram.py` (a child process
 # running `rwkv-cpp complete` on random-weight models; README, "RAM estimates"):
-# - the model file: memory-mapped, and every token reads all of it (only the embedding is
-#   read row by row, so counting it whole keeps the estimate on the safe side);
+# - the model file, whole: files of 64 MB and more are read into memory at load (2 MiB
+#   pages, native/model.c), smaller ones are memory-mapped and every token reads all of them
+#   but the embedding (read row by row, so counting it whole keeps the estimate safe);
 # - the runtime: Python and its libraries, the engine, and the engine's per-context buffers
-#   (sequence-mode scratch, logits, states: a few MB up to the 1.5B shape); 56 MB measured
-#   with a 0.1 MB model;
+#   (sequence-mode scratch, logits, states: a few MB up to the 1.5B shape); 62 MB measured
+#   with a 0.1 MB model, and with the tokenizer's share taken off 67-97 MB from 0.1B to 0.4B;
 # - the tokenizer's tables: World 254 MB (its Rust matcher's trie), GPT-NeoX 20B 49 MB.
-RUNTIME_BYTES = 60_000_000
+RUNTIME_BYTES = 100_000_000
 TOKENIZER_BYTES = {"world": 255_000_000, "20B": 50_000_000, "bytes": 0}
 TOKENIZER_VOCAB = {"world": 65536, "20B": 50277, "bytes": 256}
 
 
 def estimate_ram_bytes(file_bytes: int, tokenizer: str) -> int:
     """Peak memory of `rwkv-cpp` running a model file of `file_bytes` with that tokenizer
-    (measured: within 10% for the 0.1B and 0.4B shapes, on the high side)."""
+    (measured: 0.3-3% above the peaks of the 0.1B and 0.4B shapes)."""
     return file_bytes + RUNTIME_BYTES + TOKENIZER_BYTES.get(tokenizer, 0)
 
 

@@ -136,7 +136,7 @@ def show_catalog(console: Console, catalog: Catalog | None = None, refresh: bool
         for row in rows
     ]
     print_table(console, "Models rwkv-cpp can install", columns, table)
-    console.print("RAM: the model file + 60 MB runtime + the tokenizer (World 255 MB, 20B 50 MB).",
+    console.print("RAM: the model file + 100 MB runtime + the tokenizer (World 255 MB, 20B 50 MB).",
                   highlight=False, soft_wrap=True)
     console.print("Install one with: [bold]rwkv-cpp setup --model NAME --yes[/]", soft_wrap=True)
 
