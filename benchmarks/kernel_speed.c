@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "engine.h"
@@ -108,7 +109,14 @@ int main(int argc, char ** argv) {
     const int reps = argc > 6 ? atoi(argv[6]) : 20;
     const int threads = argc > 7 ? atoi(argv[7]) : 1;
     const size_t row_bytes = type_row_bytes(type, cols);
-    uint8_t * store = malloc(row_bytes * (size_t)rows + 64);
+    /* 2 MiB-aligned and asking for huge pages, as the engine keeps the weights of a large
+     * file (native/model.c); KERNEL_SPEED_SMALL_PAGES=1 leaves them in 4 KiB pages */
+    const size_t store_bytes = row_bytes * (size_t)rows + 64;
+    uint8_t * store = NULL;
+    if (posix_memalign((void **)&store, (size_t)2 << 20, store_bytes)) return 1;
+#ifdef MADV_HUGEPAGE
+    if (!getenv("KERNEL_SPEED_SMALL_PAGES")) madvise(store, store_bytes, MADV_HUGEPAGE);
+#endif
     uint8_t * w = store + 1;
     float * row = malloc(sizeof(float) * (size_t)cols);
     for (int64_t r = 0; r < rows; r++) {

@@ -373,14 +373,32 @@ static size_t count_weight_bytes(const model * m) {
  * tables), one thread reads a file mapping's 4 KiB pages at about two thirds of the rate it
  * reads the same bytes in 2 MiB pages (measured on a KVM guest: 11.1 against 16.9 GB/s).
  * Page-cache pages of a regular file cannot be mapped huge on most kernels, so where the
- * kernel offers transparent huge pages on request, the file is read into an anonymous
- * region that asks for them. The price: the load reads the whole file at once, and
- * processes that load the same file no longer share its pages.
- * RWKV_WEIGHTS=mmap keeps the file mapping (pages shared, read on first use); RWKV_WEIGHTS=copy
- * copies any file, small ones and on kernels without such pages too (for tests). */
+ * kernel offers transparent huge pages on request, a file of 64 MB to 2 GiB that takes at
+ * most half the available memory is read into an anonymous region that asks for them. The
+ * price: the load reads the whole file at once (0.1-0.45 s for 300 MB here), and processes
+ * that load the same file no longer share its pages. RWKV_WEIGHTS=mmap keeps the file
+ * mapping (pages shared, read on first use); RWKV_WEIGHTS=copy copies any file, small or
+ * large, also on kernels without such pages (the tests use it). */
 #define HUGE_PAGE_BYTES ((size_t)2 << 20)
 #define HUGE_PAGE_MIN_FILE ((size_t)64 << 20) /* smaller files: too few pages to matter */
+/* Larger files stay mapped unless asked: the copy's load time grows with the file (3 GB took
+ * 1.5-7 s here, against a 1.05-1.2x faster decode at that size), and a copy cannot be
+ * evicted as page cache can, so a file near the machine's memory would risk running out. */
+#define HUGE_PAGE_MAX_FILE ((size_t)2 << 30)
 #define THP_SETTING "/sys/kernel/mm/transparent_hugepage/enabled"
+
+/* MemAvailable of /proc/meminfo in bytes, 0 when unknown. */
+static size_t memory_available(void) {
+    FILE * f = fopen("/proc/meminfo", "re");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+    }
+    fclose(f);
+    return (size_t)kib * 1024;
+}
 
 static int huge_pages_on_request(void) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
@@ -405,7 +423,10 @@ static int weights_in_huge_pages(model * m) {
     const char * choice = getenv("RWKV_WEIGHTS");
     if (choice && strcmp(choice, "mmap") == 0) return 0;
     int forced = choice && strcmp(choice, "copy") == 0; /* tests: the copy on any file, any kernel */
-    if (!forced && (m->map_size < HUGE_PAGE_MIN_FILE || !huge_pages_on_request())) return 0;
+    if (!forced) {
+        if (m->map_size < HUGE_PAGE_MIN_FILE || m->map_size > HUGE_PAGE_MAX_FILE) return 0;
+        if (!huge_pages_on_request() || m->map_size > memory_available() / 2) return 0;
+    }
     size_t region_size = m->map_size + HUGE_PAGE_BYTES;
     uint8_t * region = mmap(NULL, region_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (region == MAP_FAILED) return 0;
