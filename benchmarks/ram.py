@@ -6,8 +6,8 @@
 For each shape a random-weight model is written (our writer; the size of a file, not its
 values, decides the memory), then `rwkv-cpp complete` runs on it in a child process with a
 prompt longer than one sequence-mode chunk, and the child's peak resident set size is read
-from the kernel (VmHWM, which the child writes as it exits). Files of 64 MB and more are read
-whole into memory at load (2 MiB pages); smaller ones are memory-mapped and every token reads
+from the kernel (VmHWM, which the child writes as it exits). Files of 64 MB to 2 GiB are read
+whole into memory at load (2 MiB pages); other files are memory-mapped and every token reads
 all of them but the embedding (read row by row). The rest is the Python runtime with its
 libraries, the tokenizer's tables and the engine's per-context buffers. Linux only (/proc).
 Run it outside the project's root (the source folder there has no compiled engine).

@@ -46,8 +46,8 @@ TOKENIZERS = ("world", "20B", "bytes")
 
 # The RAM estimate, from peak resident sets measured with `benchmarks/ram.py` (a child process
 # running `rwkv-cpp complete` on random-weight models; README, "RAM estimates"):
-# - the model file, whole: files of 64 MB and more are read into memory at load (2 MiB
-#   pages, native/model.c), smaller ones are memory-mapped and every token reads all of them
+# - the model file, whole: files of 64 MB to 2 GiB are read into memory at load (2 MiB
+#   pages, native/model.c), other files are memory-mapped and every token reads all of them
 #   but the embedding (read row by row, so counting it whole keeps the estimate safe);
 # - the runtime: Python and its libraries, the engine, and the engine's per-context buffers
 #   (sequence-mode scratch, logits, states: a few MB up to the 1.5B shape); 62 MB measured
