@@ -232,7 +232,6 @@ struct model {
     size_t map_size;
     void * region;         /* what to munmap: the mapping, or the copy's larger anonymous region */
     size_t region_size;
-    int weights_copied;    /* 1: map is the huge-page copy, 0: the file mapping */
     int version, data_type;
     int64_t n_vocab, n_embed, n_layer;
     int n_tensors;

@@ -414,16 +414,24 @@ static int huge_pages_on_request(void) {
 #endif
 }
 
+typedef enum { WEIGHTS_AUTO, WEIGHTS_MMAP, WEIGHTS_COPY, WEIGHTS_UNKNOWN } weights_choice;
+
+/* RWKV_WEIGHTS: unset or empty (auto), mmap, copy (tests: the copy on any file, any kernel). */
+static weights_choice weights_choice_from_env(const char * value) {
+    if (!value || !*value) return WEIGHTS_AUTO;
+    if (strcmp(value, "mmap") == 0) return WEIGHTS_MMAP;
+    if (strcmp(value, "copy") == 0) return WEIGHTS_COPY;
+    return WEIGHTS_UNKNOWN;
+}
+
 /* Reads the whole file into 2 MiB-aligned anonymous memory that asks for huge pages.
  * Returns 0 (and leaves m untouched) where that is not wanted or not possible (no such
  * pages, no memory, a failed or short read): the caller then maps the file, and the
  * header and size checks that follow treat both the same. */
-static int weights_in_huge_pages(model * m) {
+static int weights_in_huge_pages(model * m, weights_choice choice) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    const char * choice = getenv("RWKV_WEIGHTS");
-    if (choice && strcmp(choice, "mmap") == 0) return 0;
-    int forced = choice && strcmp(choice, "copy") == 0; /* tests: the copy on any file, any kernel */
-    if (!forced) {
+    if (choice == WEIGHTS_MMAP) return 0;
+    if (choice == WEIGHTS_AUTO) {
         if (m->map_size < HUGE_PAGE_MIN_FILE || m->map_size > HUGE_PAGE_MAX_FILE) return 0;
         if (!huge_pages_on_request() || m->map_size > memory_available() / 2) return 0;
     }
@@ -446,10 +454,10 @@ static int weights_in_huge_pages(model * m) {
     m->map = base;
     m->region = region;
     m->region_size = region_size;
-    m->weights_copied = 1;
     return 1;
 #else
     (void)m;
+    (void)choice;
     return 0;
 #endif
 }
@@ -499,7 +507,14 @@ model * model_open(const char * path, error_slot * err) {
         model_destroy(m);
         return NULL;
     }
-    if (!weights_in_huge_pages(m)) {
+    const char * weights_env = getenv("RWKV_WEIGHTS");
+    const weights_choice choice = weights_choice_from_env(weights_env);
+    if (choice == WEIGHTS_UNKNOWN) {
+        error_set(err, RWKV_ERROR_ARGS, "RWKV_WEIGHTS=%s is not a choice: mmap, copy, or unset", weights_env);
+        model_destroy(m);
+        return NULL;
+    }
+    if (!weights_in_huge_pages(m, choice)) {
         void * map = mmap(NULL, m->map_size, PROT_READ, MAP_PRIVATE, m->fd, 0);
         if (map == MAP_FAILED) {
             error_set(err, RWKV_ERROR_FILE | RWKV_ERROR_FILE_READ, "cannot map model file %s: %s", path, strerror(errno));

@@ -98,3 +98,12 @@ def test_a_truncated_file_is_refused_the_same_way(lib, tmp_path, monkeypatch, st
         lib.init_from_file(cut, 1)
     assert str(caught.value) == str(other.value)
     assert "cut.bin" in str(caught.value)
+
+
+def test_an_unknown_choice_is_refused_by_name(lib, tmp_path, monkeypatch):
+    path = rwkv_file(tmp_path, "4", "FP32")
+    monkeypatch.setenv("RWKV_WEIGHTS", "hugepages")
+    with pytest.raises(RWKVError, match="RWKV_WEIGHTS=hugepages is not a choice: mmap, copy"):
+        lib.init_from_file(path, 1)
+    monkeypatch.setenv("RWKV_WEIGHTS", "")  # empty is unset: the automatic choice
+    lib.free(lib.init_from_file(path, 1))
