@@ -66,6 +66,16 @@ StreamCallback = Callable[[str, str], Any]
 ShouldStop = Callable[[], bool]
 
 
+def _chunk_of(event: Any) -> CompletionChunk | None:
+    """What a scheduler event means to the caller of one completion: a chunk to hand on,
+    nothing (a tick that only wakes a gated caller), or its error raised."""
+    if event is TICK:
+        return None
+    if isinstance(event, Failed):
+        raise event.error
+    return event
+
+
 class RWKV:
     """An RWKV model in the native engine.
 
@@ -564,14 +574,11 @@ class RWKV:
             while True:
                 if job.gated:
                     self._handled(job, request)
-                event = job.wait()
-                if event is TICK:
-                    continue
-                if isinstance(event, Failed):
-                    raise event.error
-                yield event
-                if event.result is not None:
-                    return
+                chunk = _chunk_of(job.wait())
+                if chunk is not None:
+                    yield chunk
+                    if chunk.result is not None:
+                        return
         finally:
             job.abandon()
 
@@ -583,14 +590,11 @@ class RWKV:
             while True:
                 if job.gated:
                     self._handled(job, request)
-                event = await job.await_event()
-                if event is TICK:
-                    continue
-                if isinstance(event, Failed):
-                    raise event.error
-                yield event
-                if event.result is not None:
-                    return
+                chunk = _chunk_of(await job.await_event())
+                if chunk is not None:
+                    yield chunk
+                    if chunk.result is not None:
+                        return
         finally:
             job.abandon()
 
