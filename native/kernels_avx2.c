@@ -463,9 +463,13 @@ INLINE void f_tile(int type, int R, int TT, const uint8_t * w, size_t row_bytes,
  * 64 tokens, written out once per chunk of columns. */
 enum { XT_COLS = 64, XT_ROWS = 32, XT_TOKENS = 64, XT_RG = 4, XT_CHUNK = 2048 };
 
+/* As in the AVX-512 file: every cache line of the row's block XT_AHEAD blocks later into L2. */
+enum { XT_AHEAD = 2 };
+
 INLINE void xt_convert(int type, float * dst, const uint8_t * row, int64_t k0, int64_t len) {
     const size_t wb = type == TYPE_FP32 ? 4 : 2;
-    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + b), _MM_HINT_T1);
+    const uint8_t * ahead = row + (size_t)(k0 + XT_AHEAD * XT_COLS) * wb;
+    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(ahead + b), _MM_HINT_T1);
     int64_t k = 0;
     for (; k + 8 <= len; k += 8) _mm256_store_ps(dst + k, f_load(type, row, k0 + k, 8));
     if (k < len) _mm256_store_ps(dst + k, f_load(type, row, k0 + k, len - k));
@@ -489,6 +493,21 @@ INLINE void xt_micro(int RG, int TV, const float * wb, const float * xt, int64_t
             float * out = tile + i * XT_TOKENS + 8 * v;
             _mm256_store_ps(out, first ? acc[i * TV + v] : _mm256_add_ps(acc[i * TV + v], _mm256_load_ps(out)));
         }
+    }
+}
+
+/* The weights of the group after rows [rb + g, + XT_RG) at block k0 (the next rows, or the
+ * first rows at the next block), into L1 while this group's arithmetic runs: the first
+ * conversion load of a group otherwise waits on L2. */
+INLINE void xt_prefetch_next(int type, const uint8_t * w, size_t row_bytes, int64_t rb, int64_t nr, int64_t g, int64_t k0,
+                             int64_t c1) {
+    const size_t wb = type == TYPE_FP32 ? 4 : 2;
+    const int64_t gn = g + XT_RG < nr ? g + XT_RG : 0, kn = g + XT_RG < nr ? k0 : k0 + XT_COLS;
+    if (kn >= c1) return;
+    const int64_t nn = nr - gn < XT_RG ? nr - gn : XT_RG;
+    for (int64_t i = 0; i < nn; i++) {
+        const uint8_t * next = w + (size_t)(rb + gn + i) * row_bytes + (size_t)kn * wb;
+        for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(next + b), _MM_HINT_T0);
     }
 }
 
@@ -520,12 +539,13 @@ INLINE void f_matmul_xt(int type, const uint8_t * w, size_t row_bytes, int64_t n
                         for (int64_t i = 0; i < ng; i++) {
                             xt_convert(type, wbuf + i * XT_COLS, w + (size_t)(rb + g + i) * row_bytes, k0, len);
                         }
-                        if (ng == XT_RG) {
-                            xt_group(XT_RG, wbuf, xt, ts, len, nv, tile + g * XT_TOKENS, k0 == c0);
-                        } else {
-                            for (int64_t i = 0; i < ng; i++) {
-                                xt_group(1, wbuf + i * XT_COLS, xt, ts, len, nv, tile + (g + i) * XT_TOKENS, k0 == c0);
-                            }
+                        xt_prefetch_next(type, w, row_bytes, rb, nr, g, k0, c1);
+                        /* a short last group keeps its rows in one pass */
+                        switch (ng) {
+                        case 1: xt_group(1, wbuf, xt, ts, len, nv, tile + g * XT_TOKENS, k0 == c0); break;
+                        case 2: xt_group(2, wbuf, xt, ts, len, nv, tile + g * XT_TOKENS, k0 == c0); break;
+                        case 3: xt_group(3, wbuf, xt, ts, len, nv, tile + g * XT_TOKENS, k0 == c0); break;
+                        default: xt_group(XT_RG, wbuf, xt, ts, len, nv, tile + g * XT_TOKENS, k0 == c0); break;
                         }
                     }
                 }

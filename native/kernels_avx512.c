@@ -468,15 +468,16 @@ INLINE __m512 f_load(int type, const uint8_t * row, int64_t k, __mmask16 mask, i
 enum { XT_COLS = 128, XT_ROWS = 48, XT_TOKENS = 64 };
 
 /* len (<= XT_COLS) weights of a row from column k0, as float32 into dst (zeros up to a
- * multiple of 16), and a prefetch of the row's next block of columns. */
+ * multiple of 16), and a prefetch into L2 of every cache line of the row's block of columns
+ * XT_AHEAD blocks later. The hardware prefetcher does not follow a tile's 48 row streams (one
+ * 4 KiB page each at 2048 FP16 columns); fetching only part of the block, or only the next
+ * one, left FP16 prompts at the 1.5B shape 5-10% slower (benchmarks/engine.py). */
+enum { XT_AHEAD = 2 };
+
 INLINE void xt_convert(int type, float * dst, const uint8_t * row, int64_t k0, int64_t len) {
     const size_t wb = type == TYPE_FP32 ? 4 : 2;
-    _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb), _MM_HINT_T1);
-    _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + 64), _MM_HINT_T1);
-    if (wb == 4) {
-        _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + 128), _MM_HINT_T1);
-        _mm_prefetch((const char *)(row + (size_t)(k0 + XT_COLS) * wb + 192), _MM_HINT_T1);
-    }
+    const uint8_t * ahead = row + (size_t)(k0 + XT_AHEAD * XT_COLS) * wb;
+    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(ahead + b), _MM_HINT_T1);
     int64_t k = 0;
     for (; k + 16 <= len; k += 16) _mm512_store_ps(dst + k, f_load(type, row, k0 + k, 0xffff, 0));
     if (k < len) _mm512_store_ps(dst + k, f_load(type, row, k0 + k, (__mmask16)((1u << (len - k)) - 1), 1));
@@ -506,6 +507,7 @@ INLINE void xt_micro(int RG, int TV, const float * wb, const float * xt, int64_t
 /* Rows [rb, rb + nr) (nr <= XT_ROWS) with TV token vectors from token t0, columns [c0, c1). */
 INLINE void xt_rows(int type, int TV, int RG, const uint8_t * w, size_t row_bytes, int64_t c0, int64_t c1, const float * x,
                     int64_t ts, int64_t t0, int64_t rb, int64_t nr, float * wbuf, float * tile) {
+    const size_t wb = type == TYPE_FP32 ? 4 : 2;
     for (int64_t k0 = c0; k0 < c1; k0 += XT_COLS) {
         const int64_t len = c1 - k0 < XT_COLS ? c1 - k0 : XT_COLS;
         const float * xt = x + (size_t)k0 * ts + t0;
@@ -514,15 +516,33 @@ INLINE void xt_rows(int type, int TV, int RG, const uint8_t * w, size_t row_byte
             for (int64_t i = 0; i < ng; i++) {
                 const uint8_t * row = w + (size_t)(rb + g + i) * row_bytes;
                 xt_convert(type, wbuf + i * XT_COLS, row, k0, len);
-                if (k0 == c0) { /* the first columns of the next block of rows */
-                    const uint8_t * next = row + (size_t)XT_ROWS * row_bytes + (size_t)c0 * (type == TYPE_FP32 ? 4 : 2);
-                    for (int b = 0; b < XT_COLS * (type == TYPE_FP32 ? 4 : 2); b += 64) _mm_prefetch((const char *)(next + b), _MM_HINT_T1);
+                if (k0 == c0) { /* the first XT_AHEAD blocks of the next tile's rows */
+                    const uint8_t * next = row + (size_t)XT_ROWS * row_bytes + (size_t)c0 * wb;
+                    for (size_t b = 0; b < XT_AHEAD * XT_COLS * wb; b += 64) _mm_prefetch((const char *)(next + b), _MM_HINT_T1);
                 }
             }
-            if (ng == RG) {
-                xt_micro(RG, TV, wbuf, xt, ts, len, tile + g * XT_TOKENS, k0 == c0);
-            } else {
+            /* the next group's weights into L1 while this one's arithmetic runs */
+            const int64_t gn = g + RG < nr ? g + RG : 0, kn = g + RG < nr ? k0 : k0 + XT_COLS;
+            if (kn < c1) {
+                const int64_t nn = nr - gn < RG ? nr - gn : RG;
+                for (int64_t i = 0; i < nn; i++) {
+                    const uint8_t * next = w + (size_t)(rb + gn + i) * row_bytes + (size_t)kn * wb;
+                    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(next + b), _MM_HINT_T0);
+                }
+            }
+            /* a short last group keeps its rows in one pass (one row alone would leave TV
+             * accumulators, too few to cover the FMA latency) */
+            float * tg = tile + g * XT_TOKENS;
+            switch (ng == RG ? 0 : ng) {
+            case 0: xt_micro(RG, TV, wbuf, xt, ts, len, tg, k0 == c0); break;
+            case 1: xt_micro(1, TV, wbuf, xt, ts, len, tg, k0 == c0); break;
+            case 2: xt_micro(2, TV, wbuf, xt, ts, len, tg, k0 == c0); break;
+            case 3: xt_micro(3, TV, wbuf, xt, ts, len, tg, k0 == c0); break;
+            case 4: xt_micro(4, TV, wbuf, xt, ts, len, tg, k0 == c0); break;
+            case 5: xt_micro(5, TV, wbuf, xt, ts, len, tg, k0 == c0); break;
+            default:
                 for (int64_t i = 0; i < ng; i++) xt_micro(1, TV, wbuf + i * XT_COLS, xt, ts, len, tile + (g + i) * XT_TOKENS, k0 == c0);
+                break;
             }
         }
     }
