@@ -26,8 +26,25 @@ void layer_norm(float * out, const float * x, const float * w, const float * b, 
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mu) * inv * w[i] + b[i];
 }
 
-void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int R, int64_t C, float eps) {
-    for (int64_t row = 0; row < R; row++) layer_norm(out + row * C, x + row * C, w, b, C, eps);
+/* Rows of a pass are independent: a prompt's rows are shared among the context's threads (the
+ * same arithmetic per row, so the same bits), one decoded row stays on the caller. */
+typedef struct norm_rows_job {
+    float * out;
+    const float * x, * w, * b;
+    int64_t C;
+    float eps;
+} norm_rows_job;
+
+static void norm_rows_range(void * arg, int64_t r0, int64_t r1) {
+    const norm_rows_job * job = (const norm_rows_job *)arg;
+    for (int64_t row = r0; row < r1; row++) {
+        layer_norm(job->out + row * job->C, job->x + row * job->C, job->w, job->b, job->C, job->eps);
+    }
+}
+
+void layer_norm_rows(context * ctx, float * out, const float * x, const float * w, const float * b, int R, int64_t C, float eps) {
+    norm_rows_job job = {out, x, w, b, C, eps};
+    ctx_parallel_range(ctx, R, 1, 8.0 * (double)R * (double)C, norm_rows_range, &job);
 }
 
 void group_norm(float * out, const float * x, const float * w, const float * b, int64_t n_groups, int64_t group, float eps) {
@@ -39,18 +56,33 @@ void group_norm(float * out, const float * x, const float * w, const float * b, 
 
 /* ---- elementwise ---- */
 
-void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int R, int64_t C) {
-    for (int64_t row = 0; row < R; row++) {
-        const float * cur = xx + row * C;
-        const float * d = dx + row * C;
-        float * o = out + row * C;
-        if (extra) {
-            const float * e = extra + row * C;
+typedef struct mix_job {
+    float * out;
+    const float * xx, * dx, * mix, * extra;
+    int64_t C;
+} mix_job;
+
+static void mix_range(void * arg, int64_t r0, int64_t r1) {
+    const mix_job * job = (const mix_job *)arg;
+    const int64_t C = job->C;
+    const float * mix = job->mix;
+    for (int64_t row = r0; row < r1; row++) {
+        const float * cur = job->xx + row * C;
+        const float * d = job->dx + row * C;
+        float * o = job->out + row * C;
+        if (job->extra) {
+            const float * e = job->extra + row * C;
             for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * (mix[c] + e[c]);
         } else {
             for (int64_t c = 0; c < C; c++) o[c] = cur[c] + d[c] * mix[c];
         }
     }
+}
+
+void mix_tokens(context * ctx, float * out, const float * xx, const float * dx, const float * mix, const float * extra, int R,
+                int64_t C) {
+    mix_job job = {out, xx, dx, mix, extra, C};
+    ctx_parallel_range(ctx, R, 1, 3.0 * (double)R * (double)C, mix_range, &job);
 }
 
 void add_rows(float * x, const float * bias, int R, int64_t C) {
@@ -67,16 +99,34 @@ void tanh_array(context * ctx, float * x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = 2.0f * x[i] - 1.0f;
 }
 
+typedef struct norm_gate_job {
+    const context * ctx;
+    const layer * L;
+    float * y;
+    const float * g;
+    float * scratch;
+} norm_gate_job;
+
+static void norm_gate_range(void * arg, int64_t r0, int64_t r1) {
+    const norm_gate_job * job = (const norm_gate_job *)arg;
+    const model * m = job->ctx->m;
+    const int64_t C = m->n_embed;
+    for (int64_t row = r0; row < r1; row++) {
+        group_norm(job->y + row * C, job->y + row * C, job->L->ln_x_w, job->L->ln_x_b, m->n_head, m->head_size, m->ln_x_eps);
+    }
+    if (job->g) {
+        const int64_t o = r0 * C, n = (r1 - r0) * C;
+        float * y = job->y + o;
+        const float * g = job->g + o;
+        float * sg = job->scratch + o;
+        job->ctx->kern->sigmoid(sg, g, n); /* SiLU(g) = g sigmoid(g) */
+        for (int64_t i = 0; i < n; i++) y[i] *= g[i] * sg[i];
+    }
+}
+
 void group_norm_and_gate(context * ctx, const layer * L, float * y, const float * g, int R, float * scratch) {
-    const model * m = ctx->m;
-    const int64_t C = m->n_embed, RC = (int64_t)R * C;
-    for (int64_t row = 0; row < R; row++) {
-        group_norm(y + row * C, y + row * C, L->ln_x_w, L->ln_x_b, m->n_head, m->head_size, m->ln_x_eps);
-    }
-    if (g) {
-        ctx->kern->sigmoid(scratch, g, RC); /* SiLU(g) = g sigmoid(g) */
-        for (int64_t i = 0; i < RC; i++) y[i] *= g[i] * scratch[i];
-    }
+    norm_gate_job job = {ctx, L, y, g, scratch};
+    ctx_parallel_range(ctx, R, 1, 12.0 * (double)R * (double)ctx->m->n_embed, norm_gate_range, &job);
 }
 
 /* ---- the per-head recurrence of v5 and later ---- */

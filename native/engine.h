@@ -365,10 +365,12 @@ void forward_init_state(const model * m, float * state);
 /* ---- building blocks of the time mixes (blocks.c); x, xx, dx are R rows of C ---- */
 
 void layer_norm(float * out, const float * x, const float * w, const float * b, int64_t n, float eps);
-void layer_norm_rows(float * out, const float * x, const float * w, const float * b, int R, int64_t C, float eps);
+/* layer_norm of each of R rows; a prompt's rows on the context's threads. */
+void layer_norm_rows(context * ctx, float * out, const float * x, const float * w, const float * b, int R, int64_t C, float eps);
 void group_norm(float * out, const float * x, const float * w, const float * b, int64_t n_groups, int64_t group, float eps);
 /* out_r = xx_r + dx_r * (mix + extra_r) (extra may be NULL): lerp toward the previous token. */
-void mix_tokens(float * out, const float * xx, const float * dx, const float * mix, const float * extra, int R, int64_t C);
+void mix_tokens(context * ctx, float * out, const float * xx, const float * dx, const float * mix, const float * extra, int R,
+                int64_t C);
 /* x_r += bias for each of R rows; tanh in place (vectorized through the kernels). */
 void add_rows(float * x, const float * bias, int R, int64_t C);
 void tanh_array(context * ctx, float * x, int64_t n);

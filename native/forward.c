@@ -60,38 +60,68 @@ static void token_shift(const batch * b, float * dx, const float * xx, float * c
     }
 }
 
+/* ---- elementwise work over a pass's rows, on the context's threads when there is enough ---- */
+
+typedef enum { EW_RELU_SQUARED, EW_ADD, EW_SIGMOID_GATED_ADD } ew_op;
+
+typedef struct ew_job {
+    const context * ctx;
+    ew_op op;
+    float * x;       /* EW_RELU_SQUARED: in place; else x += ... */
+    const float * a; /* the added values (EW_SIGMOID_GATED_ADD: the gate's input, made sigmoid in place) */
+    float * gate;
+    int64_t n;
+} ew_job;
+
+static void ew_range(void * arg, int64_t i0, int64_t i1) {
+    const ew_job * job = (const ew_job *)arg;
+    float * x = job->x;
+    switch (job->op) {
+    case EW_RELU_SQUARED:
+        for (int64_t i = i0; i < i1; i++) {
+            /* relu(h)^2 by clearing negative values through their sign bit: signs are random,
+             * so a branch mispredicts half the time, and gcc neither vectorizes a float select
+             * without -ffast-math nor keeps a multiply by (h > 0) branch-free */
+            uint32_t bits;
+            memcpy(&bits, &x[i], 4);
+            bits &= ~(uint32_t)((int32_t)bits >> 31);
+            float h;
+            memcpy(&h, &bits, 4);
+            x[i] = h * h;
+        }
+        break;
+    case EW_ADD:
+        for (int64_t i = i0; i < i1; i++) x[i] += job->a[i];
+        break;
+    case EW_SIGMOID_GATED_ADD:
+        job->ctx->kern->sigmoid(job->gate + i0, job->gate + i0, i1 - i0);
+        for (int64_t i = i0; i < i1; i++) x[i] += job->gate[i] * job->a[i];
+        break;
+    }
+}
+
+static void elementwise(context * ctx, ew_op op, float * x, const float * a, float * gate, int64_t n) {
+    ew_job job = {ctx, op, x, a, gate, n};
+    ctx_parallel_range(ctx, n, 16, op == EW_SIGMOID_GATED_ADD ? 20.0 * (double)n : 2.0 * (double)n, ew_range, &job);
+}
+
 static void channel_mix(context * ctx, const layer * L, const batch * b) {
     run_state * rs = &ctx->rs;
     const int R = b->n_rows;
     const int64_t C = ctx->m->n_embed, F = L->ffn_k.ne[1], RC = (int64_t)R * C;
-    layer_norm_rows(rs->xx, rs->x, L->ln2_w, L->ln2_b, R, C, ctx->m->ln_eps);
+    layer_norm_rows(ctx, rs->xx, rs->x, L->ln2_w, L->ln2_b, R, C, ctx->m->ln_eps);
     token_shift(b, rs->dx, rs->xx, rs->ffn_xx, C);
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->ffn_mix_k, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->ffn_mix_k, NULL, R, C);
     ctx_matmul(ctx, &L->ffn_k, rs->xm, R, rs->ffn_hidden, F);
-    float * hidden = rs->ffn_hidden;
-    for (int64_t i = 0; i < (int64_t)R * F; i++) {
-        /* relu(h)^2 by clearing negative values through their sign bit: signs are random, so
-         * a branch mispredicts half the time, and gcc neither vectorizes a float select
-         * without -ffast-math nor keeps a multiply by (h > 0) branch-free */
-        uint32_t bits;
-        memcpy(&bits, &hidden[i], 4);
-        bits &= ~(uint32_t)((int32_t)bits >> 31);
-        float h;
-        memcpy(&h, &bits, 4);
-        hidden[i] = h * h;
-    }
+    elementwise(ctx, EW_RELU_SQUARED, rs->ffn_hidden, NULL, NULL, (int64_t)R * F);
     ctx_matmul(ctx, &L->ffn_v, rs->ffn_hidden, R, rs->out, C);
-    float * x = rs->x;
-    const float * out = rs->out;
     if (!L->ffn_mix_r) { /* v7: no receptance gate */
-        for (int64_t i = 0; i < RC; i++) x[i] += out[i];
+        elementwise(ctx, EW_ADD, rs->x, rs->out, NULL, RC);
         return;
     }
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->ffn_mix_r, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->ffn_mix_r, NULL, R, C);
     ctx_matmul(ctx, &L->ffn_r, rs->xm, R, rs->r, C);
-    ctx->kern->sigmoid(rs->r, rs->r, RC);
-    const float * gate = rs->r;
-    for (int64_t i = 0; i < RC; i++) x[i] += gate[i] * out[i];
+    elementwise(ctx, EW_SIGMOID_GATED_ADD, rs->x, rs->out, rs->r, RC); /* x += sigmoid(r) out */
 }
 
 /* logits = head(ln_out(x)) of the last row of every sequence that asks for them, as one
@@ -138,11 +168,11 @@ bool forward(context * ctx, const batch * b) {
             rs->att_xx[seq] = layer_state + C;
             rs->att_state[seq] = layer_state + 2 * C;
         }
-        layer_norm_rows(rs->xx, rs->x, L->ln1_w, L->ln1_b, R, C, m->ln_eps);
+        layer_norm_rows(ctx, rs->xx, rs->x, L->ln1_w, L->ln1_b, R, C, m->ln_eps);
         token_shift(b, rs->dx, rs->xx, rs->att_xx, C);
         m->ops->time_mix(ctx, L, b);
         ctx_matmul(ctx, &L->att_o, rs->y, R, rs->out, C);
-        for (int64_t j = 0; j < RC; j++) rs->x[j] += rs->out[j];
+        elementwise(ctx, EW_ADD, rs->x, rs->out, NULL, RC);
         channel_mix(ctx, L, b);
         if (m->rescale_every && (i + 1) % m->rescale_every == 0) {
             /* llama.cpp's rwkv6 files hold block b's output and value matrices divided by

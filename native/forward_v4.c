@@ -122,11 +122,11 @@ static void v4_time_mix(context * ctx, const layer * L, const batch * b) {
     run_state * rs = &ctx->rs;
     const int R = b->n_rows;
     const int64_t C = ctx->m->n_embed;
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->att_mix_k, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->att_mix_k, NULL, R, C);
     ctx_matmul(ctx, &L->att_k, rs->xm, R, rs->k, C);
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->att_mix_v, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->att_mix_v, NULL, R, C);
     ctx_matmul(ctx, &L->att_v, rs->xm, R, rs->v, C);
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->att_mix_r, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->att_mix_r, NULL, R, C);
     ctx_matmul(ctx, &L->att_r, rs->xm, R, rs->r, C);
     const wkv4_job job = {ctx->kern, L, b, rs->att_state, rs->k, rs->v, rs->r, rs->y, C};
     ctx_parallel_range(ctx, (int64_t)b->n_seq * C, 16, 30.0 * (double)R * (double)C, wkv4_range, (void *)&job);

@@ -82,14 +82,14 @@ static void v5_time_mix(context * ctx, const layer * L, const batch * b) {
     const int R = b->n_rows;
     const int64_t C = m->n_embed;
     const bool gated = m->arch == ARCH_V5_2;
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->att_mix_k, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->att_mix_k, NULL, R, C);
     ctx_matmul(ctx, &L->att_k, rs->xm, R, rs->k, C);
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->att_mix_v, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->att_mix_v, NULL, R, C);
     ctx_matmul(ctx, &L->att_v, rs->xm, R, rs->v, C);
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->att_mix_r, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->att_mix_r, NULL, R, C);
     ctx_matmul(ctx, &L->att_r, rs->xm, R, rs->r, C);
     if (gated) {
-        mix_tokens(rs->xm, rs->xx, rs->dx, L->att_mix_g, NULL, R, C);
+        mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->att_mix_g, NULL, R, C);
         ctx_matmul(ctx, &L->att_g, rs->xm, R, rs->g, C);
     }
 

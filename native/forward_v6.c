@@ -98,7 +98,7 @@ static void v6_time_mix(context * ctx, const layer * L, const batch * b) {
     const int64_t D = L->maa_w2[0].ne[0], D2 = L->decay_w1.ne[1];
 
     /* ddlerp: the five token-shift mixes, each with its own low-rank correction */
-    mix_tokens(rs->xm, rs->xx, rs->dx, L->maa_x, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, L->maa_x, NULL, R, C);
     ctx_matmul(ctx, &L->maa_w1, rs->xm, R, rs->lora, N_MIX * D);
     tanh_array(ctx, rs->lora, R * N_MIX * D);
 
@@ -108,7 +108,7 @@ static void v6_time_mix(context * ctx, const layer * L, const batch * b) {
             memcpy(rs->lora_part + row * D, rs->lora + (row * N_MIX + mix) * D, (size_t)D * sizeof(float));
         }
         ctx_matmul(ctx, &L->maa_w2[mix], rs->lora_part, R, rs->extra, C);
-        mix_tokens(rs->xm, rs->xx, rs->dx, maa[mix], rs->extra, R, C);
+        mix_tokens(ctx, rs->xm, rs->xx, rs->dx, maa[mix], rs->extra, R, C);
         switch (mix) {
         case MIX_W: {
             float * w = rs->w;

@@ -134,6 +134,90 @@ static void v7_step(const heads_job * job, float * state, int64_t h, int64_t row
     wkv7_head(state, job->r + o, job->w + o, job->k + o, job->v + o, job->kk + o, job->b + o, job->y + o, job->S);
 }
 
+/* The per-row stages between the products, each over a range of rows so that a prompt's
+ * rows are shared among the context's threads (the same arithmetic per row: the same bits). */
+typedef enum { V7_DECAY, V7_VALUE_GATE, V7_RATE, V7_KEYS, V7_OUTPUT } v7_stage;
+
+typedef struct v7_rows_job {
+    const context * ctx;
+    const layer * L;
+    v7_stage stage;
+    int64_t C, H, S;
+    float *r, *w, *k, *v, *a, *g, *kk, *y, *gate, *v_first;
+} v7_rows_job;
+
+static void v7_rows_range(void * arg, int64_t r0, int64_t r1) {
+    const v7_rows_job * job = (const v7_rows_job *)arg;
+    const kernels * kern = job->ctx->kern;
+    const layer * L = job->L;
+    const int64_t C = job->C, H = job->H, S = job->S, o0 = r0 * C, n = (r1 - r0) * C;
+    switch (job->stage) {
+    case V7_DECAY: { /* w = exp(-e^-0.5 sigmoid(w0 + lora)) */
+        float * w = job->w + o0;
+        add_rows(w, L->w0, (int)(r1 - r0), C);
+        kern->sigmoid(w, w, n);
+        for (int64_t i = 0; i < n; i++) w[i] *= -V7_DECAY_SCALE;
+        kern->exp(w, w, n);
+        break;
+    }
+    case V7_VALUE_GATE: { /* later layers pull their value towards layer 0's by a data-dependent gate */
+        float *gate = job->gate + o0, *v = job->v + o0;
+        const float * v_first = job->v_first + o0;
+        add_rows(gate, L->v0, (int)(r1 - r0), C);
+        kern->sigmoid(gate, gate, n);
+        for (int64_t i = 0; i < n; i++) v[i] += (v_first[i] - v[i]) * gate[i];
+        break;
+    }
+    case V7_RATE: {
+        float * a = job->a + o0;
+        add_rows(a, L->a0, (int)(r1 - r0), C);
+        kern->sigmoid(a, a, n);
+        break;
+    }
+    case V7_KEYS: /* kk: the key scaled by k_k, L2-normalized per head; the key itself scaled by the rate a */
+        for (int64_t row = r0; row < r1; row++) {
+            float *k_row = job->k + row * C, *a_row = job->a + row * C, *kk_row = job->kk + row * C;
+            for (int64_t c = 0; c < C; c++) kk_row[c] = k_row[c] * L->k_k[c];
+            for (int64_t h = 0; h < H; h++) {
+                float * kh = kk_row + h * S;
+                const float norm = sqrtf(dot(kh, kh, S));
+                const float inv = 1.0f / (norm > V7_KK_MIN_NORM ? norm : V7_KK_MIN_NORM);
+                for (int64_t j = 0; j < S; j++) kh[j] *= inv;
+            }
+            for (int64_t c = 0; c < C; c++) {
+                k_row[c] *= 1.0f + (a_row[c] - 1.0f) * L->k_a[c];
+                a_row[c] *= kk_row[c]; /* a becomes b = kk * a: what the state forgets, per key channel */
+            }
+        }
+        break;
+    case V7_OUTPUT: /* per-head group norm, the current token's bonus, the gate */
+        for (int64_t row = r0; row < r1; row++) {
+            const int64_t o = row * C;
+            const float *r = job->r, *k = job->k, *v = job->v, *g = job->g;
+            float * y = job->y;
+            group_norm(y + o, y + o, L->ln_x_w, L->ln_x_b, H, S, job->ctx->m->ln_x_eps);
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t hc = o + h * S;
+                float rkr[8] = {0};
+                /* sum_j r_j k_j r_k_j, with eight partial sums as in dot() */
+                int64_t j = 0;
+                for (; j + 8 <= S; j += 8) {
+                    for (int l = 0; l < 8; l++) rkr[l] += r[hc + j + l] * k[hc + j + l] * L->r_k[h * S + j + l];
+                }
+                for (; j < S; j++) rkr[0] += r[hc + j] * k[hc + j] * L->r_k[h * S + j];
+                const float bonus = ((rkr[0] + rkr[4]) + (rkr[1] + rkr[5])) + ((rkr[2] + rkr[6]) + (rkr[3] + rkr[7]));
+                for (j = 0; j < S; j++) y[hc + j] = (y[hc + j] + bonus * v[hc + j]) * g[hc + j];
+            }
+        }
+        break;
+    }
+}
+
+static void v7_rows(context * ctx, v7_rows_job * job, v7_stage stage, int R, double work_per_value) {
+    job->stage = stage;
+    ctx_parallel_range(ctx, R, 1, work_per_value * (double)R * (double)job->C, v7_rows_range, job);
+}
+
 static void v7_time_mix(context * ctx, const layer * L, const batch * b) {
     const model * m = ctx->m;
     run_state * rs = &ctx->rs;
@@ -142,88 +226,48 @@ static void v7_time_mix(context * ctx, const layer * L, const batch * b) {
     const float * mix = L->x_rwkvag;
     float *r = rs->r, *w = rs->w, *k = rs->k, *v = rs->v, *a = rs->a, *g = rs->g, *kk = rs->kk, *y = rs->y;
     float * lora = rs->lora;
+    v7_rows_job rows = {.ctx = ctx, .L = L, .C = C, .H = H, .S = S, .r = r, .w = w, .k = k, .v = v, .a = a, .g = g,
+                        .kk = kk, .y = y, .gate = rs->out, .v_first = rs->v_first};
 
-    mix_tokens(rs->xm, rs->xx, rs->dx, mix + MIX_R * C, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, mix + MIX_R * C, NULL, R, C);
     ctx_matmul(ctx, &L->att_r, rs->xm, R, r, C);
 
-    mix_tokens(rs->xm, rs->xx, rs->dx, mix + MIX_W * C, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, mix + MIX_W * C, NULL, R, C);
     ctx_matmul(ctx, &L->w1, rs->xm, R, lora, L->w1.ne[1]);
     tanh_array(ctx, lora, R * L->w1.ne[1]);
     ctx_matmul(ctx, &L->w2, lora, R, w, C);
-    add_rows(w, L->w0, R, C);
-    ctx->kern->sigmoid(w, w, RC);
-    for (int64_t i = 0; i < RC; i++) w[i] *= -V7_DECAY_SCALE;
-    ctx->kern->exp(w, w, RC);
+    v7_rows(ctx, &rows, V7_DECAY, R, 30.0);
 
-    mix_tokens(rs->xm, rs->xx, rs->dx, mix + MIX_K * C, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, mix + MIX_K * C, NULL, R, C);
     ctx_matmul(ctx, &L->att_k, rs->xm, R, k, C);
 
-    mix_tokens(rs->xm, rs->xx, rs->dx, mix + MIX_V * C, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, mix + MIX_V * C, NULL, R, C);
     ctx_matmul(ctx, &L->att_v, rs->xm, R, v, C);
     if (!L->has_v_lora) {
         memcpy(rs->v_first, v, (size_t)RC * sizeof(float));
     } else {
-        /* later layers pull their value towards layer 0's by a data-dependent gate */
-        float * gate = rs->out;
         ctx_matmul(ctx, &L->v1, rs->xm, R, lora, L->v1.ne[1]);
-        ctx_matmul(ctx, &L->v2, lora, R, gate, C);
-        add_rows(gate, L->v0, R, C);
-        ctx->kern->sigmoid(gate, gate, RC);
-        for (int64_t i = 0; i < RC; i++) v[i] += (rs->v_first[i] - v[i]) * gate[i];
+        ctx_matmul(ctx, &L->v2, lora, R, rs->out, C);
+        v7_rows(ctx, &rows, V7_VALUE_GATE, R, 20.0);
     }
 
-    mix_tokens(rs->xm, rs->xx, rs->dx, mix + MIX_A * C, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, mix + MIX_A * C, NULL, R, C);
     ctx_matmul(ctx, &L->a1, rs->xm, R, lora, L->a1.ne[1]);
     ctx_matmul(ctx, &L->a2, lora, R, a, C);
-    add_rows(a, L->a0, R, C);
-    ctx->kern->sigmoid(a, a, RC);
+    v7_rows(ctx, &rows, V7_RATE, R, 20.0);
 
-    mix_tokens(rs->xm, rs->xx, rs->dx, mix + MIX_G * C, NULL, R, C);
+    mix_tokens(ctx, rs->xm, rs->xx, rs->dx, mix + MIX_G * C, NULL, R, C);
     ctx_matmul(ctx, &L->g1, rs->xm, R, lora, L->g1.ne[1]);
     ctx->kern->sigmoid(lora, lora, R * L->g1.ne[1]);
     ctx_matmul(ctx, &L->g2, lora, R, g, C);
 
-    /* kk: the key scaled by k_k, L2-normalized per head; the key itself scaled by the rate a */
-    for (int64_t row = 0; row < R; row++) {
-        for (int64_t c = 0; c < C; c++) kk[row * C + c] = k[row * C + c] * L->k_k[c];
-    }
-    for (int64_t rh = 0; rh < (int64_t)R * H; rh++) {
-        float * kh = kk + rh * S;
-        const float norm = sqrtf(dot(kh, kh, S));
-        const float inv = 1.0f / (norm > V7_KK_MIN_NORM ? norm : V7_KK_MIN_NORM);
-        for (int64_t j = 0; j < S; j++) kh[j] *= inv;
-    }
-    for (int64_t row = 0; row < R; row++) {
-        float * k_row = k + row * C;
-        float * a_row = a + row * C;
-        const float * kk_row = kk + row * C;
-        for (int64_t c = 0; c < C; c++) {
-            k_row[c] *= 1.0f + (a_row[c] - 1.0f) * L->k_a[c];
-            a_row[c] *= kk_row[c]; /* a becomes b = kk * a: what the state forgets, per key channel */
-        }
-    }
+    v7_rows(ctx, &rows, V7_KEYS, R, 8.0);
 
     const heads_job recurrence = {.state = rs->att_state, .r = r, .k = k, .v = v, .w = w, .kk = kk, .b = a, .y = y,
                                   .n_seq = b->n_seq, .seq_len = b->seq_len, .C = C, .S = S, .w_stride = C, .step = v7_step};
     run_heads(ctx, &recurrence);
 
-    /* per-head group norm, the current token's bonus, the gate */
-    for (int64_t row = 0; row < R; row++) {
-        const int64_t o = row * C;
-        group_norm(y + o, y + o, L->ln_x_w, L->ln_x_b, H, S, m->ln_x_eps);
-        for (int64_t h = 0; h < H; h++) {
-            const int64_t hc = o + h * S;
-            float rkr[8] = {0};
-            /* sum_j r_j k_j r_k_j, with eight partial sums as in dot() */
-            int64_t j = 0;
-            for (; j + 8 <= S; j += 8) {
-                for (int l = 0; l < 8; l++) rkr[l] += r[hc + j + l] * k[hc + j + l] * L->r_k[h * S + j + l];
-            }
-            for (; j < S; j++) rkr[0] += r[hc + j] * k[hc + j] * L->r_k[h * S + j];
-            const float bonus = ((rkr[0] + rkr[4]) + (rkr[1] + rkr[5])) + ((rkr[2] + rkr[6]) + (rkr[3] + rkr[7]));
-            for (j = 0; j < S; j++) y[hc + j] = (y[hc + j] + bonus * v[hc + j]) * g[hc + j];
-        }
-    }
+    v7_rows(ctx, &rows, V7_OUTPUT, R, 12.0);
 }
 
 const arch_ops arch_v7 = {
