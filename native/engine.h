@@ -108,6 +108,9 @@ typedef struct kernels {
     size_t (*prepared_bytes)(int type, int64_t n, int T);
     /* prepares T rows of n activations (x row stride n) into dst */
     void (*prepare)(int type, const float * x, int64_t n, int T, void * dst);
+    /* part `part` of `parts` of that preparation, for the context's threads: the parts, run in
+     * any order or at once, write what one prepare call writes (NULL: not cut) */
+    void (*prepare_part)(int type, const float * x, int64_t n, int T, void * dst, int part, int parts);
     /* y[t * ldy + r] = dot(W row r, x_t) for r in [r0, r1), t in [0, T) */
     void (*matmul)(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T,
                    float * y, int64_t ldy, int64_t r0, int64_t r1);
@@ -152,6 +155,7 @@ void pool_free(pool * p);
  * (recurrences, elementwise passes) count rough operations, so the two bars differ. */
 #define PARALLEL_MIN_MACS 32768.0
 #define PARALLEL_MIN_OPS 65536.0
+#define PARALLEL_MIN_PREPARE 32768.0 /* activation values (rows x n) from which a preparation is cut */
 
 /* For the loops of the recurrences (plain C that the compiler vectorizes): built for the
  * baseline x86-64 they get 4-wide SSE; this adds an AVX2 copy that the loader picks when the

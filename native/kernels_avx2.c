@@ -37,12 +37,16 @@ X86_TARGET static size_t avx2_prepared_bytes(int type, int64_t n, int T) {
     return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 1);
 }
 
-X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+X86_TARGET static void avx2_prepare_part(int type, const float * x, int64_t n, int T, void * dst, int part, int parts) {
     if (type_is_kquant(type)) {
-        kq_prepare_avx2(type, x, n, T, dst);
+        if (part == 0) kq_prepare_avx2(type, x, n, T, dst); /* not cut: one part does it all */
         return;
     }
-    x86_prepare(type, x, n, T, dst, 0, 1);
+    x86_prepare(type, x, n, T, dst, 0, 1, part, parts);
+}
+
+X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+    avx2_prepare_part(type, x, n, T, dst, 0, 1);
 }
 
 /* ---- quantized weights ---- */
@@ -626,6 +630,7 @@ const kernels kernels_avx2 = {
     .name = "avx2",
     .prepared_bytes = avx2_prepared_bytes,
     .prepare = avx2_prepare,
+    .prepare_part = avx2_prepare_part,
     .matmul = avx2_matmul,
 };
 

@@ -39,18 +39,24 @@ X86_TARGET static size_t avx512_prepared_bytes(int type, int64_t n, int T) {
     return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 1);
 }
 
-X86_TARGET static void xt_prepare(const float * x, int64_t n, int T, float * out);
+X86_TARGET static void xt_prepare(const float * x, int64_t n, int T, float * out, int64_t k_begin, int64_t k_end);
 
-X86_TARGET static void avx512_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+X86_TARGET static void avx512_prepare_part(int type, const float * x, int64_t n, int T, void * dst, int part, int parts) {
     if (type_is_kquant(type)) {
-        kq_prepare_avx2(type, x, n, T, dst); /* the layout and numbers every path shares */
+        if (part == 0) kq_prepare_avx2(type, x, n, T, dst); /* the layout and numbers every path shares; not cut */
         return;
     }
     if (!type_is_quantized(type) && T >= X86_XT_MIN_T) {
-        xt_prepare(x, n, T, (float *)dst);
+        int64_t k_begin, k_end;
+        x86_part_range(n, 16, part, parts, &k_begin, &k_end);
+        xt_prepare(x, n, T, (float *)dst, k_begin, k_end);
         return;
     }
-    x86_prepare(type, x, n, T, dst, 128, 1);
+    x86_prepare(type, x, n, T, dst, 128, 1, part, parts);
+}
+
+X86_TARGET static void avx512_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+    avx512_prepare_part(type, x, n, T, dst, 0, 1);
 }
 
 /* ---- quantized weights ---- */
@@ -552,10 +558,11 @@ INLINE void xt_rows(int type, int TV, int RG, const uint8_t * w, size_t row_byte
  * row passes over them; each chunk's sums are added to y. */
 enum { XT_CHUNK = 2048 };
 
-/* The transposed activations of kernels_x86.h, 16 x 16 tiles at a time. */
-X86_TARGET static void xt_prepare(const float * x, int64_t n, int T, float * out) {
+/* The transposed activations of kernels_x86.h, columns [k_begin, k_end) (k_begin a multiple
+ * of 16), 16 x 16 tiles at a time. */
+X86_TARGET static void xt_prepare(const float * x, int64_t n, int T, float * out, int64_t k_begin, int64_t k_end) {
     const int64_t ts = x86_round16(T);
-    for (int64_t k0 = 0; k0 < n; k0 += 16) {
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += 16) {
         const int64_t kn = n - k0 < 16 ? n - k0 : 16;
         const __mmask16 kmask = (__mmask16)((1u << kn) - 1);
         for (int64_t t0 = 0; t0 < ts; t0 += 16) {
@@ -822,6 +829,7 @@ const kernels kernels_avx512 = {
     .name = "avx512",
     .prepared_bytes = avx512_prepared_bytes,
     .prepare = avx512_prepare,
+    .prepare_part = avx512_prepare_part,
     .matmul = avx512_matmul,
 };
 

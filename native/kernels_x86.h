@@ -166,13 +166,28 @@ X86_INLINE int32_t x86_quantize_block(const float * x, int8_t * q, float * d, fl
     return sum;
 }
 
-X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int expand) {
+/* Part `part` of `parts` of [0, n) in whole units: [*begin, *end). */
+X86_INLINE void x86_part_range(int64_t n, int64_t unit, int part, int parts, int64_t * begin, int64_t * end) {
+    const int64_t units = (n + unit - 1) / unit;
+    *begin = units * part / parts * unit;
+    *end = units * (part + 1) / parts * unit;
+    if (*end > n) *end = n;
+}
+
+/* Part `part` of `parts` of the preparation (columns of the transposed float layout, tokens
+ * of the others): the parts together write what one whole call (part 0 of 1) writes. */
+X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int expand, int part,
+                            int parts) {
     uint8_t * base = (uint8_t *)dst;
+    int64_t t_begin, t_end;
+    x86_part_range(T, 1, part, parts, &t_begin, &t_end);
     if (!type_is_quantized(type) && T >= X86_XT_MIN_T) {
         const int64_t ts = x86_round16(T);
         float * out = (float *)base;
+        int64_t k_begin, k_end;
+        x86_part_range(n, 16, part, parts, &k_begin, &k_end);
         /* 16 x 16 tiles through a small buffer: both sides stay in cache lines */
-        for (int64_t k0 = 0; k0 < n; k0 += 16) {
+        for (int64_t k0 = k_begin; k0 < k_end; k0 += 16) {
             const int64_t kn = n - k0 < 16 ? n - k0 : 16;
             for (int64_t t0 = 0; t0 < ts; t0 += 16) {
                 float tile[16][16];
@@ -187,7 +202,7 @@ X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * 
     if (!type_is_quantized(type)) {
         const int64_t ns = x86_round16(n);
         float * out = (float *)base;
-        for (int t = 0; t < T; t++) {
+        for (int64_t t = t_begin; t < t_end; t++) {
             memcpy(out + (size_t)t * ns, x + (size_t)t * n, (size_t)n * sizeof(float));
             for (int64_t c = n; c < ns; c++) out[(size_t)t * ns + c] = 0.0f;
         }
@@ -200,7 +215,7 @@ X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * 
     int8_t * q = (int8_t *)base;
     xq_scale * sc = (xq_scale *)(base + L.sc_off);
     float * s = (float *)(base + L.s_off);
-    for (int t = 0; t < T; t++) {
+    for (int64_t t = t_begin; t < t_end; t++) {
         const float * xt = x + (size_t)t * n;
         int8_t * qt = q + (size_t)t * L.qstride;
         xq_scale * sct = sc + (size_t)t * L.np;

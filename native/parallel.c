@@ -29,9 +29,37 @@ static void matmul_chunk(void * arg, int64_t chunk, int thread) {
                       job->ldy, r0, r1);
 }
 
+/* ---- preparing activations ---- */
+
+typedef struct prepare_job {
+    const kernels * kern;
+    int type;
+    const float * x;
+    int64_t n;
+    int R;
+    void * dst;
+    int parts;
+} prepare_job;
+
+static void prepare_chunk(void * arg, int64_t part, int thread) {
+    const prepare_job * job = (const prepare_job *)arg;
+    job->kern->prepare_part(job->type, job->x, job->n, job->R, job->dst, (int)part, job->parts);
+}
+
+/* R rows of activations into the run state's prepared buffer: a prompt's rows (a pass of
+ * 64 x 2048 floats is tens of microseconds of transposing or quantizing) on every thread. */
+static void ctx_prepare(context * ctx, int type, const float * x, int64_t n, int R) {
+    if (ctx->n_threads == 1 || !ctx->kern->prepare_part || (double)n * R < PARALLEL_MIN_PREPARE) {
+        ctx->kern->prepare(type, x, n, R, ctx->rs.prepared);
+        return;
+    }
+    prepare_job job = {ctx->kern, type, x, n, R, ctx->rs.prepared, 2 * ctx->n_threads};
+    pool_for(ctx->pool, job.parts, prepare_chunk, &job);
+}
+
 void ctx_matmul(context * ctx, const tensor * W, const float * x, int R, float * y, int64_t ldy) {
     const int64_t n = W->ne[0], rows = tensor_rows(W);
-    ctx->kern->prepare(W->type, x, n, R, ctx->rs.prepared);
+    ctx_prepare(ctx, W->type, x, n, R);
     matmul_job job = {ctx->kern, W, ctx->rs.prepared, R, y, ldy, rows};
     if (ctx->n_threads == 1 || (double)rows * (double)n * R < PARALLEL_MIN_MACS) {
         matmul_chunk(&job, 0, 0);
@@ -71,7 +99,7 @@ void ctx_head(context * ctx, const float * x, int R, float * const * logits) {
         ctx_matmul(ctx, W, x, 1, logits[0], tensor_rows(W));
         return;
     }
-    ctx->kern->prepare(W->type, x, W->ne[0], R, ctx->rs.prepared);
+    ctx_prepare(ctx, W->type, x, W->ne[0], R);
     const head_job job = {ctx, R, logits};
     pool_for(ctx->pool, (tensor_rows(W) + HEAD_PIECE_ROWS - 1) / HEAD_PIECE_ROWS, head_piece, (void *)&job);
 }

@@ -170,7 +170,18 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
     for (int64_t i = 0; i < T * ldy; i++) y[i] = y_ref[i] = 12345.0f; /* untouched padding keeps this */
     kernels_scalar.prepare(type, x, cols, T, xp_ref);
     kernels_scalar.matmul(type, w, row_bytes, cols, xp_ref, T, y_ref, ldy, 0, rows);
+    memset(xp, 0x5a, prep);
     k->prepare(type, x, cols, T, xp);
+    /* a preparation cut into parts (as a context's threads run them, in any order) writes the
+     * same bytes as one call */
+    int parts_differ = 0;
+    if (k->prepare_part) {
+        void * xp_parts = aligned(prep);
+        memset(xp_parts, 0x5a, prep);
+        for (int part = 2; part >= 0; part--) k->prepare_part(type, x, cols, T, xp_parts, part, 3);
+        parts_differ = memcmp(xp, xp_parts, prep) != 0;
+        free(xp_parts);
+    }
     /* two row ranges, as two threads would split them */
     const int64_t split = rows > 16 ? 16 : rows / 2;
     k->matmul(type, w, row_bytes, cols, xp, T, y, ldy, 0, split);
@@ -199,8 +210,8 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
     }
     for (int t = 0; t < T; t++)
         for (int64_t r = rows; r < ldy; r++) bad_padding |= y[t * ldy + r] != 12345.0f;
-    printf("shape %lld %lld %d %.3e %.3e %.3e%s\n", (long long)rows, (long long)cols, T, sqrt(diff2 / (ref2 + 1e-30)),
-           max_ratio, exact_ratio, bad_padding ? " wrote-outside-rows" : "");
+    printf("shape %lld %lld %d %.3e %.3e %.3e%s%s\n", (long long)rows, (long long)cols, T, sqrt(diff2 / (ref2 + 1e-30)),
+           max_ratio, exact_ratio, bad_padding ? " wrote-outside-rows" : "", parts_differ ? " prepare-parts-differ" : "");
     free(deq);
     free(y);
     free(y_ref);
@@ -209,7 +220,7 @@ static int check_shape(const kernels * k, int type, int64_t rows, int64_t cols, 
     free(x);
     free(wf);
     munmap(map, span);
-    return bad_padding;
+    return bad_padding || parts_differ;
 }
 
 /* ---- activations that are not finite ---- */
