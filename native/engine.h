@@ -57,6 +57,18 @@ int type_from_name(const char * name); /* -1 if unknown */
 /* Bytes of a row of n values (n a multiple of type_block_values). */
 size_t type_row_bytes(int type, int64_t n);
 size_t type_block_bytes(int type);
+/* type_block_bytes of the five rwkv.cpp block types (Q8_0 for any other), as a constant the
+ * kernels' inlined loops fold: ggml's block layouts (a half-precision d, m for the _1 types,
+ * the high bits of the 5-bit types, 16 bytes of nibbles or 32 codes). */
+static inline size_t q_block_bytes(int type) {
+    switch (type) {
+    case TYPE_Q4_0: return 18;
+    case TYPE_Q4_1: return 20;
+    case TYPE_Q5_0: return 22;
+    case TYPE_Q5_1: return 24;
+    default: return 34;
+    }
+}
 
 float fp16_to_fp32(uint16_t h);
 uint16_t fp32_to_fp16(float f); /* round to nearest even */

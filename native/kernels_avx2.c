@@ -51,16 +51,6 @@ X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T,
 
 /* ---- quantized weights ---- */
 
-INLINE size_t q_block_bytes(int type) {
-    switch (type) {
-    case TYPE_Q4_0: return 18;
-    case TYPE_Q4_1: return 20;
-    case TYPE_Q5_0: return 22;
-    case TYPE_Q5_1: return 24;
-    default: return 34;
-    }
-}
-
 /* The 32 codes of a block in value order (signed values for Q8_0). */
 INLINE __m256i q_codes(int type, const uint8_t * a) {
     if (type == TYPE_Q8_0) return _mm256_loadu_si256((const __m256i *)(a + 2));
@@ -471,9 +461,8 @@ enum { XT_COLS = 64, XT_ROWS = 32, XT_TOKENS = 64, XT_RG = 4, XT_CHUNK = 2048 };
 enum { XT_AHEAD = 2 };
 
 INLINE void xt_convert(int type, float * dst, const uint8_t * row, int64_t k0, int64_t len) {
-    const size_t wb = type == TYPE_FP32 ? 4 : 2;
-    const uint8_t * ahead = row + (size_t)(k0 + XT_AHEAD * XT_COLS) * wb;
-    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(ahead + b), _MM_HINT_T1);
+    const size_t wb = x86_float_bytes(type);
+    x86_prefetch_lines(row + (size_t)(k0 + XT_AHEAD * XT_COLS) * wb, XT_COLS * wb, 0);
     int64_t k = 0;
     for (; k + 8 <= len; k += 8) _mm256_store_ps(dst + k, f_load(type, row, k0 + k, 8));
     if (k < len) _mm256_store_ps(dst + k, f_load(type, row, k0 + k, len - k));
@@ -497,21 +486,6 @@ INLINE void xt_micro(int RG, int TV, const float * wb, const float * xt, int64_t
             float * out = tile + i * XT_TOKENS + 8 * v;
             _mm256_store_ps(out, first ? acc[i * TV + v] : _mm256_add_ps(acc[i * TV + v], _mm256_load_ps(out)));
         }
-    }
-}
-
-/* The weights of the group after rows [rb + g, + XT_RG) at block k0 (the next rows, or the
- * first rows at the next block), into L1 while this group's arithmetic runs: the first
- * conversion load of a group otherwise waits on L2. */
-INLINE void xt_prefetch_next(int type, const uint8_t * w, size_t row_bytes, int64_t rb, int64_t nr, int64_t g, int64_t k0,
-                             int64_t c1) {
-    const size_t wb = type == TYPE_FP32 ? 4 : 2;
-    const int64_t gn = g + XT_RG < nr ? g + XT_RG : 0, kn = g + XT_RG < nr ? k0 : k0 + XT_COLS;
-    if (kn >= c1) return;
-    const int64_t nn = nr - gn < XT_RG ? nr - gn : XT_RG;
-    for (int64_t i = 0; i < nn; i++) {
-        const uint8_t * next = w + (size_t)(rb + gn + i) * row_bytes + (size_t)kn * wb;
-        for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(next + b), _MM_HINT_T0);
     }
 }
 
@@ -543,7 +517,7 @@ INLINE void f_matmul_xt(int type, const uint8_t * w, size_t row_bytes, int64_t n
                         for (int64_t i = 0; i < ng; i++) {
                             xt_convert(type, wbuf + i * XT_COLS, w + (size_t)(rb + g + i) * row_bytes, k0, len);
                         }
-                        xt_prefetch_next(type, w, row_bytes, rb, nr, g, k0, c1);
+                        x86_xt_prefetch_next(type, w, row_bytes, rb, nr, g, XT_RG, k0, XT_COLS, c1);
                         /* a short last group keeps its rows in one pass */
                         switch (ng) {
                         case 1: xt_group(1, wbuf, xt, ts, len, nv, tile + g * XT_TOKENS, k0 == c0); break;

@@ -61,16 +61,6 @@ X86_TARGET static void avx512_prepare(int type, const float * x, int64_t n, int 
 
 /* ---- quantized weights ---- */
 
-INLINE size_t q_block_bytes(int type) {
-    switch (type) {
-    case TYPE_Q4_0: return 18;
-    case TYPE_Q4_1: return 20;
-    case TYPE_Q5_0: return 22;
-    case TYPE_Q5_1: return 24;
-    default: return 34;
-    }
-}
-
 /* Byte tables for unpacking a pair of blocks with VPERMB from one 64-byte load of the pair.
  * codes: output byte i (block i / 32, value i % 32) <- the byte holding that value's nibble;
  * qh: output byte i <- the byte of qh holding bit i % 32 of block i / 32. */
@@ -481,9 +471,8 @@ enum { XT_COLS = 128, XT_ROWS = 48, XT_TOKENS = 64 };
 enum { XT_AHEAD = 2 };
 
 INLINE void xt_convert(int type, float * dst, const uint8_t * row, int64_t k0, int64_t len) {
-    const size_t wb = type == TYPE_FP32 ? 4 : 2;
-    const uint8_t * ahead = row + (size_t)(k0 + XT_AHEAD * XT_COLS) * wb;
-    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(ahead + b), _MM_HINT_T1);
+    const size_t wb = x86_float_bytes(type);
+    x86_prefetch_lines(row + (size_t)(k0 + XT_AHEAD * XT_COLS) * wb, XT_COLS * wb, 0);
     int64_t k = 0;
     for (; k + 16 <= len; k += 16) _mm512_store_ps(dst + k, f_load(type, row, k0 + k, 0xffff, 0));
     if (k < len) _mm512_store_ps(dst + k, f_load(type, row, k0 + k, (__mmask16)((1u << (len - k)) - 1), 1));
@@ -513,7 +502,7 @@ INLINE void xt_micro(int RG, int TV, const float * wb, const float * xt, int64_t
 /* Rows [rb, rb + nr) (nr <= XT_ROWS) with TV token vectors from token t0, columns [c0, c1). */
 INLINE void xt_rows(int type, int TV, int RG, const uint8_t * w, size_t row_bytes, int64_t c0, int64_t c1, const float * x,
                     int64_t ts, int64_t t0, int64_t rb, int64_t nr, float * wbuf, float * tile) {
-    const size_t wb = type == TYPE_FP32 ? 4 : 2;
+    const size_t wb = x86_float_bytes(type);
     for (int64_t k0 = c0; k0 < c1; k0 += XT_COLS) {
         const int64_t len = c1 - k0 < XT_COLS ? c1 - k0 : XT_COLS;
         const float * xt = x + (size_t)k0 * ts + t0;
@@ -523,19 +512,10 @@ INLINE void xt_rows(int type, int TV, int RG, const uint8_t * w, size_t row_byte
                 const uint8_t * row = w + (size_t)(rb + g + i) * row_bytes;
                 xt_convert(type, wbuf + i * XT_COLS, row, k0, len);
                 if (k0 == c0) { /* the first XT_AHEAD blocks of the next tile's rows */
-                    const uint8_t * next = row + (size_t)XT_ROWS * row_bytes + (size_t)c0 * wb;
-                    for (size_t b = 0; b < XT_AHEAD * XT_COLS * wb; b += 64) _mm_prefetch((const char *)(next + b), _MM_HINT_T1);
+                    x86_prefetch_lines(row + (size_t)XT_ROWS * row_bytes + (size_t)c0 * wb, XT_AHEAD * XT_COLS * wb, 0);
                 }
             }
-            /* the next group's weights into L1 while this one's arithmetic runs */
-            const int64_t gn = g + RG < nr ? g + RG : 0, kn = g + RG < nr ? k0 : k0 + XT_COLS;
-            if (kn < c1) {
-                const int64_t nn = nr - gn < RG ? nr - gn : RG;
-                for (int64_t i = 0; i < nn; i++) {
-                    const uint8_t * next = w + (size_t)(rb + gn + i) * row_bytes + (size_t)kn * wb;
-                    for (size_t b = 0; b < XT_COLS * wb; b += 64) _mm_prefetch((const char *)(next + b), _MM_HINT_T0);
-                }
-            }
+            x86_xt_prefetch_next(type, w, row_bytes, rb, nr, g, RG, k0, XT_COLS, c1);
             /* a short last group keeps its rows in one pass (one row alone would leave TV
              * accumulators, too few to cover the FMA latency) */
             float * tg = tile + g * XT_TOKENS;

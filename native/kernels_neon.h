@@ -175,16 +175,6 @@ NEON_INLINE void nq_prepare(const float * x, int64_t n, int T, void * dst) {
  * which leave different partial sums in the lanes) and the two modes (decode, panels) compute
  * the same bits, on a Cortex-A53 as on an Apple core. */
 
-NEON_INLINE size_t q_block_bytes(int type) {
-    switch (type) {
-    case TYPE_Q4_0: return 18;
-    case TYPE_Q4_1: return 20;
-    case TYPE_Q5_0: return 22;
-    case TYPE_Q5_1: return 24;
-    default: return 34;
-    }
-}
-
 NEON_INLINE int q_has_min(int type) { return type == TYPE_Q4_1 || type == TYPE_Q5_1; }
 
 /* bit j of the 16 bits at h (little endian) as 0x10 in byte j */
