@@ -5,9 +5,12 @@
  * not scheduled yet (on a busy machine it simply does the chunks itself); it only waits for
  * chunks already in progress. Workers spin briefly between loops (decoding issues many small
  * products per token), then sleep on a condition variable so an idle context costs no CPU.
+ * Workers block every signal that can be blocked: a signal sent to the process (Ctrl-C) then
+ * goes to one of the application's own threads, whose handlers expect it there.
  */
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -105,6 +108,10 @@ pool * pool_create(int n_threads) {
             pool_free(p);
             return NULL;
         }
+        /* workers inherit the creating thread's mask: block all while creating them */
+        sigset_t all, previous;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &previous);
         for (int i = 1; i < n_threads; i++) {
             p->workers[i].owner = p;
             p->workers[i].index = i;
@@ -113,6 +120,7 @@ pool * pool_create(int n_threads) {
                 break;
             }
         }
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
     }
     return p;
 }

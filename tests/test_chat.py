@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pexpect
@@ -436,3 +440,84 @@ def test_reasoning_models_are_recognised_by_name():
     assert ChatFormat.for_model(256, "", "rwkv7-g1-test").name == "raven"  # bytes: no think
     assert split_thinking("> weigh it\n</think>\nYes.") == ("weigh it", "Yes.")
     assert split_thinking("Plain answer.") == ("", "Plain answer.")
+
+
+
+SIGNAL_MASKS = r"""
+import os, signal, sys
+from rwkv_cli import RWKV
+
+def masks():  # thread id -> whether it blocks SIGINT
+    out = {}
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/status") as f:
+            blocked = int(next(l for l in f if l.startswith("SigBlk:")).split()[1], 16)
+        out[task] = bool(blocked >> (signal.SIGINT - 1) & 1)
+    return out
+
+before = masks()
+with RWKV(sys.argv[1], threads=2) as model:
+    model.completion("dragon", max_tokens=4, temperature=0)
+    after = masks()
+print(before[str(os.getpid())], sorted(blocks for task, blocks in after.items() if task not in before))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_the_engine_threads_leave_ctrl_c_to_the_main_thread(byte_v4):
+    # The engine thread and the C pool's worker block SIGINT, so the kernel hands Ctrl-C to
+    # the main thread (or another of the application's own threads), never to them.
+    out = subprocess.run([sys.executable, "-c", SIGNAL_MASKS, str(byte_v4)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.split() == ["False", "[True,", "True]"], out
+
+
+CTRL_C_ELSEWHERE = r"""
+import signal, sys, threading, time
+from rich.console import Console
+from rwkv_cli.app.chat import PlainReader
+
+# Only a thread other than the main one can take SIGINT now, as when the kernel picks one.
+def other():
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    time.sleep(60)
+
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+threading.Thread(target=other, daemon=True).start()
+reader = PlainReader(Console())
+print(repr(reader.read("User")), flush=True)
+try:
+    reader.read("User")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+print(repr(reader.read("User")), repr(reader.read("User")), flush=True)
+try:
+    reader.read("User")
+except EOFError:
+    print("end", flush=True)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_the_plain_reader_sees_ctrl_c_that_another_thread_took():
+    child = subprocess.Popen([sys.executable, "-c", CTRL_C_ELSEWHERE], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, encoding="utf-8",
+                             env=dict(os.environ, PYTHONIOENCODING="utf-8", NO_COLOR="1"))
+    watchdog = threading.Timer(30, child.kill)  # a reader that never wakes fails, not hangs
+    watchdog.start()
+    try:
+        child.stdin.write("first line\n")
+        child.stdin.flush()
+        assert child.stdout.readline().endswith("'first line'\n")
+        time.sleep(0.3)  # the reader waits for the next line
+        child.send_signal(signal.SIGINT)
+        assert child.stdout.readline().endswith("interrupted\n")
+        # it goes on reading: a continued line, then the rest of the input without a newline
+        child.stdin.write("two \\\nparts\nnäive")
+        child.stdin.close()
+        assert child.stdout.readline().endswith("'two \\nparts' 'näive'\n")
+        assert child.stdout.readline().endswith("end\n")
+        assert child.wait(timeout=30) == 0
+    finally:
+        watchdog.cancel()
+        child.kill()

@@ -47,6 +47,7 @@ per step, the same numbers as alone.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections import deque
@@ -283,6 +284,11 @@ class Scheduler:
     # ---- the engine thread ----
 
     def _serve(self) -> None:
+        # Ctrl-C belongs to the main thread. The kernel may hand a process's SIGINT to any
+        # thread that does not block it; taken here, Python's handler would wait until the main
+        # thread next runs, and a main thread blocked reading the user's line would not wake.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             while True:
                 with self._lock:
