@@ -13,6 +13,7 @@ RWKV_REQUIRE_FIXTURES=1 (CI) an absent fixture is a failure instead.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,10 @@ def tiny_model(version: str, dtype: str) -> Path:
 
 def tiny_expected(version: str, what: str = "logits") -> Path:
     return shared_file(TINY / f"expected-{what}-{FIXTURE_VERSIONS[version]}.bin")
+
+
+def default_ctrl_c() -> None:
+    """pexpect's preexec_fn for a child that is sent Ctrl-C: SIGINT back to its default. A shell
+    starts a background job (`pytest ... &` in a script) with SIGINT ignored, every child
+    inherits that, and Python then never installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

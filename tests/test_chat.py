@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import numpy as np
 import pexpect
 import pytest
+from helpers import default_ctrl_c
 
 PROMPT = "User: "
 PERF = re.compile(r"(\d+) tokens, [\d.]+ tokens/s · prompt (\d+) tokens")
@@ -24,7 +22,7 @@ def spawn_chat(tmp_path, *args: str, model):
     child = pexpect.spawn(
         sys.executable, ["-m", "rwkv_cli", "chat", "--model-path", str(model),
                          "--threads", "1", *args],
-        env=env, encoding="utf-8", timeout=30, dimensions=(40, 200),
+        env=env, encoding="utf-8", timeout=30, dimensions=(40, 200), preexec_fn=default_ctrl_c,
     )
     child.expect_exact("Ctrl-D to quit")
     child.expect_exact(PROMPT)
@@ -471,53 +469,3 @@ def test_the_engine_threads_leave_ctrl_c_to_the_main_thread(byte_v4):
                          text=True, timeout=60, check=True).stdout
     assert out.split() == ["False", "[True,", "True]"], out
 
-
-CTRL_C_ELSEWHERE = r"""
-import signal, sys, threading, time
-from rich.console import Console
-from rwkv_cli.app.chat import PlainReader
-
-# Only a thread other than the main one can take SIGINT now, as when the kernel picks one.
-def other():
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    time.sleep(60)
-
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-threading.Thread(target=other, daemon=True).start()
-reader = PlainReader(Console())
-print(repr(reader.read("User")), flush=True)
-try:
-    reader.read("User")
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
-print(repr(reader.read("User")), repr(reader.read("User")), flush=True)
-try:
-    reader.read("User")
-except EOFError:
-    print("end", flush=True)
-"""
-
-
-@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
-def test_the_plain_reader_sees_ctrl_c_that_another_thread_took():
-    child = subprocess.Popen([sys.executable, "-c", CTRL_C_ELSEWHERE], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, encoding="utf-8",
-                             env=dict(os.environ, PYTHONIOENCODING="utf-8", NO_COLOR="1"))
-    watchdog = threading.Timer(30, child.kill)  # a reader that never wakes fails, not hangs
-    watchdog.start()
-    try:
-        child.stdin.write("first line\n")
-        child.stdin.flush()
-        assert child.stdout.readline().endswith("'first line'\n")
-        time.sleep(0.3)  # the reader waits for the next line
-        child.send_signal(signal.SIGINT)
-        assert child.stdout.readline().endswith("interrupted\n")
-        # it goes on reading: a continued line, then the rest of the input without a newline
-        child.stdin.write("two \\\nparts\nnäive")
-        child.stdin.close()
-        assert child.stdout.readline().endswith("'two \\nparts' 'näive'\n")
-        assert child.stdout.readline().endswith("end\n")
-        assert child.wait(timeout=30) == 0
-    finally:
-        watchdog.cancel()
-        child.kill()

@@ -12,6 +12,7 @@ from pathlib import Path
 import checkpoints
 import pexpect
 import pytest
+from helpers import default_ctrl_c
 from http_range_server import serve
 
 from rwkv_cli.formats import modelfile
@@ -279,7 +280,7 @@ def test_ctrl_c_during_the_download_keeps_the_part_and_setup_resumes(site):
     site["server"].throttle = 0.2  # about 4 s for the whole file
     child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup", "--model", "tiny-bin",
                                            "--yes"], env=site["env"], encoding="utf-8",
-                          timeout=30, dimensions=(30, 160))
+                          timeout=30, dimensions=(30, 160), preexec_fn=default_ctrl_c)
     child.expect(r"[1-9]\d*\.\d/\d+\.\d kB")  # some bytes arrived
     child.sendintr()
     child.expect_exact("download interrupted")
@@ -365,7 +366,7 @@ def test_the_picker_shows_the_catalog_notes(site):
     catalog["models"][0]["notes"] = "Small and quick: a good first model"
     site["catalog"].write_text(json.dumps(catalog))
     child = pexpect.spawn(sys.executable, ["-m", "rwkv_cli", "--setup"], env=site["env"],
-                          encoding="utf-8", timeout=30, dimensions=(30, 160))
+                          encoding="utf-8", timeout=30, dimensions=(30, 160), preexec_fn=default_ctrl_c)
     child.expect_exact("Which model?")
     child.expect_exact("Small and quick: a good first model")
     child.sendintr()

@@ -134,26 +134,16 @@ class ChatSession(Conversation):
 
 
 class PlainReader:
-    """Lines from a pipe or a dumb terminal: a line ending in a backslash continues on the next
-    one.
-
-    It reads standard input's file descriptor itself, waiting at most WAKE seconds at a time:
-    Ctrl-C raises KeyboardInterrupt only when the main thread runs Python again, and the kernel
-    may hand the process's SIGINT to another thread (numpy's BLAS starts some), leaving a main
-    thread blocked in a read asleep until the user typed a line."""
-
-    WAKE = 0.25  # seconds
+    """Lines from a pipe: a line ending in a backslash continues on the next one."""
 
     def __init__(self, console: Console):
         self.console = console
-        self.pending = b""
-        self.ended = False
 
     def read(self, label: str) -> str:
         self.console.print(f"[bold green]{label}:[/] ", end="")
         lines = []
         while True:
-            line = self._line()
+            line = sys.stdin.readline()
             if not line:
                 if lines:
                     break
@@ -165,26 +155,6 @@ class PlainReader:
             lines.append(line)
             break
         return "\n".join(lines)
-
-    def _line(self) -> str:
-        """The next line with its newline, the rest of the input at its end, "" after it."""
-        try:
-            fd = sys.stdin.fileno()
-        except (AttributeError, OSError, ValueError):  # replaced by an object without one
-            return sys.stdin.readline()
-        if os.name == "nt":  # select() takes sockets only there
-            return sys.stdin.readline()
-        import select
-
-        while b"\n" not in self.pending and not self.ended:
-            ready, _, _ = select.select([fd], [], [], self.WAKE)
-            if ready:
-                chunk = os.read(fd, 65536)
-                self.pending += chunk
-                self.ended = not chunk
-        line, newline, self.pending = self.pending.partition(b"\n")
-        encoding = sys.stdin.encoding or "utf-8"
-        return (line + newline).decode(encoding, errors="replace")
 
 
 class TerminalReader:
