@@ -31,6 +31,9 @@ enum {
     Q_PAIRS_CHUNK = 64,
     P2_MIN_T = 4, /* tokens from which the panels pay */
     F_COLS_CHUNK = 1024,
+    /* Decode rows are also fetched this far ahead into L2 (the hardware prefetcher alone stops
+     * at every 4 KiB page): one thread, 65536 x 2048, Q8_0 1.25x, Q4_0 1.3x, Q5_1 1.2x faster. */
+    PREFETCH_L2 = 6144,
 };
 
 X86_TARGET static size_t avx2_prepared_bytes(int type, int64_t n, int T) {
@@ -80,7 +83,10 @@ INLINE void q_block(int type, int R, int TT, const uint8_t * w, size_t row_bytes
     __m256 dw[ROWS];
     for (int i = 0; i < R; i++) {
         const uint8_t * a = w + (size_t)i * row_bytes + (size_t)b * bb;
-        if (prefetch) _mm_prefetch((const char *)(a + 8 * bb), _MM_HINT_T0);
+        if (prefetch) {
+            _mm_prefetch((const char *)(a + 8 * bb), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a + PREFETCH_L2), _MM_HINT_T1);
+        }
         codes[i] = q_codes(type, a);
         if (type == TYPE_Q8_0) mags[i] = _mm256_abs_epi8(codes[i]);
         dw[i] = _mm256_set1_ps(_cvtsh_ss(load_u16(a)));
@@ -324,6 +330,7 @@ INLINE void q4_row_decode(int type, const uint8_t * row, const xq_layout * L, co
         for (int p = 0; 2 * p < blocks; p++) {
             const uint8_t * pa = a + (size_t)(2 * p) * bb;
             _mm_prefetch((const char *)(pa + 1024), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pa + PREFETCH_L2), _MM_HINT_T1);
             __m256i lo, hi;
             q4_pair_codes(type, pa, 2 * p + 1 < blocks, &lo, &hi);
             const int64_t b = b0 + 2 * p;
@@ -362,7 +369,7 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
         const int64_t b1 = b0 + chunk < L.nb ? b0 + chunk : L.nb;
         const int first = b0 == 0;
         for (int64_t r = r0; r < r1;) {
-            const int R = T > 1 && r1 - r >= ROWS ? ROWS : 1; /* decode: one row stream at a time */
+            const int R = r1 - r >= ROWS ? ROWS : 1; /* decode too: 4 independent sums (see f_matmul) */
             int t = 0;
             if (R == ROWS) {
                 for (; t + 2 <= T; t += 2) q_tile(type, ROWS, 2, w, row_bytes, &L, xq, xs, r, t, b0, b1, first, y, ldy);
@@ -421,7 +428,11 @@ INLINE void f_step(int type, int R, int TT, const uint8_t * wr, size_t row_bytes
     __m256 wv[ROWS];
     for (int i = 0; i < R; i++) {
         const uint8_t * row = wr + (size_t)i * row_bytes;
-        if (prefetch) _mm_prefetch((const char *)(row + (size_t)(k + 128) * (type == TYPE_FP32 ? 4 : 2)), _MM_HINT_T0);
+        const size_t at = (size_t)k * x86_float_bytes(type);
+        if (prefetch && at % 64 == 0) { /* once per cache line */
+            _mm_prefetch((const char *)(row + at + 128 * x86_float_bytes(type)), _MM_HINT_T0);
+            _mm_prefetch((const char *)(row + at + PREFETCH_L2), _MM_HINT_T1);
+        }
         wv[i] = f_load(type, row, k, left);
     }
     for (int j = 0; j < TT; j++) {
@@ -553,7 +564,10 @@ INLINE void f_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
         const int64_t k1 = k0 + chunk < n ? k0 + chunk : n;
         const int first = k0 == 0;
         for (int64_t r = r0; r < r1;) {
-            const int R = T > 1 && r1 - r >= ROWS ? ROWS : 1; /* decode: one row stream at a time */
+            /* decode too: one row's single chain of dependent multiply-adds bound FP16 decode to
+             * 13 GB/s in L2 (29 GB/s with 4 rows; from memory 6.5 -> 13.8, Q8_0 7.2 -> 9.7), and
+             * each row's sum keeps its order, so a token decodes as it does within a batch */
+            const int R = r1 - r >= ROWS ? ROWS : 1;
             int t = 0;
             if (R == ROWS) {
                 for (; t + 2 <= T; t += 2) f_tile(type, ROWS, 2, w, row_bytes, x, ns, r, t, k0, k1, first, y, ldy);
