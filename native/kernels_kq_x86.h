@@ -18,6 +18,14 @@
 #endif
 #define KQ_INLINE static inline __attribute__((always_inline)) KQ_TARGET
 
+/* A decoded super-block's lines KQ_PREFETCH_L2 bytes ahead into L2, as the other decode rows
+ * (kernels_avx512.c); each kernel file fetches its own nearer lines into L1. */
+enum { KQ_PREFETCH_L2 = 6144 };
+
+KQ_INLINE void x86_kq_prefetch_l2(const uint8_t * b, size_t bb) {
+    for (size_t at = 0; at < bb; at += 64) _mm_prefetch((const char *)(b + KQ_PREFETCH_L2 + at), _MM_HINT_T1);
+}
+
 KQ_INLINE int32_t kq_hmax8_epi32(__m256i v) {
     __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     m = _mm_max_epi32(m, _mm_shuffle_epi32(m, _MM_SHUFFLE(1, 0, 3, 2)));
