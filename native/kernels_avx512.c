@@ -4,8 +4,8 @@
  * the CPU reports the features (Zen 4, Ice Lake and later).
  *
  * Decode (fewer than XE_MAX_T tokens) is bound by memory: each weight row is streamed once,
- * one row at a time with software prefetches ahead into L1 and L2 (interleaved row streams
- * measured 2x slower). A pair of quantized 32-value blocks is unpacked by one masked load and VPERMB to
+ * one row at a time with a software prefetch ahead (interleaved row streams measured 2x
+ * slower). A pair of quantized 32-value blocks is unpacked by one masked load and VPERMB to
  * 64 unsigned codes and multiplied with int8 activations by VPDPBUSD; block scales come 16 at
  * a time from one gather, so the code offset and the _1 types' minimum cost one FMA per 16
  * blocks.
@@ -30,12 +30,15 @@
 #define INLINE static inline __attribute__((always_inline)) X86_TARGET
 
 enum {
-    /* Decode row streams fetch ahead themselves: into L1 PREFETCH bytes ahead and into L2
-     * PREFETCH_L2 bytes ahead (the hardware prefetcher alone stops at every 4 KiB page and
-     * keeps fewer reads in flight). 169M shape, 2 threads, against 3072 into L1 alone: Q4_0
-     * and Q5_1 decode 1.1-1.2x faster; the FP16 rows, which fetched nothing, 1.15-1.2x. */
-    PREFETCH = 1536,
-    PREFETCH_L2 = 6144,
+    /* Decode row streams fetch ahead themselves (the hardware prefetcher alone stops at every
+     * 4 KiB page): quantized rows PREFETCH bytes ahead into L1 (2 threads: +20-40%); float
+     * rows F_PREFETCH ahead into L1 and F_PREFETCH_L2 into L2 (they fetched nothing before:
+     * 1.5B shape FP16 decode 1.05-1.15x faster, 169M 1.2x). Quantized rows fetched into L2
+     * as well gained only where the weights sit in L3 (169M) and lost from DRAM (1.5B Q4_0,
+     * one thread, 0.92x). */
+    PREFETCH = 3072,
+    F_PREFETCH = 1536,
+    F_PREFETCH_L2 = 6144,
     F_DECODE_PAIR_COLS = 4096, /* float decode: wider rows go two at a time (measured both ways) */
     Q_DECODE_PAIR_COLS = 1024, /* 4/5-bit decode: shorter rows two at a time (+3-10%; Q8_0 lost) */
 };
@@ -149,7 +152,6 @@ INLINE __m512i q_codes_only(int type, const uint8_t * a, int both) {
 
 INLINE __m512 q_pair_decode(int type, const uint8_t * a, int both, const int8_t * xq, __m512 scales16, int p, __m512 acc) {
     _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
-    _mm_prefetch((const char *)(a + PREFETCH_L2), _MM_HINT_T1);
     const __m512i codes = q_codes_only(type, a, both);
     const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, _mm512_load_si512((const void *)xq));
     const __m512 scale = _mm512_permutexvar_ps(_mm512_load_si512((const void *)PAIR_LANES[p]), scales16);
@@ -185,8 +187,6 @@ INLINE __m512 q4_group_decode(int type, const uint8_t * a, int nblocks, const in
     const size_t bytes = (size_t)nblocks * bb;
     _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
     _mm_prefetch((const char *)(a + PREFETCH + 64), _MM_HINT_T0);
-    _mm_prefetch((const char *)(a + PREFETCH_L2), _MM_HINT_T1);
-    _mm_prefetch((const char *)(a + PREFETCH_L2 + 64), _MM_HINT_T1);
     __m512i lo_bytes, hi_bytes;
     if (nblocks == 4) {
         lo_bytes = _mm512_loadu_si512((const void *)a);
@@ -613,8 +613,8 @@ INLINE float f_row_decode(int type, const uint8_t * row, int64_t n, const float 
     const size_t wb = x86_float_bytes(type);
     int64_t k = 0;
     for (; k + 64 <= n; k += 64) {
-        x86_prefetch_lines(row + (size_t)k * wb + PREFETCH, 64 * wb, 1);
-        x86_prefetch_lines(row + (size_t)k * wb + PREFETCH_L2, 64 * wb, 0);
+        x86_prefetch_lines(row + (size_t)k * wb + F_PREFETCH, 64 * wb, 1);
+        x86_prefetch_lines(row + (size_t)k * wb + F_PREFETCH_L2, 64 * wb, 0);
         a0 = _mm512_fmadd_ps(f_load(type, row, k, 0xffff, 0), _mm512_load_ps(x + k), a0);
         a1 = _mm512_fmadd_ps(f_load(type, row, k + 16, 0xffff, 0), _mm512_load_ps(x + k + 16), a1);
         a2 = _mm512_fmadd_ps(f_load(type, row, k + 32, 0xffff, 0), _mm512_load_ps(x + k + 32), a2);
@@ -635,10 +635,10 @@ INLINE void f_rows2_decode(int type, const uint8_t * row0, const uint8_t * row1,
     const size_t wb = x86_float_bytes(type);
     int64_t k = 0;
     for (; k + 32 <= n; k += 32) {
-        x86_prefetch_lines(row0 + (size_t)k * wb + PREFETCH, 32 * wb, 1);
-        x86_prefetch_lines(row1 + (size_t)k * wb + PREFETCH, 32 * wb, 1);
-        x86_prefetch_lines(row0 + (size_t)k * wb + PREFETCH_L2, 32 * wb, 0);
-        x86_prefetch_lines(row1 + (size_t)k * wb + PREFETCH_L2, 32 * wb, 0);
+        x86_prefetch_lines(row0 + (size_t)k * wb + F_PREFETCH, 32 * wb, 1);
+        x86_prefetch_lines(row1 + (size_t)k * wb + F_PREFETCH, 32 * wb, 1);
+        x86_prefetch_lines(row0 + (size_t)k * wb + F_PREFETCH_L2, 32 * wb, 0);
+        x86_prefetch_lines(row1 + (size_t)k * wb + F_PREFETCH_L2, 32 * wb, 0);
         const __m512 x0 = _mm512_load_ps(x + k), x1 = _mm512_load_ps(x + k + 16);
         a0 = _mm512_fmadd_ps(f_load(type, row0, k, 0xffff, 0), x0, a0);
         b0 = _mm512_fmadd_ps(f_load(type, row1, k, 0xffff, 0), x0, b0);
