@@ -117,6 +117,12 @@ class ReadBandwidth:
     def __init__(self, gib: float = 1.0):
         self.words = np.ones(int(gib * (1 << 30)) // 8, dtype=np.uint64)
 
+    @classmethod
+    def of_bytes(cls, nbytes: int) -> "ReadBandwidth":
+        """A buffer of exactly the weights' size: read again and again, it stays in whatever
+        cache holds that much, as the weights do between decoded tokens."""
+        return cls(nbytes / (1 << 30))
+
     def measure(self, threads: int, runs: int = 5, cpu_clock: bool = False) -> float:
         if cpu_clock and threads == 1:  # on this thread, timed by its CPU time (as the engine)
             rates = []
@@ -239,6 +245,7 @@ TABLE_COLUMNS = [
     ("clock", "clock"),
     ("decode_ms_per_token", "decode ms/tok"), ("decode_floor_ms", "floor ms"),
     ("effective_GBps", "GB/s"), ("read_bandwidth_GBps", "read GB/s"), ("bandwidth_ratio", "of floor"),
+    ("read_own_size_GBps", "own-size read GB/s"), ("own_size_ratio", "of own-size read"),
     ("prompt_ms_per_token", "prompt ms/tok"), ("prompt_GFLOPps", "GFLOP/s"),
     ("numpy_fp32_GFLOPps", "numpy FP32 GFLOP/s"), ("prompt_vs_numpy", "vs numpy"),
 ]
@@ -304,14 +311,19 @@ def main(argv: list[str] | None = None) -> int:
                 measured = measure_engines(engines, path, threads, args.runs, args.decode_tokens, cpu_clock)
                 read_gbps = max(read_before, bandwidth.measure(threads, cpu_clock=cpu_clock))
                 numpy_gflops = max(numpy_before, numpy_matmul_rate(layers, threads, args.runs, cpu_clock)[0])
+                own_size = ReadBandwidth.of_bytes(measured[0][1]["weight_bytes_per_token"])
+                own_gbps = own_size.measure(threads, cpu_clock=cpu_clock)
+                del own_size
                 for label, engine in measured:
                     print(json.dumps(result_line(shape, args.arch, dtype, threads, label, engine, read_gbps,
-                                                 numpy_gflops, flops_per_chunk, cpu_clock, blas)), flush=True)
+                                                 numpy_gflops, flops_per_chunk, cpu_clock, blas, own_gbps)),
+                          flush=True)
     return 0
 
 
 def result_line(shape: str, arch: str, dtype: str, threads: int, label: str, engine: dict, read_gbps: float,
-                numpy_gflops: float, flops_per_chunk: float, cpu_clock: bool, blas: str) -> dict:
+                numpy_gflops: float, flops_per_chunk: float, cpu_clock: bool, blas: str,
+                own_gbps: float) -> dict:
     weight_bytes = engine["weight_bytes_per_token"]
     effective = weight_bytes / engine["decode_s"] / 1e9
     prompt_gflops = flops_per_chunk / (engine["prompt_s"] * CHUNK) / 1e9
@@ -324,6 +336,8 @@ def result_line(shape: str, arch: str, dtype: str, threads: int, label: str, eng
         "effective_GBps": round(effective, 2),
         "read_bandwidth_GBps": round(read_gbps, 2),
         "bandwidth_ratio": round(effective / read_gbps, 3),
+        "read_own_size_GBps": round(own_gbps, 2),
+        "own_size_ratio": round(effective / own_gbps, 3),
         "prompt_ms_per_token": round(engine["prompt_s"] * 1e3, 3),
         "prompt_GFLOPps": round(prompt_gflops, 1),
         "numpy_fp32_GFLOPps": round(numpy_gflops, 1),
