@@ -22,7 +22,7 @@
  *   nibble instead, in groups of 4 blocks a..d (zero blocks up to a whole group): 64 bytes of
  *   values 0-15 of a, b, c, d, then 64 bytes of values 16-31, the order in which one byte
  *   permute lays out those blocks' low and high nibbles (kernels_avx512.c, q4_group_decode;
- *   AVX2 reads it as pairs of blocks, kernels_avx2.c, q4_row_decode).
+ *   AVX2 reads it as pairs of blocks, kernels_avx2.c, q4_rows_decode).
  */
 #ifndef RWKV_KERNELS_X86_H
 #define RWKV_KERNELS_X86_H
