@@ -32,7 +32,8 @@ enum {
     P2_MIN_T = 4, /* tokens from which the panels pay */
     F_COLS_CHUNK = 1024,
     /* Decode rows are also fetched this far ahead into L2 (the hardware prefetcher alone stops
-     * at every 4 KiB page): one thread, 65536 x 2048, Q8_0 1.25x, Q4_0 1.3x, Q5_1 1.2x faster. */
+     * at every 4 KiB page): one thread, weights from memory (kernel_speed, 0.5-1 GB), Q8_0
+     * 1.2x, Q4_0 1.1x faster. */
     PREFETCH_L2 = 6144,
 };
 

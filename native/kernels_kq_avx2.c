@@ -147,7 +147,7 @@ KQ_INLINE float kq_row_decode(int type, const uint8_t * row, int64_t nsb, const 
     for (int64_t s = 0; s < nsb; s++) {
         const uint8_t * b = row + (size_t)s * bb;
         _mm_prefetch((const char *)(b + 1024), _MM_HINT_T0);
-        x86_kq_prefetch_l2(b, bb);
+        kq_prefetch_l2(b, bb);
         __m256i code[8];
         __m256 scale[2], corr[2];
         kq_unpack_codes(type, b, code);

@@ -154,7 +154,7 @@ KQ_INLINE float kq_row_decode_32(int type, const uint8_t * row, int64_t nsb, con
         const uint8_t * b = row + (size_t)s * bb;
         _mm_prefetch((const char *)(b + PREFETCH), _MM_HINT_T0);
         _mm_prefetch((const char *)(b + PREFETCH + 64), _MM_HINT_T0);
-        x86_kq_prefetch_l2(b, bb);
+        kq_prefetch_l2(b, bb);
         __m512i code[4];
         kq_unpack_codes(type, b, code);
         const __m512 eff = _mm512_mul_ps(kq_scales_mins_512(b), _mm512_loadu_ps(x->dxs32 + s * 16));
@@ -180,7 +180,7 @@ KQ_INLINE float kq_row_decode(int type, const uint8_t * row, int64_t nsb, const 
         const uint8_t * b = row + (size_t)s * bb;
         _mm_prefetch((const char *)(b + PREFETCH), _MM_HINT_T0);
         _mm_prefetch((const char *)(b + PREFETCH + 64), _MM_HINT_T0);
-        x86_kq_prefetch_l2(b, bb);
+        kq_prefetch_l2(b, bb);
         __m512i code[4];
         __m512 scale, corr;
         kq_unpack_codes(type, b, code);

@@ -19,11 +19,12 @@
 #define KQ_INLINE static inline __attribute__((always_inline)) KQ_TARGET
 
 /* A decoded super-block's lines KQ_PREFETCH_L2 bytes ahead into L2 (each kernel file fetches
- * its own nearer lines into L1): 1.5B-shape GGUF decode, AVX-512, Q6_K 1.1x, Q4_K 1.02-1.06x;
+ * its own nearer lines into L1; kernels_x86.h's x86_prefetch_lines, which these files do not
+ * include, does the same for the other decode rows): 1.5B-shape GGUF decode, AVX-512, Q6_K 1.1x, Q4_K 1.02-1.06x;
  * at the 169M shape 1.13-1.35x on both paths. */
 enum { KQ_PREFETCH_L2 = 6144 };
 
-KQ_INLINE void x86_kq_prefetch_l2(const uint8_t * b, size_t bb) {
+KQ_INLINE void kq_prefetch_l2(const uint8_t * b, size_t bb) {
     for (size_t at = 0; at < bb; at += 64) _mm_prefetch((const char *)(b + KQ_PREFETCH_L2 + at), _MM_HINT_T1);
 }
 

@@ -5,8 +5,9 @@
  * not scheduled yet (on a busy machine it simply does the chunks itself); it only waits for
  * chunks already in progress. Workers spin briefly between loops (decoding issues many small
  * products per token), then sleep on a condition variable so an idle context costs no CPU.
- * Workers block every signal that can be blocked: a signal sent to the process (Ctrl-C) then
- * goes to one of the application's own threads, whose handlers expect it there.
+ * Workers block the asynchronous signals: a signal sent to the process (Ctrl-C) then goes to
+ * one of the application's own threads, whose handlers expect it there. A fault's signal stays
+ * open, so a crash in a worker still reaches a crash handler (Python's faulthandler).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -108,10 +109,12 @@ pool * pool_create(int n_threads) {
             pool_free(p);
             return NULL;
         }
-        /* workers inherit the creating thread's mask: block all while creating them */
-        sigset_t all, previous;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &previous);
+        /* workers inherit the creating thread's mask: set theirs while creating them */
+        sigset_t async_signals, previous;
+        sigfillset(&async_signals);
+        static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
+        for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++) sigdelset(&async_signals, faults[i]);
+        pthread_sigmask(SIG_SETMASK, &async_signals, &previous);
         for (int i = 1; i < n_threads; i++) {
             p->workers[i].owner = p;
             p->workers[i].index = i;
