@@ -38,7 +38,7 @@ enum {
 };
 
 X86_TARGET static size_t avx2_prepared_bytes(int type, int64_t n, int T) {
-    return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, 1);
+    return type_is_kquant(type) ? kq_prepared_bytes(n, T) : x86_prepared_bytes(type, n, T, X86_DECODE_NIBBLES);
 }
 
 X86_TARGET static void avx2_prepare_part(int type, const float * x, int64_t n, int T, void * dst, int part, int parts) {
@@ -46,7 +46,7 @@ X86_TARGET static void avx2_prepare_part(int type, const float * x, int64_t n, i
         if (part == 0) kq_prepare_avx2(type, x, n, T, dst); /* not cut: one part does it all */
         return;
     }
-    x86_prepare(type, x, n, T, dst, 0, 1, part, parts);
+    x86_prepare(type, x, n, T, dst, 0, X86_DECODE_NIBBLES, part, parts);
 }
 
 X86_TARGET static void avx2_prepare(int type, const float * x, int64_t n, int T, void * dst) {
@@ -360,7 +360,7 @@ INLINE void q4_rows_decode(int type, int R, const uint8_t * row, size_t row_byte
 
 INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                      int64_t ldy, int64_t r0, int64_t r1) {
-    const xq_layout L = xq_layout_of(n, T, 1);
+    const xq_layout L = xq_layout_of(type, n, T, X86_DECODE_NIBBLES);
     const int8_t * xq = (const int8_t *)xp;
     const xq_scale * xs = (const xq_scale *)((const uint8_t *)xp + L.sc_off);
     if (T >= P2_MIN_T) {

@@ -21,8 +21,12 @@
  *   Decode of the 4- and 5-bit types (fewer than XE_MAX_T tokens) orders the codes by
  *   nibble instead, in groups of 4 blocks a..d (zero blocks up to a whole group): 64 bytes of
  *   values 0-15 of a, b, c, d, then 64 bytes of values 16-31, the order in which one byte
- *   permute lays out those blocks' low and high nibbles (kernels_avx512.c, q4_group_decode;
+ *   permute lays out those blocks' low and high nibbles (kernels_avx512.c, q5_group_decode;
  *   AVX2 reads it as pairs of blocks, kernels_avx2.c, q4_rows_decode).
+ *   AVX-512 decode of Q4_0 and Q4_1 (X86_DECODE_RAW) orders the codes as the weight row
+ *   stores its bytes instead, so that a 64-byte load of the row needs no permute: for each
+ *   64 bytes of the row, 64 bytes of the activations of the low nibbles at the byte positions
+ *   of the codes, then 64 of the high nibbles' (zeros at the block headers and past the row).
  */
 #ifndef RWKV_KERNELS_X86_H
 #define RWKV_KERNELS_X86_H
@@ -47,7 +51,9 @@ typedef struct xq_scale {
 typedef struct xq_layout {
     int64_t nb;  /* blocks per row */
     int64_t np;  /* pairs of blocks per row */
-    size_t qstride; /* bytes of codes per token: np pairs of 64, or (decode layout) groups of 4 blocks */
+    size_t qstride; /* bytes of codes per token: np pairs of 64, or (decode layouts) 128 per group of 4 blocks
+                     * or per 64 bytes of a row */
+    int raw;     /* decode layout in the row's byte order (X86_DECODE_RAW) */
     int64_t nbs; /* stride (floats) of the per-block s array, a multiple of 16 */
     size_t sc_off, s_off;
     size_t xe_off; /* decode (T < XE_MAX_T): per token d[nbs] and (float) bias[nbs]; 0 = none */
@@ -56,15 +62,23 @@ typedef struct xq_layout {
 
 enum { XE_MAX_T = 4 };
 
+/* The decode layout of the 4- and 5-bit types (fewer than XE_MAX_T tokens) that a kernel
+ * set asks for: by nibble (both paths), or in the row's byte order for Q4_0 and Q4_1
+ * (AVX-512; its other types keep the nibble order). */
+enum { X86_DECODE_NIBBLES = 1, X86_DECODE_RAW = 2 };
+
 X86_INLINE size_t x86_align64(size_t v) { return (v + 63) & ~(size_t)63; }
 X86_INLINE int64_t x86_round16(int64_t v) { return (v + 15) & ~(int64_t)15; }
 
-X86_INLINE xq_layout xq_layout_of(int64_t n, int T, int expand) {
+X86_INLINE xq_layout xq_layout_of(int type, int64_t n, int T, int expand) {
     xq_layout L;
     L.nb = (n + QK - 1) / QK;
     L.np = (L.nb + 1) / 2;
     L.nbs = x86_round16(2 * L.np);
-    L.qstride = expand && T < XE_MAX_T ? (size_t)((L.nb + 3) / 4) * 128 : (size_t)L.np * 64;
+    L.raw = expand == X86_DECODE_RAW && T < XE_MAX_T && (type == TYPE_Q4_0 || type == TYPE_Q4_1);
+    L.qstride = L.raw                    ? ((size_t)L.nb * q_block_bytes(type) + 63) / 64 * 128
+                : expand && T < XE_MAX_T ? (size_t)((L.nb + 3) / 4) * 128
+                                         : (size_t)L.np * 64;
     L.sc_off = x86_align64((size_t)T * L.qstride);
     L.s_off = x86_align64(L.sc_off + (size_t)T * (size_t)L.np * sizeof(xq_scale));
     L.xe_off = 0;
@@ -87,10 +101,10 @@ X86_INLINE size_t x86_prepared_bytes(int type, int64_t n, int T, int expand) {
         const size_t rows = (size_t)T * (size_t)x86_round16(n), cols = (size_t)n * (size_t)x86_round16(T);
         return (rows > cols ? rows : cols) * sizeof(float) + 64;
     }
-    size_t bytes = xq_layout_of(n, T, expand).total;
+    size_t bytes = xq_layout_of(type, n, T, expand).total;
     /* a call with fewer tokens may use the decode layout */
     for (int t = 1; t < XE_MAX_T && t < T; t++) {
-        const size_t b = xq_layout_of(n, t, expand).total;
+        const size_t b = xq_layout_of(type, n, t, expand).total;
         bytes = b > bytes ? b : bytes;
     }
     return bytes;
@@ -240,10 +254,11 @@ X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * 
         }
         return;
     }
-    const xq_layout L = xq_layout_of(n, T, expand);
+    const xq_layout L = xq_layout_of(type, n, T, expand);
     const int offset = x86_code_offset(type, q8_offset);
     const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
-    const int nibble_order = L.xe_off && type != TYPE_Q8_0;
+    const int nibble_order = L.xe_off && type != TYPE_Q8_0 && !L.raw;
+    const size_t bb = q_block_bytes(type), header = bb - QK / 2; /* raw order: a block's first code byte */
     int8_t * q = (int8_t *)base;
     xq_scale * sc = (xq_scale *)(base + L.sc_off);
     float * s = (float *)(base + L.s_off);
@@ -252,22 +267,28 @@ X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * 
         int8_t * qt = q + (size_t)t * L.qstride;
         xq_scale * sct = sc + (size_t)t * L.np;
         float * st = s + (size_t)t * L.nbs;
-        if (nibble_order) memset(qt, 0, L.qstride);
+        if (nibble_order || L.raw) memset(qt, 0, L.qstride);
         for (int64_t b = 0; b < L.nb; b++) {
             float d, exact;
             int8_t codes[QK];
-            const int32_t sum = x86_quantize_block(xt + b * QK, nibble_order ? codes : qt + b * QK, &d, &exact, 1);
+            const int32_t sum = x86_quantize_block(xt + b * QK, nibble_order || L.raw ? codes : qt + b * QK, &d, &exact, 1);
             if (nibble_order) {
                 int8_t * group = qt + (b / 4) * 128 + (b % 4) * 16;
                 memcpy(group, codes, 16);
                 memcpy(group + 64, codes + 16, 16);
+            } else if (L.raw) {
+                for (size_t j = 0; j < QK / 2; j++) {
+                    const size_t at = (size_t)b * bb + header + j;
+                    qt[at / 64 * 128 + at % 64] = codes[j];
+                    qt[at / 64 * 128 + 64 + at % 64] = codes[j + QK / 2];
+                }
             }
             sct[b / 2].d[b & 1] = d;
             sct[b / 2].bias[b & 1] = -offset * sum;
             st[b] = with_min ? _cvtsh_ss(_cvtss_sh(exact * (float)sum, 0)) : d * (float)sum;
         }
         for (int64_t b = L.nb; b < 2 * L.np; b++) {
-            if (!nibble_order) memset(qt + b * QK, 0, QK);
+            if (!nibble_order && !L.raw) memset(qt + b * QK, 0, QK);
             sct[b / 2].d[b & 1] = 0.0f;
             sct[b / 2].bias[b & 1] = 0;
         }
