@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", metavar="JSONL", help="print the markdown table of a saved run and exit")
     parser.add_argument("--lib", action="append", default=[], metavar="LABEL=PATH",
                         help="also measure this build of the engine (a librwkv.so, e.g. of an earlier "
-                             "commit: `make -C native BUILD=/tmp/old`), its runs interleaved with ours "
+                             "commit: `make -C native BUILD=/tmp/old`, adding EXTRA_CFLAGS=-fwrapv for a commit "
+                             "whose Makefile lacks the package's -fwrapv), its runs interleaved with ours "
                              "on every line: before/after figures from one run; repeatable")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time one-thread lines (engine and numpy) by the thread's CPU time instead of "

@@ -1,7 +1,7 @@
 /*
  * kernel_speed.c: one product kernel alone, timed by the CPU time of its own thread (which a
  * shared machine disturbs far less than wall time). Build it from the repository root with
- *   cc -std=gnu11 -O3 -pthread -Inative -o /tmp/kernel_speed benchmarks/kernel_speed.c \
+ *   cc -std=gnu11 -O3 -fwrapv -pthread -Inative -o /tmp/kernel_speed benchmarks/kernel_speed.c \
  *      native/kernels*.c native/tensor.c native/kquants.c -lm
  *
  *   kernel_speed PATH TYPE ROWS COLS TOKENS [REPS] [THREADS]
