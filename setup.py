@@ -15,7 +15,7 @@ ENGINE_FILES = ("librwkv.so", "rwkv.h")
 # -fwrapv (signed overflow wraps) is in CPython's own CFLAGS, which setuptools passes too, so the
 # engine was always built with it here; named so that it does not depend on how the running
 # Python was built. gcc 12 schedules the float decode loop's prefetches better with it: FP16
-# decode from memory 1.07-1.12x (benchmarks/kernel_speed.c, one thread). The sanitizer builds
+# decode from memory 1.08-1.16x (benchmarks/kernel_speed.c, one thread). The sanitizer builds
 # (native/Makefile) leave it out, so that they still report signed overflow.
 NATIVE_CFLAGS = ["-std=gnu11", "-O3", "-fwrapv", "-fPIC", "-pthread", "-Wall", "-Wno-unused-function"]
 
