@@ -285,11 +285,11 @@ INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes
  * headers, whose codes thus add nothing. No 4-byte lane of the row holds codes of two blocks
  * (a block is 18 or 20 bytes, its header 2 or 4), so lane i belongs to block 4i / bb: 32
  * blocks are 9 (Q4_0) or 10 (Q4_1) whole vectors, each lane's scale is picked from the 32
- * gathered ones by one two-source permute, and no byte permute runs at all. Measured against
- * reading them as q5_group_decode does (benchmarks/kernel_speed.c, 2048 columns, one thread): 1.15-1.25x the rate
- * in L2, 1.1-1.35x in L3, 1.05-1.17x from memory. Q8_0 read the same way (17 vectors per 32
- * blocks, an XOR instead of the nibble split) ran at 0.75x of its pairs of blocks in L2, and
- * keeps them. */
+ * gathered ones by one two-source permute, and no byte permute runs at all. Against reading
+ * them as q5_group_decode does (benchmarks/kernel_speed.c, 2048 columns, one thread): 1.19-1.35x
+ * the rate in L2, 1.2-1.39x at 50 MB, 1.13-1.26x from memory. Q8_0 read the same way (17
+ * vectors per 32 blocks, an XOR instead of the nibble split) ran at 0.75x of its pairs of
+ * blocks in L2, and keeps them. */
 #define RAW_LANE(i, bb) (4 * (i) / (bb))
 #define RAW_LANES(v, bb)                                                                                                    \
     {RAW_LANE(16 * (v), bb),      RAW_LANE(16 * (v) + 1, bb),  RAW_LANE(16 * (v) + 2, bb),  RAW_LANE(16 * (v) + 3, bb),  \
