@@ -36,7 +36,7 @@ enum {
      * 1.5B shape FP16 decode 1.05-1.15x faster, 169M 1.2x). Rows unpacked by q_rows_decode
      * (the 5-bit types, Q8_0) fetched into L2 as well gained only where the weights sit in L3
      * (169M) and lost from DRAM (1.5B, one thread, 0.92x). Q4_0 and Q4_1 rows, read in their
-     * own byte order with fewer instructions per byte (q_raw_rows_decode), gain from it:
+     * own byte order with fewer instructions per byte (q4_raw_rows_decode), gain from it:
      * RAW_PREFETCH into L1 and RAW_PREFETCH_L2 into L2 decode 1.06-1.09x faster than 3072
      * into L1 alone (1.5B, 1 and 2 threads), 1.07-1.15x at 169M. */
     PREFETCH = 3072,
@@ -164,7 +164,7 @@ INLINE __m512 q_pair_decode(int type, const uint8_t * a, int both, const int8_t 
 }
 
 /* Decode of the 5-bit types, 4 blocks at a time (Q4_0 and Q4_1, which have no qh bytes, need
- * no byte permute in q_raw_rows_decode below; this way they ran at 0.8-0.9x of it in L2): two
+ * no byte permute in q4_raw_rows_decode below; this way they ran at 0.8-0.9x of it in L2): two
  * loads of the blocks' bytes and one two-source byte permute (VPERMI2B) put the 4 x 16 bytes
  * of packed codes in one vector;
  * an AND gives the 64 low nibbles (values 0-15 of each block) and a shift and an AND the 64
@@ -223,7 +223,7 @@ INLINE __m512 q5_group_decode(int type, const uint8_t * a, int nblocks, const in
 INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes, const xq_layout * L, const int8_t * xq,
                           const float * xd, const float * xbias, const float * xs, float * out) {
     const size_t bb = q_block_bytes(type);
-    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    const int with_min = type == TYPE_Q5_1;
     const int with_bias = !with_min;
     const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                                _mm512_set1_epi32((int)bb));
@@ -288,8 +288,8 @@ INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes
  * gathered ones by one two-source permute, and no byte permute runs at all. Against reading
  * them as q5_group_decode does (benchmarks/kernel_speed.c, 2048 columns, one thread): 1.19-1.35x
  * the rate in L2, 1.2-1.39x at 50 MB, 1.13-1.26x from memory. Q8_0 read the same way (17
- * vectors per 32 blocks, an XOR instead of the nibble split) ran at 0.75x of its pairs of
- * blocks in L2, and keeps them. */
+ * vectors per 32 blocks, an XOR instead of the nibble split) ran at 0.73-0.75x of its pairs
+ * of blocks in L2, and keeps them. */
 #define RAW_LANE(i, bb) (4 * (i) / (bb))
 #define RAW_LANES(v, bb)                                                                                                    \
     {RAW_LANE(16 * (v), bb),      RAW_LANE(16 * (v) + 1, bb),  RAW_LANE(16 * (v) + 2, bb),  RAW_LANE(16 * (v) + 3, bb),  \
@@ -490,6 +490,16 @@ INLINE void q_matmul_panels(int type, const uint8_t * w, size_t row_bytes, const
     }
 }
 
+/* Decode of R rows with one token, by the layout the activations were prepared in. */
+INLINE void decode_rows(int type, int R, const uint8_t * row, size_t row_bytes, const xq_layout * L, const int8_t * xq,
+                        const float * xd, const float * xbias, const float * xs, float * out) {
+    if (L->raw) {
+        q4_raw_rows_decode(type, R, row, row_bytes, L, xq, xd, xbias, xs, out);
+    } else {
+        q_rows_decode(type, R, row, row_bytes, L, xq, xd, xbias, xs, out);
+    }
+}
+
 INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                      int64_t ldy, int64_t r0, int64_t r1) {
     const xq_layout L = xq_layout_of(type, n, T, X86_DECODE_RAW);
@@ -502,11 +512,7 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
         if (T == 1 && n <= Q_DECODE_PAIR_COLS && type != TYPE_Q8_0) {
             for (; r + 2 <= r1; r += 2) {
                 float out[2];
-                if (L.raw) {
-                    q4_raw_rows_decode(type, 2, w + (size_t)r * row_bytes, row_bytes, &L, xq, xd, xd + L.nbs, xs_min, out);
-                } else {
-                    q_rows_decode(type, 2, w + (size_t)r * row_bytes, row_bytes, &L, xq, xd, xd + L.nbs, xs_min, out);
-                }
+                decode_rows(type, 2, w + (size_t)r * row_bytes, row_bytes, &L, xq, xd, xd + L.nbs, xs_min, out);
                 y[r] = out[0];
                 y[r + 1] = out[1];
             }
@@ -515,13 +521,8 @@ INLINE void q_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, c
             const uint8_t * row = w + (size_t)r * row_bytes;
             for (int t = 0; t < T; t++) {
                 const float * d = xd + (size_t)t * L.nbs * 2;
-                if (L.raw) {
-                    q4_raw_rows_decode(type, 1, row, row_bytes, &L, xq + (size_t)t * L.qstride, d, d + L.nbs,
-                                       xs_min + (size_t)t * L.nbs, &y[(size_t)t * ldy + r]);
-                } else {
-                    q_rows_decode(type, 1, row, row_bytes, &L, xq + (size_t)t * L.qstride, d, d + L.nbs, xs_min + (size_t)t * L.nbs,
-                                  &y[(size_t)t * ldy + r]);
-                }
+                decode_rows(type, 1, row, row_bytes, &L, xq + (size_t)t * L.qstride, d, d + L.nbs, xs_min + (size_t)t * L.nbs,
+                            &y[(size_t)t * ldy + r]);
             }
         }
         return;

@@ -70,20 +70,20 @@ enum { X86_DECODE_NIBBLES = 1, X86_DECODE_RAW = 2 };
 X86_INLINE size_t x86_align64(size_t v) { return (v + 63) & ~(size_t)63; }
 X86_INLINE int64_t x86_round16(int64_t v) { return (v + 15) & ~(int64_t)15; }
 
-X86_INLINE xq_layout xq_layout_of(int type, int64_t n, int T, int expand) {
+X86_INLINE xq_layout xq_layout_of(int type, int64_t n, int T, int decode) {
     xq_layout L;
     L.nb = (n + QK - 1) / QK;
     L.np = (L.nb + 1) / 2;
     L.nbs = x86_round16(2 * L.np);
-    L.raw = expand == X86_DECODE_RAW && T < XE_MAX_T && (type == TYPE_Q4_0 || type == TYPE_Q4_1);
+    L.raw = decode == X86_DECODE_RAW && T < XE_MAX_T && (type == TYPE_Q4_0 || type == TYPE_Q4_1);
     L.qstride = L.raw                    ? ((size_t)L.nb * q_block_bytes(type) + 63) / 64 * 128
-                : expand && T < XE_MAX_T ? (size_t)((L.nb + 3) / 4) * 128
+                : decode && T < XE_MAX_T ? (size_t)((L.nb + 3) / 4) * 128
                                          : (size_t)L.np * 64;
     L.sc_off = x86_align64((size_t)T * L.qstride);
     L.s_off = x86_align64(L.sc_off + (size_t)T * (size_t)L.np * sizeof(xq_scale));
     L.xe_off = 0;
     L.total = L.s_off + (size_t)T * (size_t)L.nbs * sizeof(float);
-    if (expand && T < XE_MAX_T) {
+    if (decode && T < XE_MAX_T) {
         L.xe_off = x86_align64(L.total);
         L.total = L.xe_off + (size_t)T * (size_t)L.nbs * 2 * sizeof(float);
     }
@@ -96,15 +96,15 @@ X86_INLINE xq_layout xq_layout_of(int type, int64_t n, int T, int expand) {
  * bits of decoding each alone). */
 enum { X86_XT_MIN_T = 17 };
 
-X86_INLINE size_t x86_prepared_bytes(int type, int64_t n, int T, int expand) {
+X86_INLINE size_t x86_prepared_bytes(int type, int64_t n, int T, int decode) {
     if (!type_is_quantized(type)) {
         const size_t rows = (size_t)T * (size_t)x86_round16(n), cols = (size_t)n * (size_t)x86_round16(T);
         return (rows > cols ? rows : cols) * sizeof(float) + 64;
     }
-    size_t bytes = xq_layout_of(type, n, T, expand).total;
+    size_t bytes = xq_layout_of(type, n, T, decode).total;
     /* a call with fewer tokens may use the decode layout */
     for (int t = 1; t < XE_MAX_T && t < T; t++) {
-        const size_t b = xq_layout_of(type, n, t, expand).total;
+        const size_t b = xq_layout_of(type, n, t, decode).total;
         bytes = b > bytes ? b : bytes;
     }
     return bytes;
@@ -222,7 +222,7 @@ X86_INLINE void x86_part_range(int64_t n, int64_t unit, int part, int parts, int
 
 /* Part `part` of `parts` of the preparation (columns of the transposed float layout, tokens
  * of the others): the parts together write what one whole call (part 0 of 1) writes. */
-X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int expand, int part,
+X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * dst, int q8_offset, int decode, int part,
                             int parts) {
     uint8_t * base = (uint8_t *)dst;
     int64_t t_begin, t_end;
@@ -254,7 +254,7 @@ X86_INLINE void x86_prepare(int type, const float * x, int64_t n, int T, void * 
         }
         return;
     }
-    const xq_layout L = xq_layout_of(type, n, T, expand);
+    const xq_layout L = xq_layout_of(type, n, T, decode);
     const int offset = x86_code_offset(type, q8_offset);
     const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
     const int nibble_order = L.xe_off && type != TYPE_Q8_0 && !L.raw;
