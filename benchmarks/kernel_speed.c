@@ -27,6 +27,7 @@
 #if defined(__x86_64__)
 extern const kernels kernels_avx2 __attribute__((weak));
 extern const kernels kernels_avx512 __attribute__((weak));
+extern const kernels kernels_amx __attribute__((weak));
 #endif
 
 static const kernels * find_path(const char * name) {
@@ -38,6 +39,7 @@ static const kernels * find_path(const char * name) {
     if (!strstr(padded, needle)) return NULL;
     if (strcmp(name, "avx2") == 0 && &kernels_avx2) return &kernels_avx2;
     if (strcmp(name, "avx512") == 0 && &kernels_avx512) return &kernels_avx512;
+    if (strcmp(name, "amx") == 0 && &kernels_amx) return &kernels_amx;
 #endif
     return NULL;
 }

@@ -1,7 +1,7 @@
 /*
  * kernels.c: choosing the kernel set once, at load, from what the CPU supports (never from
  * compile flags alone, so one build runs on any x86-64 or AArch64 machine).
- * RWKV_KERNELS=scalar|avx2|avx512 (x86-64) or scalar|neon|neon_dotprod (AArch64) forces a
+ * RWKV_KERNELS=scalar|avx2|avx512|amx (x86-64) or scalar|neon|neon_dotprod (AArch64) forces a
  * path the CPU supports.
  */
 #include <stdio.h>
@@ -12,16 +12,21 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 extern const kernels kernels_avx2 __attribute__((weak));
 extern const kernels kernels_avx512 __attribute__((weak));
+extern const kernels kernels_amx __attribute__((weak));
 
 /* What the CPU can run, read from CPUID and, for the wider registers, from XCR0: a CPU may
  * implement AVX or AVX-512 while the operating system does not save their registers on a
  * context switch, and then the instructions must not be used. (gcc's __builtin_cpu_supports
  * does not know every feature name in every version, and clang's knows fewer.) */
 typedef struct cpu_features {
-    bool avx2, avx512;
+    bool avx2, avx512, amx;
 } cpu_features;
 
 static uint64_t read_xcr0(void) {
@@ -31,7 +36,7 @@ static uint64_t read_xcr0(void) {
 }
 
 static cpu_features detect_cpu(void) {
-    cpu_features f = {false, false};
+    cpu_features f = {false, false, false};
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
     const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
@@ -46,11 +51,28 @@ static cpu_features detect_cpu(void) {
     const bool avx512vbmi = c & (1u << 1), avx512vnni = c & (1u << 11);
     f.avx2 = avx2 && fma && f16c;
     f.avx512 = f.avx2 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl && avx512vbmi && avx512vnni;
+    const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24);
+    const bool tile_state = (xcr0 & 0x60000) == 0x60000; /* XTILECFG, XTILEDATA */
+    __cpuid_count(7, 1, a, b, c, d);
+    const bool avx512bf16 = a & (1u << 5);
+    f.amx = f.avx512 && avx512bf16 && amx_bf16 && amx_tile && tile_state;
     return f;
+}
+
+/* Linux (5.16 on) hands the tile registers' state only to a process that asks for it, once
+ * for all its threads; other systems: not used. */
+static bool os_grants_tiles(void) {
+#if defined(__linux__) && defined(__x86_64__)
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return false;
+#endif
 }
 
 static bool cpu_has_avx2(void) { return detect_cpu().avx2; }
 static bool cpu_has_avx512(void) { return detect_cpu().avx512; }
+static bool cpu_has_amx(void) { return detect_cpu().amx && os_grants_tiles(); }
 #define HAVE_X86 1
 #endif
 
@@ -93,6 +115,7 @@ typedef struct candidate {
 static int candidates(candidate * out) {
     int n = 0;
 #ifdef HAVE_X86
+    if (&kernels_amx) out[n++] = (candidate){&kernels_amx, cpu_has_amx()};
     if (&kernels_avx512) out[n++] = (candidate){&kernels_avx512, cpu_has_avx512()};
     if (&kernels_avx2) out[n++] = (candidate){&kernels_avx2, cpu_has_avx2()};
 #endif
@@ -105,7 +128,7 @@ static int candidates(candidate * out) {
 }
 
 const kernels * kernels_select(char * why, size_t why_len) {
-    candidate list[4];
+    candidate list[5];
     int n = candidates(list);
     const char * forced = getenv("RWKV_KERNELS");
     if (why && why_len) why[0] = 0;
@@ -127,7 +150,7 @@ const kernels * kernels_select(char * why, size_t why_len) {
 
 const char * kernels_available(void) {
     static char text[64];
-    candidate list[4];
+    candidate list[5];
     int n = candidates(list);
     text[0] = 0;
     for (int i = n - 1; i >= 0; i--) {

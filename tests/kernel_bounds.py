@@ -10,7 +10,7 @@ TYPES = ["FP32", "FP16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 # the types of GGUF files only
 GGUF_TYPES = ["BF16", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 KERNEL_TYPES = TYPES + GGUF_TYPES
-X86_PATHS = ["avx2", "avx512"]
+X86_PATHS = ["avx2", "avx512", "amx"]
 ARM_PATHS = ["neon", "neon_dotprod"]
 # the SIMD paths a build for this machine has (the harness says which of them the CPU runs)
 SIMD_PATHS = ARM_PATHS if platform.machine().lower() in ("aarch64", "arm64") else X86_PATHS

@@ -53,6 +53,7 @@
 #if defined(__x86_64__)
 extern const kernels kernels_avx2 __attribute__((weak));
 extern const kernels kernels_avx512 __attribute__((weak));
+extern const kernels kernels_amx __attribute__((weak));
 #endif
 #if defined(__aarch64__)
 extern const kernels kernels_neon __attribute__((weak));
@@ -70,6 +71,7 @@ static const kernels * find_path(const char * name) {
 #if defined(__x86_64__)
     if (strcmp(name, "avx2") == 0 && &kernels_avx2) return &kernels_avx2;
     if (strcmp(name, "avx512") == 0 && &kernels_avx512) return &kernels_avx512;
+    if (strcmp(name, "amx") == 0 && &kernels_amx) return &kernels_amx;
 #endif
 #if defined(__aarch64__)
     if (strcmp(name, "neon") == 0 && &kernels_neon) return &kernels_neon;
@@ -396,7 +398,7 @@ int main(int argc, char ** argv) {
     const int64_t shapes_f[][2] = {{13, 67}, {1, 5}, {9, 16}, {21, 1100}, {5, 2051}, {7, 4099}};
     const int64_t shapes_q[][2] = {{13, 96}, {1, 32}, {7, 64}, {21, 160}, {5, 32 * 131}, {6, 32 * 128}};
     const int64_t shapes_k[][2] = {{13, 256}, {1, 256}, {7, 512}, {21, 768}, {5, 256 * 17}, {17, 256 * 16}};
-    const int Ts[] = {1, 2, 3, 4, 5, 7, 16, 17, 40, 64};
+    const int Ts[] = {1, 2, 3, 4, 5, 7, 16, 17, 40, 64, 80};
     int failures = 0;
     const int n_shapes = 6;
     for (int s = 0; s < n_shapes; s++) {

@@ -1,0 +1,272 @@
+/*
+ * kernels_amx.c: Intel AMX (Sapphire Rapids and later) for prompts over half-precision
+ * weights. A tile multiply, TDPBF16PS, adds 16 x 16 sums of 32 products of BF16 values into
+ * float32 in one instruction: 8192 multiply-adds, where one AVX-512 FMA does 16. Sequence
+ * mode (X86_XT_MIN_T tokens and more) over FP16 and BF16 weights runs on the tiles; every
+ * other product (decode, batches of up to 16 rows, FP32 and quantized weights) and the vector
+ * functions are the AVX-512 set's, so this set is AVX-512 plus tiles.
+ *
+ * BF16 keeps 8 significant bits, FP16 11, float32 24. So values are cut into BF16 parts whose
+ * sum is the value exactly: an FP16 weight w into wh (its 8 leading bits) and wl = w - wh (the
+ * other 3), an activation x into xh, xm and xl (8 bits each). A product sums the five terms
+ * wh xh, wl xh, wh xm, wl xm and wh xl (five tile multiplies); the one left out, wl xl, is below
+ * 2^-23 |w x|, under float32's own rounding. So the tiles compute what the FMA paths compute,
+ * up to the order of the float sums (tests/kernels_check.c holds them to the same bounds).
+ * BF16 weights are their own wh: three multiplies. TDPBF16PS reads values below 1.2e-38 as
+ * zero, which a sum of float32 products could not feel anyway. An infinite weight gives NaN
+ * sums (its remainder is infinity minus infinity), as it does on every path against a zero
+ * activation.
+ *
+ * Layout of the prepared activations (sequence mode, FP16 and BF16 weights): per step of 32
+ * columns s and block of 16 tokens j (an even count of blocks, zero tokens past T), the tiles
+ * of xh, xm and xl, 1 KiB each: 16 rows (column pairs p) of 64 bytes, the 16 tokens' values
+ * of columns 32 s + 2 p and 32 s + 2 p + 1 side by side (the pairs layout that TDPBF16PS reads
+ * its second operand in). The weights are the first operand as they are stored, 16 rows of 32
+ * columns, once converted to BF16: no transposing on either side.
+ *
+ * A pass takes 16 weight rows and up to 64 tokens (four accumulator tiles, two weight tiles,
+ * two activation tiles: the eight tile registers) over a chunk of AMX_CHUNK columns, whose
+ * activation tiles (up to 768 KiB) stay in L2 while every row passes over them. Each step's
+ * weights are converted by the vector units a few rows at a time between the multiplies of the
+ * step before: converted all at once, the conversion and the tile unit took turns (the tile
+ * loads wait for the converting stores), 1.3x slower.
+ */
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+
+#define X86_TARGET                                                                                             \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx512bf16," \
+                          "amx-tile,amx-bf16")))
+
+#include "kernels_x86.h"
+
+#define INLINE static inline __attribute__((always_inline)) X86_TARGET
+
+extern const kernels kernels_avx512;
+
+enum {
+    AMX_COLS = 32,  /* columns per step: one tile row of BF16 */
+    AMX_PARTS = 3,  /* activation tiles per step and block: xh, xm, xl */
+    AMX_CHUNK = 64, /* steps (2048 columns) per chunk */
+    AMX_AHEAD = 8,  /* steps ahead that the weights are fetched into L2 */
+    AMX_TILE = 1024 /* bytes of a full tile: 16 rows x 64 */
+};
+
+/* Whether a product goes to the tiles: half-precision weights in sequence mode. */
+X86_INLINE int amx_takes(int type, int T) { return (type == TYPE_FP16 || type == TYPE_BF16) && T >= X86_XT_MIN_T; }
+
+X86_INLINE int64_t amx_steps(int64_t n) { return (n + AMX_COLS - 1) / AMX_COLS; }
+/* blocks of 16 tokens, an even count (tokens go to the tiles two blocks at a time) */
+X86_INLINE int amx_blocks(int T) { return ((T + 15) / 16 + 1) & ~1; }
+
+X86_TARGET static size_t amx_prepared_bytes(int type, int64_t n, int T) {
+    const size_t other = kernels_avx512.prepared_bytes(type, n, T);
+    if (!amx_takes(type, T)) return other;
+    const size_t own = (size_t)amx_steps(n) * (size_t)amx_blocks(T) * AMX_PARTS * AMX_TILE + 64;
+    return own > other ? own : other;
+}
+
+/* The leading 8 bits of each float (its BF16 cut) and the exact remainder. */
+INLINE __m512 amx_cut(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0xffff0000u))); }
+
+/* Cuts 32 floats (16 in a, 16 in b; columns in order) into three parts of BF16 values whose sum
+ * is each float exactly (see the top of the file). An infinity's remainders are 0, not NaN. */
+INLINE void amx_split3(__m512 a, __m512 b, __m512i part[AMX_PARTS]) {
+    const __mmask16 fa = (__mmask16)~_mm512_fpclass_ps_mask(a, 0x18), fb = (__mmask16)~_mm512_fpclass_ps_mask(b, 0x18);
+    for (int i = 0; i < AMX_PARTS; i++) {
+        const __m512 ah = amx_cut(a), bh = amx_cut(b);
+        part[i] = (__m512i)_mm512_cvtne2ps_pbh(bh, ah); /* exact: a's values in the low half */
+        a = _mm512_maskz_sub_ps(fa, a, ah);
+        b = _mm512_maskz_sub_ps(fb, b, bh);
+    }
+}
+
+/* The tiles of steps [s_begin, s_end) (see the top of the file). */
+X86_TARGET static void amx_prepare_steps(const float * x, int64_t n, int T, uint8_t * out, int64_t s_begin, int64_t s_end) {
+    const int blocks = amx_blocks(T);
+    /* dword p of a token's 32 columns (a column pair) goes to row p of the tile, at the token */
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(64));
+    for (int64_t s = s_begin; s < s_end; s++) {
+        const int64_t k = s * AMX_COLS, cols = n - k < AMX_COLS ? n - k : AMX_COLS;
+        const __mmask16 ma = cols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cols) - 1);
+        const __mmask16 mb = cols >= 32 ? (__mmask16)0xffff : cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0;
+        for (int j = 0; j < blocks; j++) {
+            uint8_t * tiles = out + (size_t)(s * blocks + j) * AMX_PARTS * AMX_TILE;
+            for (int t = 0; t < 16; t++) {
+                const int64_t token = (int64_t)j * 16 + t;
+                __m512i part[AMX_PARTS] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+                if (token < T) {
+                    const float * row = x + (size_t)token * (size_t)n + k;
+                    amx_split3(_mm512_maskz_loadu_ps(ma, row), _mm512_maskz_loadu_ps(mb, row + 16), part);
+                }
+                for (int i = 0; i < AMX_PARTS; i++) _mm512_i32scatter_epi32(tiles + i * AMX_TILE + 4 * t, rows, part[i], 1);
+            }
+        }
+    }
+}
+
+X86_TARGET static void amx_prepare_part(int type, const float * x, int64_t n, int T, void * dst, int part, int parts) {
+    if (!amx_takes(type, T)) {
+        kernels_avx512.prepare_part(type, x, n, T, dst, part, parts);
+        return;
+    }
+    int64_t s_begin, s_end;
+    x86_part_range(amx_steps(n), 1, part, parts, &s_begin, &s_end);
+    amx_prepare_steps(x, n, T, (uint8_t *)dst, s_begin, s_end);
+}
+
+X86_TARGET static void amx_prepare(int type, const float * x, int64_t n, int T, void * dst) {
+    amx_prepare_part(type, x, n, T, dst, 0, 1);
+}
+
+/* The tile registers' shapes: all eight 16 rows x 64 bytes. */
+typedef struct amx_config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed, aligned(64))) amx_config;
+
+/* One step (32 columns from k) of rows [r, r + 16) (zeros past nr rows) into the hi tile and,
+ * for FP16, the lo tile after it; the same column of the rows AMX_AHEAD steps later is
+ * fetched into L2 (the hardware prefetcher does not follow 16 row streams a page apart). */
+INLINE void amx_convert(int type, const uint8_t * w, size_t row_bytes, int64_t n, int64_t r, int64_t nr, int64_t k,
+                        uint8_t * hi, int i0, int i1) {
+    const int64_t cols = n - k < AMX_COLS ? n - k : AMX_COLS;
+    const __mmask32 full = cols >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << cols) - 1);
+    for (int64_t i = i0; i < i1; i++) {
+        const uint8_t * p = w + (size_t)(r + i) * row_bytes + (size_t)k * 2;
+        if (i < nr && k + AMX_AHEAD * AMX_COLS < n) _mm_prefetch((const char *)(p + AMX_AHEAD * AMX_COLS * 2), _MM_HINT_T1);
+        const __m512i raw = _mm512_maskz_loadu_epi16(i < nr ? full : 0, p);
+        if (type == TYPE_BF16) {
+            _mm512_store_si512((void *)(hi + i * 64), raw);
+            continue;
+        }
+        /* wh: the weight cut to its 8 leading bits (exact in BF16); wl = w - wh, exact */
+        const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(raw)), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
+        const __m512 ah = amx_cut(a), bh = amx_cut(b);
+        _mm512_store_si512((void *)(hi + i * 64), (__m512i)_mm512_cvtne2ps_pbh(bh, ah));
+        _mm512_store_si512((void *)(hi + AMX_TILE + i * 64), (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, bh), _mm512_sub_ps(a, ah)));
+    }
+}
+
+/* Rows [r, r + nr) (nr <= 16) x tokens of blocks [g, g + gb) (gb 2 or 4) over steps [s0, s1):
+ * the sums stay in tiles 0 to gb - 1 from the first step to the last, then go to sums (16 rows
+ * x 64 tokens). The rows of the next step are converted q at a time after each block's
+ * multiplies (see the top of the file). */
+INLINE void amx_rows(int type, int gb, const uint8_t * w, size_t row_bytes, int64_t n, int64_t r, int64_t nr,
+                     const uint8_t * xp, int blocks, int g, int64_t s0, int64_t s1, uint8_t (*abuf)[2 * AMX_TILE],
+                     float * sums) {
+    const size_t x_step = (size_t)blocks * AMX_PARTS * AMX_TILE;
+    const int q = 16 / gb;
+    _tile_zero(0);
+    _tile_zero(1);
+    if (gb > 2) {
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    amx_convert(type, w, row_bytes, n, r, nr, s0 * AMX_COLS, abuf[0], 0, 16);
+    for (int64_t s = s0; s < s1; s++) {
+        const uint8_t * a = abuf[(s - s0) & 1];
+        uint8_t * next = abuf[(s - s0 + 1) & 1];
+        const int64_t kn = s + 1 < s1 ? (s + 1) * AMX_COLS : -1;
+        const uint8_t * b = xp + (size_t)s * x_step + (size_t)g * AMX_PARTS * AMX_TILE;
+        _tile_loadd(4, a, 64);                               /* wh */
+        if (type == TYPE_FP16) _tile_loadd(5, a + AMX_TILE, 64); /* wl */
+        /* tile 6: xh, then xl; tile 7: xm */
+#define AMX_BLOCK(J)                                                                                                   \
+    _tile_loadd(6, b + (J) * AMX_PARTS * AMX_TILE, 64);                                                                \
+    _tile_loadd(7, b + (J) * AMX_PARTS * AMX_TILE + AMX_TILE, 64);                                                     \
+    if (type == TYPE_FP16) _tile_dpbf16ps(J, 5, 6);                                                                    \
+    _tile_dpbf16ps(J, 4, 6);                                                                                           \
+    _tile_dpbf16ps(J, 4, 7);                                                                                           \
+    if (type == TYPE_FP16) _tile_dpbf16ps(J, 5, 7);                                                                    \
+    _tile_loadd(6, b + (J) * AMX_PARTS * AMX_TILE + 2 * AMX_TILE, 64);                                                 \
+    _tile_dpbf16ps(J, 4, 6);                                                                                           \
+    if (kn >= 0) amx_convert(type, w, row_bytes, n, r, nr, kn, next, (J) * q, (J) * q + q);
+        AMX_BLOCK(0)
+        AMX_BLOCK(1)
+        if (gb > 2) {
+            AMX_BLOCK(2)
+            AMX_BLOCK(3)
+        }
+#undef AMX_BLOCK
+    }
+    _tile_stored(0, sums, 256);
+    _tile_stored(1, sums + 16, 256);
+    if (gb > 2) {
+        _tile_stored(2, sums + 32, 256);
+        _tile_stored(3, sums + 48, 256);
+    }
+}
+
+/* y rows [r, r + nr), tokens [0, T) = (first) or += the sums (stride 64 floats per row). */
+INLINE void amx_store(const float * sums, float * y, int64_t ldy, int T, int64_t r, int64_t nr, int first) {
+    for (int t = 0; t < T; t++) {
+        float * out = y + (size_t)t * (size_t)ldy + r;
+        for (int64_t i = 0; i < nr; i++) out[i] = first ? sums[i * 64 + t] : out[i] + sums[i * 64 + t];
+    }
+}
+
+X86_TARGET static void amx_matmul_tiles(int type, const uint8_t * w, size_t row_bytes, int64_t n, const uint8_t * xp,
+                                        int T, float * y, int64_t ldy, int64_t r0, int64_t r1) {
+    amx_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        config.colsb[i] = 64;
+        config.rows[i] = 16;
+    }
+    _tile_loadconfig(&config);
+    const int blocks = amx_blocks(T);
+    const int64_t steps = amx_steps(n);
+    uint8_t abuf[2][2 * AMX_TILE] __attribute__((aligned(64)));
+    float sums[16 * 64] __attribute__((aligned(64)));
+    for (int64_t s0 = 0; s0 < steps; s0 += AMX_CHUNK) {
+        const int64_t s1 = s0 + AMX_CHUNK < steps ? s0 + AMX_CHUNK : steps;
+        for (int64_t r = r0; r < r1; r += 16) {
+            const int64_t nr = r1 - r < 16 ? r1 - r : 16;
+            for (int g = 0; g < blocks; g += 4) { /* 64 tokens at a time */
+                const int gb = blocks - g < 4 ? blocks - g : 4;
+                if (type == TYPE_FP16) {
+                    if (gb > 2) {
+                        amx_rows(TYPE_FP16, 4, w, row_bytes, n, r, nr, xp, blocks, g, s0, s1, abuf, sums);
+                    } else {
+                        amx_rows(TYPE_FP16, 2, w, row_bytes, n, r, nr, xp, blocks, g, s0, s1, abuf, sums);
+                    }
+                } else {
+                    if (gb > 2) {
+                        amx_rows(TYPE_BF16, 4, w, row_bytes, n, r, nr, xp, blocks, g, s0, s1, abuf, sums);
+                    } else {
+                        amx_rows(TYPE_BF16, 2, w, row_bytes, n, r, nr, xp, blocks, g, s0, s1, abuf, sums);
+                    }
+                }
+                const int t0 = g * 16, tn = T - t0 < 64 ? T - t0 : 64;
+                amx_store(sums, y + (size_t)t0 * (size_t)ldy, ldy, tn, r, nr, s0 == 0);
+            }
+        }
+    }
+    _tile_release();
+}
+
+X86_TARGET static void amx_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
+                                  int64_t ldy, int64_t r0, int64_t r1) {
+    if (amx_takes(type, T)) {
+        amx_matmul_tiles(type, w, row_bytes, n, (const uint8_t *)xp, T, y, ldy, r0, r1);
+    } else {
+        kernels_avx512.matmul(type, w, row_bytes, n, xp, T, y, ldy, r0, r1);
+    }
+}
+
+const kernels kernels_amx = {
+    .exp = x86_exp_array,
+    .sigmoid = x86_sigmoid_array,
+    .name = "amx",
+    .prepared_bytes = amx_prepared_bytes,
+    .prepare = amx_prepare,
+    .prepare_part = amx_prepare_part,
+    .matmul = amx_matmul,
+};
+
+#endif /* __x86_64__ */
