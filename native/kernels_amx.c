@@ -37,7 +37,7 @@
 
 #define X86_TARGET                                                                                             \
     __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx512bf16," \
-                          "amx-tile,amx-bf16")))
+                          "amx-tile,amx-bf16,amx-int8")))
 
 #include "kernels_x86.h"
 
@@ -53,22 +53,46 @@ enum {
     AMX_TILE = 1024 /* bytes of a full tile: 16 rows x 64 */
 };
 
-/* Whether a product goes to the tiles: half-precision weights in sequence mode. */
-X86_INLINE int amx_takes(int type, int T) { return (type == TYPE_FP16 || type == TYPE_BF16) && T >= X86_XT_MIN_T; }
+X86_INLINE int amx_block_type(int type) {
+    return type == TYPE_Q4_0 || type == TYPE_Q4_1 || type == TYPE_Q5_0 || type == TYPE_Q5_1 || type == TYPE_Q8_0;
+}
+
+/* Whether a product goes to the tiles: half-precision weights and the block types of rwkv.cpp
+ * files, in sequence mode. */
+X86_INLINE int amx_takes(int type, int64_t n, int T) {
+    if (T < X86_XT_MIN_T) return 0;
+    return type == TYPE_FP16 || type == TYPE_BF16 || (amx_block_type(type) && n % QK == 0);
+}
 
 X86_INLINE int64_t amx_steps(int64_t n) { return (n + AMX_COLS - 1) / AMX_COLS; }
 /* blocks of 16 tokens, an even count (tokens go to the tiles two blocks at a time) */
 X86_INLINE int amx_blocks(int T) { return ((T + 15) / 16 + 1) & ~1; }
 
+/* Block types (see "block types" below): per block and 16 tokens a tile of 8 rows x 64 bytes,
+ * then per block and 16 tokens the activations' scales d, then a second term: the code
+ * offset's share -offset d sum(q) (Q4_0, Q5_0) or s = d sum(q) for the minimum (Q4_1, Q5_1). */
+enum { AMX_Q_TILE = 512 };
+X86_INLINE int amx_q_tokens(int T) { return (T + 15) / 16; }
+X86_INLINE size_t amx_q_scales_at(int64_t n, int T) { return (size_t)(n / QK) * (size_t)amx_q_tokens(T) * AMX_Q_TILE; }
+X86_INLINE size_t amx_q_terms_at(int64_t n, int T) {
+    return amx_q_scales_at(n, T) + (size_t)(n / QK) * (size_t)amx_q_tokens(T) * 16 * sizeof(float);
+}
+X86_INLINE size_t amx_q_bytes(int64_t n, int T) {
+    return amx_q_terms_at(n, T) + (size_t)(n / QK) * (size_t)amx_q_tokens(T) * 16 * sizeof(float) + 64;
+}
+
 X86_TARGET static size_t amx_prepared_bytes(int type, int64_t n, int T) {
     const size_t other = kernels_avx512.prepared_bytes(type, n, T);
-    if (!amx_takes(type, T)) return other;
-    const size_t own = (size_t)amx_steps(n) * (size_t)amx_blocks(T) * AMX_PARTS * AMX_TILE + 64;
+    if (!amx_takes(type, n, T)) return other;
+    const size_t own = amx_block_type(type) ? amx_q_bytes(n, T)
+                                            : (size_t)amx_steps(n) * (size_t)amx_blocks(T) * AMX_PARTS * AMX_TILE + 64;
     return own > other ? own : other;
 }
 
 /* The leading 8 bits of each float (its BF16 cut) and the exact remainder. */
-INLINE __m512 amx_cut(__m512 v) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0xffff0000u))); }
+INLINE __m512 amx_cut(__m512 v) {
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0xffff0000u)));
+}
 
 /* Cuts 32 floats (16 in a, 16 in b; columns in order) into three parts of BF16 values whose sum
  * is each float exactly (see the top of the file). An infinity's remainders are 0, not NaN. */
@@ -107,9 +131,46 @@ X86_TARGET static void amx_prepare_steps(const float * x, int64_t n, int T, uint
     }
 }
 
+/* Block types: blocks [b_begin, b_end) of the T tokens quantized as the other paths quantize
+ * them (x86_quantize_block), each block's codes for 16 tokens a tile of the tile product's
+ * second operand (row p: the tokens' values 4 p to 4 p + 3 side by side), and per block for 16
+ * tokens at a time their scales d and the second term (zeros past T). */
+X86_TARGET static void amx_q_prepare_blocks(int type, const float * x, int64_t n, int T, uint8_t * out, int64_t b_begin,
+                                            int64_t b_end) {
+    const int tb = amx_q_tokens(T);
+    const int offset = x86_code_offset(type, 0), with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    float * scales = (float *)(out + amx_q_scales_at(n, T));
+    float * terms = (float *)(out + amx_q_terms_at(n, T));
+    for (int64_t b = b_begin; b < b_end; b++) {
+        for (int j = 0; j < tb; j++) {
+            uint8_t * tile = out + (size_t)(b * tb + j) * AMX_Q_TILE;
+            float * d = scales + (size_t)(b * tb + j) * 16;
+            float * e = terms + (size_t)(b * tb + j) * 16;
+            memset(tile, 0, AMX_Q_TILE);
+            for (int t = 0; t < 16; t++) {
+                const int64_t token = (int64_t)j * 16 + t;
+                d[t] = e[t] = 0.0f;
+                if (token >= T) continue;
+                int8_t codes[QK];
+                float exact;
+                const int32_t sum = x86_quantize_block(x + (size_t)token * (size_t)n + b * QK, codes, &d[t], &exact, 1);
+                /* as x86_prepare: the _1 types' s rounded to half precision, as rwkv.cpp keeps it */
+                e[t] = with_min ? _cvtsh_ss(_cvtss_sh(exact * (float)sum, 0)) : -(float)offset * d[t] * (float)sum;
+                for (int p = 0; p < QK / 4; p++) memcpy(tile + p * 64 + t * 4, codes + 4 * p, 4);
+            }
+        }
+    }
+}
+
 X86_TARGET static void amx_prepare_part(int type, const float * x, int64_t n, int T, void * dst, int part, int parts) {
-    if (!amx_takes(type, T)) {
+    if (!amx_takes(type, n, T)) {
         kernels_avx512.prepare_part(type, x, n, T, dst, part, parts);
+        return;
+    }
+    if (amx_block_type(type)) {
+        int64_t b_begin, b_end;
+        x86_part_range(n / QK, 1, part, parts, &b_begin, &b_end);
+        amx_q_prepare_blocks(type, x, n, T, (uint8_t *)dst, b_begin, b_end);
         return;
     }
     int64_t s_begin, s_end;
@@ -147,7 +208,8 @@ INLINE void amx_convert(int type, const uint8_t * w, size_t row_bytes, int64_t n
         const __m512 a = _mm512_cvtph_ps(_mm512_castsi512_si256(raw)), b = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(raw, 1));
         const __m512 ah = amx_cut(a), bh = amx_cut(b);
         _mm512_store_si512((void *)(hi + i * 64), (__m512i)_mm512_cvtne2ps_pbh(bh, ah));
-        _mm512_store_si512((void *)(hi + AMX_TILE + i * 64), (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, bh), _mm512_sub_ps(a, ah)));
+        const __m512i lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, bh), _mm512_sub_ps(a, ah));
+        _mm512_store_si512((void *)(hi + AMX_TILE + i * 64), lo);
     }
 }
 
@@ -250,9 +312,165 @@ X86_TARGET static void amx_matmul_tiles(int type, const uint8_t * w, size_t row_
     _tile_release();
 }
 
+/* ---- block types: TDPBSSD / TDPBUSD, int8 codes into int32 ----
+ * Each 32-value block has a scale on both sides (the weight's d, the activation's), so a tile
+ * product covers one block: 16 weight rows x 32 codes times 8 rows of 16 tokens x 4 codes.
+ * Q8_0 codes (signed) are read straight from the weights (a tile load takes any row stride,
+ * and a block's 32 codes follow its 2-byte scale); 4- and 5-bit codes are unpacked first,
+ * AMX_Q_CHUNK blocks of 16 rows at a time, to bytes 0-31 (unsigned), their offset (Q4_0 8,
+ * Q5_0 16) left to the activations' second term. The 16 x 16 integer sums go through memory
+ * to the vector units, which convert them and add d_w (d_x sum + term) (the _1 types:
+ * d_w d_x sum + m_w s_x) into float accumulators, 16 rows x 16 tokens in 16 registers,
+ * AMX_Q_LAG blocks behind the tile unit. The integer sums equal the other paths'; only the
+ * order of the float sums differs. */
+enum { AMX_Q_CHUNK = 64, AMX_Q_LAG = 2, AMX_Q_RING = 4 };
+
+INLINE void amx_q_config(int rows) {
+    amx_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int i = 0; i < 2; i++) { /* 0, 1: weights; 2, 3: activations; 4, 5: sums */
+        config.rows[i] = (uint8_t)rows;
+        config.colsb[i] = QK;
+        config.rows[2 + i] = QK / 4;
+        config.colsb[2 + i] = 64;
+        config.rows[4 + i] = (uint8_t)rows;
+        config.colsb[4 + i] = 64;
+    }
+    _tile_loadconfig(&config);
+}
+
+/* Bytes 0-31 of one block's codes into out (32 bytes, values in order). */
+INLINE void amx_q_unpack(int type, const uint8_t * block, uint8_t * out) {
+    const size_t qs = type == TYPE_Q4_0 ? 2 : type == TYPE_Q4_1 ? 4 : type == TYPE_Q5_0 ? 6 : 8;
+    const __m128i packed = _mm_loadu_si128((const __m128i *)(block + qs)), nibble = _mm_set1_epi8(0x0f);
+    __m256i codes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(packed, nibble)),
+                                            _mm_and_si128(_mm_srli_epi16(packed, 4), nibble), 1);
+    if (type == TYPE_Q5_0 || type == TYPE_Q5_1) {
+        const __mmask32 high = (__mmask32)load_u32(block + (type == TYPE_Q5_0 ? 2 : 4));
+        codes = _mm256_mask_add_epi8(codes, high, codes, _mm256_set1_epi8(16));
+    }
+    _mm256_store_si256((__m256i *)out, codes);
+}
+
+/* acc[i] += d_w[i] (d_x (float) sums row i + term), or for the _1 types d_w[i] d_x sums + m[i] s. */
+INLINE void amx_q_scale(int type, __m512 acc[16], const int32_t * sums, const float * dw, const float * mw, const float * dx,
+                        const float * term) {
+    const __m512 xs = _mm512_load_ps(dx), xt = _mm512_load_ps(term);
+    const int with_min = type == TYPE_Q4_1 || type == TYPE_Q5_1;
+    for (int i = 0; i < 16; i++) {
+        const __m512 c = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(sums + 16 * i)));
+        const __m512 v = with_min || type == TYPE_Q8_0 ? _mm512_mul_ps(c, xs) : _mm512_fmadd_ps(c, xs, xt);
+        acc[i] = _mm512_fmadd_ps(v, _mm512_set1_ps(dw[i]), acc[i]);
+        if (with_min) acc[i] = _mm512_fmadd_ps(xt, _mm512_set1_ps(mw[i]), acc[i]);
+    }
+}
+
+/* One block's tile product into sums: tile registers A (weights), B (activations), C. */
+#define AMX_Q_PRODUCT(A, B, C, WEIGHTS, STRIDE, X, SUMS)                                                               \
+    do {                                                                                                               \
+        _tile_loadd(A, WEIGHTS, STRIDE);                                                                               \
+        _tile_loadd(B, X, 64);                                                                                         \
+        _tile_zero(C);                                                                                                 \
+        if (type == TYPE_Q8_0) {                                                                                       \
+            _tile_dpbssd(C, A, B);                                                                                     \
+        } else {                                                                                                       \
+            _tile_dpbusd(C, A, B);                                                                                     \
+        }                                                                                                              \
+        _tile_stored(C, SUMS, 64);                                                                                     \
+    } while (0)
+
+INLINE void amx_q_rows(int type, const uint8_t * rows, size_t row_bytes, int64_t nr, const uint8_t * xp, int T, int64_t nb,
+                       float * y, int64_t ldy, float * dw, float * mw, uint8_t * codes, int32_t (*ring)[256]) {
+    const size_t bb = q_block_bytes(type);
+    const int tb = amx_q_tokens(T);
+    const float * scales = (const float *)(xp + amx_q_scales_at(nb * QK, T));
+    const float * terms = (const float *)(xp + amx_q_terms_at(nb * QK, T));
+    const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32((int)row_bytes));
+    const size_t x_block = (size_t)tb * AMX_Q_TILE;
+    for (int64_t c0 = 0; c0 < nb; c0 += AMX_Q_CHUNK) {
+        const int64_t c1 = c0 + AMX_Q_CHUNK < nb ? c0 + AMX_Q_CHUNK : nb;
+        for (int64_t b = c0; b < c1; b++) { /* the rows' d (and m), 16 per block */
+            const __m512i heads = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), (__mmask16)((1u << nr) - 1), offsets,
+                                                              rows + (size_t)b * bb, 1);
+            _mm512_store_ps(dw + (b - c0) * 16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(heads)));
+            if (type == TYPE_Q4_1 || type == TYPE_Q5_1) {
+                _mm512_store_ps(mw + (b - c0) * 16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16))));
+            }
+            if (type != TYPE_Q8_0) {
+                for (int64_t i = 0; i < nr; i++) amx_q_unpack(type, rows + (size_t)i * row_bytes + (size_t)b * bb, codes + ((b - c0) * 16 + i) * QK);
+            }
+        }
+        for (int j = 0; j < tb; j++) {
+            __m512 acc[16];
+            for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+            const uint8_t * xt = xp + (size_t)j * AMX_Q_TILE;
+            for (int64_t b = c0; b < c1; b += 2) {
+                if (type == TYPE_Q8_0) {
+                    AMX_Q_PRODUCT(0, 2, 4, rows + (size_t)b * bb + 2, row_bytes, xt + (size_t)b * x_block, ring[b % AMX_Q_RING]);
+                } else {
+                    AMX_Q_PRODUCT(0, 2, 4, codes + (b - c0) * 16 * QK, QK, xt + (size_t)b * x_block, ring[b % AMX_Q_RING]);
+                }
+                if (b + 1 < c1) {
+                    if (type == TYPE_Q8_0) {
+                        AMX_Q_PRODUCT(1, 3, 5, rows + (size_t)(b + 1) * bb + 2, row_bytes, xt + (size_t)(b + 1) * x_block,
+                                      ring[(b + 1) % AMX_Q_RING]);
+                    } else {
+                        AMX_Q_PRODUCT(1, 3, 5, codes + (b + 1 - c0) * 16 * QK, QK, xt + (size_t)(b + 1) * x_block,
+                                      ring[(b + 1) % AMX_Q_RING]);
+                    }
+                }
+                for (int64_t p = b - AMX_Q_LAG; p < b - AMX_Q_LAG + 2; p++) {
+                    if (p < c0) continue;
+                    const size_t at = (size_t)(p * tb + j) * 16;
+                    amx_q_scale(type, acc, ring[p % AMX_Q_RING], dw + (p - c0) * 16, mw + (p - c0) * 16, scales + at, terms + at);
+                }
+            }
+            /* the blocks still behind: those of the last pair */
+            for (int64_t p = c0 + ((c1 - c0 - 1) & ~(int64_t)1); p < c1; p++) {
+                const size_t at = (size_t)(p * tb + j) * 16;
+                amx_q_scale(type, acc, ring[p % AMX_Q_RING], dw + (p - c0) * 16, mw + (p - c0) * 16, scales + at, terms + at);
+            }
+            float out[16 * 16] __attribute__((aligned(64)));
+            for (int i = 0; i < 16; i++) _mm512_store_ps(out + 16 * i, acc[i]);
+            const int tn = T - 16 * j < 16 ? T - 16 * j : 16;
+            for (int t = 0; t < tn; t++) {
+                float * o = y + (size_t)(16 * j + t) * (size_t)ldy;
+                for (int64_t i = 0; i < nr; i++) o[i] = c0 == 0 ? out[16 * i + t] : o[i] + out[16 * i + t];
+            }
+        }
+    }
+}
+#undef AMX_Q_PRODUCT
+
+X86_TARGET static void amx_q_tiles(int type, const uint8_t * w, size_t row_bytes, int64_t n, const uint8_t * xp, int T,
+                                   float * y, int64_t ldy, int64_t r0, int64_t r1) {
+    float dw[AMX_Q_CHUNK * 16] __attribute__((aligned(64)));
+    float mw[AMX_Q_CHUNK * 16] __attribute__((aligned(64)));
+    uint8_t codes[AMX_Q_CHUNK * 16 * QK] __attribute__((aligned(64)));
+    int32_t ring[AMX_Q_RING][256] __attribute__((aligned(64)));
+    amx_q_config(16);
+    for (int64_t r = r0; r < r1; r += 16) {
+        const int64_t nr = r1 - r < 16 ? r1 - r : 16;
+        if (nr < 16) amx_q_config((int)nr); /* the last rows: no tile row past them */
+        const uint8_t * rows = w + (size_t)r * row_bytes;
+        switch (type) {
+        case TYPE_Q4_0: amx_q_rows(TYPE_Q4_0, rows, row_bytes, nr, xp, T, n / QK, y + r, ldy, dw, mw, codes, ring); break;
+        case TYPE_Q4_1: amx_q_rows(TYPE_Q4_1, rows, row_bytes, nr, xp, T, n / QK, y + r, ldy, dw, mw, codes, ring); break;
+        case TYPE_Q5_0: amx_q_rows(TYPE_Q5_0, rows, row_bytes, nr, xp, T, n / QK, y + r, ldy, dw, mw, codes, ring); break;
+        case TYPE_Q5_1: amx_q_rows(TYPE_Q5_1, rows, row_bytes, nr, xp, T, n / QK, y + r, ldy, dw, mw, codes, ring); break;
+        default: amx_q_rows(TYPE_Q8_0, rows, row_bytes, nr, xp, T, n / QK, y + r, ldy, dw, mw, codes, ring); break;
+        }
+    }
+    _tile_release();
+}
+
 X86_TARGET static void amx_matmul(int type, const uint8_t * w, size_t row_bytes, int64_t n, const void * xp, int T, float * y,
                                   int64_t ldy, int64_t r0, int64_t r1) {
-    if (amx_takes(type, T)) {
+    if (amx_takes(type, n, T) && amx_block_type(type)) {
+        amx_q_tiles(type, w, row_bytes, n, (const uint8_t *)xp, T, y, ldy, r0, r1);
+    } else if (amx_takes(type, n, T)) {
         amx_matmul_tiles(type, w, row_bytes, n, (const uint8_t *)xp, T, y, ldy, r0, r1);
     } else {
         kernels_avx512.matmul(type, w, row_bytes, n, xp, T, y, ldy, r0, r1);
