@@ -51,11 +51,11 @@ static cpu_features detect_cpu(void) {
     const bool avx512vbmi = c & (1u << 1), avx512vnni = c & (1u << 11);
     f.avx2 = avx2 && fma && f16c;
     f.avx512 = f.avx2 && zmm_state && avx512f && avx512dq && avx512bw && avx512vl && avx512vbmi && avx512vnni;
-    const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24);
+    const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24), amx_int8 = d & (1u << 25);
     const bool tile_state = (xcr0 & 0x60000) == 0x60000; /* XTILECFG, XTILEDATA */
     __cpuid_count(7, 1, a, b, c, d);
     const bool avx512bf16 = a & (1u << 5);
-    f.amx = f.avx512 && avx512bf16 && amx_bf16 && amx_tile && tile_state;
+    f.amx = f.avx512 && avx512bf16 && amx_bf16 && amx_int8 && amx_tile && tile_state;
     return f;
 }
 

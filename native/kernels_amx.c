@@ -1,12 +1,13 @@
 /*
- * kernels_amx.c: Intel AMX (Sapphire Rapids and later) for prompts over half-precision
- * weights. A tile multiply, TDPBF16PS, adds 16 x 16 sums of 32 products of BF16 values into
- * float32 in one instruction: 8192 multiply-adds, where one AVX-512 FMA does 16. Sequence
- * mode (X86_XT_MIN_T tokens and more) over FP16 and BF16 weights runs on the tiles; every
- * other product (decode, batches of up to 16 rows, FP32 and quantized weights) and the vector
- * functions are the AVX-512 set's, so this set is AVX-512 plus tiles.
+ * kernels_amx.c: Intel AMX (Sapphire Rapids and later) for sequence mode (X86_XT_MIN_T rows and
+ * more: prompt chunks, batches of 17 sequences and more). A tile multiply adds 16 x 16 sums of
+ * products into 32-bit sums in one instruction: TDPBF16PS 16 x 16 x 32 BF16 products (8192
+ * multiply-adds, where one AVX-512 FMA does 16), TDPBSSD / TDPBUSD 16 x 16 x 64 int8 ones.
+ * FP16 and BF16 weights go to TDPBF16PS, the block types of rwkv.cpp files (Q4_0 to Q8_0) to
+ * the int8 products; every other product (decode, batches of up to 16 rows, FP32 and K-quant
+ * weights) and the vector functions are the AVX-512 set's, so this set is AVX-512 plus tiles.
  *
- * BF16 keeps 8 significant bits, FP16 11, float32 24. So values are cut into BF16 parts whose
+ * Half-precision weights. BF16 keeps 8 significant bits, FP16 11, float32 24. So values are cut into BF16 parts whose
  * sum is the value exactly: an FP16 weight w into wh (its 8 leading bits) and wl = w - wh (the
  * other 3), an activation x into xh, xm and xl (8 bits each). A product sums the five terms
  * wh xh, wl xh, wh xm, wl xm and wh xl (five tile multiplies); the one left out, wl xl, is below
@@ -30,8 +31,13 @@
  * weights are converted by the vector units a few rows at a time between the multiplies of the
  * step before: converted all at once, the conversion and the tile unit took turns (the tile
  * loads wait for the converting stores), 1.3x slower.
+ *
+ * Block types: see "block types" below.
  */
-#if defined(__x86_64__)
+/* Built where Linux can grant the tiles (kernels.c asks it) and the compiler knows AMX (gcc 11,
+ * clang 12 and later); elsewhere the set is absent and kernels.c never offers it. */
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 
 #include <immintrin.h>
 
@@ -487,4 +493,4 @@ const kernels kernels_amx = {
     .matmul = amx_matmul,
 };
 
-#endif /* __x86_64__ */
+#endif /* x86-64 Linux, a compiler with AMX */
