@@ -420,9 +420,10 @@ INLINE void amx_q_rows(int type, const uint8_t * rows, size_t row_bytes, int64_t
                     AMX_Q_PRODUCT(0, 2, 4, codes + (b - c0) * 16 * QK, QK, xt + (size_t)b * x_block);
                     if (pair) AMX_Q_PRODUCT(1, 3, 5, codes + (b + 1 - c0) * 16 * QK, QK, xt + (size_t)(b + 1) * x_block);
                 }
-                /* the two blocks before, while the tile unit multiplies; their sums are stored only
-                 * after that work, as a tile store waits for its multiply (stored right after it,
-                 * the vector units waited with it: 1.01-1.11x slower in kernel_speed) */
+                /* the vector units scale the pair before while the tile unit multiplies this one,
+                 * whose sums are stored only after that work: a tile store waits for its multiply
+                 * (stored right after it, the vector units waited too: 1.01-1.11x slower in
+                 * kernel_speed) */
                 for (int64_t p = b - AMX_Q_LAG; p < b - AMX_Q_LAG + 2; p++) {
                     if (p < c0) continue;
                     const size_t at = (size_t)(p * tb + j) * 16;
