@@ -188,12 +188,24 @@ X86_TARGET static void amx_prepare(int type, const float * x, int64_t n, int T, 
     amx_prepare_part(type, x, n, T, dst, 0, 1);
 }
 
-/* The tile registers' shapes: all eight 16 rows x 64 bytes. */
+/* The tile registers' shapes (LDTILECFG's 64 bytes). */
 typedef struct amx_config {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
     uint8_t rows[16];
 } __attribute__((packed, aligned(64))) amx_config;
+
+/* Loads the tile shapes: tile i has rows[i] rows of colsb[i] bytes. */
+INLINE void amx_configure(const uint8_t rows[8], const uint16_t colsb[8]) {
+    amx_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        config.rows[i] = rows[i];
+        config.colsb[i] = colsb[i];
+    }
+    _tile_loadconfig(&config);
+}
 
 /* One step (32 columns from k) of rows [r, r + 16) (zeros past nr rows) into the hi tile and,
  * for FP16, the lo tile after it; the same column of the rows AMX_AHEAD steps later is
@@ -269,24 +281,19 @@ INLINE void amx_rows(int type, int gb, const uint8_t * w, size_t row_bytes, int6
     }
 }
 
-/* y rows [r, r + nr), tokens [0, T) = (first) or += the sums (stride 64 floats per row). */
-INLINE void amx_store(const float * sums, float * y, int64_t ldy, int T, int64_t r, int64_t nr, int first) {
+/* y rows [r, r + nr), tokens [0, T) = (first) or += the sums (stride floats per row). */
+INLINE void amx_store(const float * sums, int64_t stride, float * y, int64_t ldy, int T, int64_t r, int64_t nr, int first) {
     for (int t = 0; t < T; t++) {
         float * out = y + (size_t)t * (size_t)ldy + r;
-        for (int64_t i = 0; i < nr; i++) out[i] = first ? sums[i * 64 + t] : out[i] + sums[i * 64 + t];
+        for (int64_t i = 0; i < nr; i++) out[i] = first ? sums[i * stride + t] : out[i] + sums[i * stride + t];
     }
 }
 
 X86_TARGET static void amx_matmul_tiles(int type, const uint8_t * w, size_t row_bytes, int64_t n, const uint8_t * xp,
                                         int T, float * y, int64_t ldy, int64_t r0, int64_t r1) {
-    amx_config config;
-    memset(&config, 0, sizeof config);
-    config.palette = 1;
-    for (int i = 0; i < 8; i++) {
-        config.colsb[i] = 64;
-        config.rows[i] = 16;
-    }
-    _tile_loadconfig(&config);
+    static const uint8_t rows[8] = {16, 16, 16, 16, 16, 16, 16, 16}; /* every tile 16 x 64 bytes */
+    static const uint16_t colsb[8] = {64, 64, 64, 64, 64, 64, 64, 64};
+    amx_configure(rows, colsb);
     const int blocks = amx_blocks(T);
     const int64_t steps = amx_steps(n);
     uint8_t abuf[2][2 * AMX_TILE] __attribute__((aligned(64)));
@@ -311,7 +318,7 @@ X86_TARGET static void amx_matmul_tiles(int type, const uint8_t * w, size_t row_
                     }
                 }
                 const int t0 = g * 16, tn = T - t0 < 64 ? T - t0 : 64;
-                amx_store(sums, y + (size_t)t0 * (size_t)ldy, ldy, tn, r, nr, s0 == 0);
+                amx_store(sums, 64, y + (size_t)t0 * (size_t)ldy, ldy, tn, r, nr, s0 == 0);
             }
         }
     }
@@ -331,19 +338,11 @@ X86_TARGET static void amx_matmul_tiles(int type, const uint8_t * w, size_t row_
  * order of the float sums differs. */
 enum { AMX_Q_CHUNK = 64, AMX_Q_LAG = 2, AMX_Q_RING = 4 };
 
+/* 0, 1: weights (rows x 32 codes); 2, 3: activations (8 x 64); 4, 5: sums (rows x 16 int32) */
 INLINE void amx_q_config(int rows) {
-    amx_config config;
-    memset(&config, 0, sizeof config);
-    config.palette = 1;
-    for (int i = 0; i < 2; i++) { /* 0, 1: weights; 2, 3: activations; 4, 5: sums */
-        config.rows[i] = (uint8_t)rows;
-        config.colsb[i] = QK;
-        config.rows[2 + i] = QK / 4;
-        config.colsb[2 + i] = 64;
-        config.rows[4 + i] = (uint8_t)rows;
-        config.colsb[4 + i] = 64;
-    }
-    _tile_loadconfig(&config);
+    const uint8_t r = (uint8_t)rows, shape_rows[8] = {r, r, QK / 4, QK / 4, r, r, 0, 0};
+    const uint16_t colsb[8] = {QK, QK, 64, 64, 64, 64, 0, 0};
+    amx_configure(shape_rows, colsb);
 }
 
 /* Bytes 0-31 of one block's codes into out (32 bytes, values in order). */
@@ -440,10 +439,7 @@ INLINE void amx_q_rows(int type, const uint8_t * rows, size_t row_bytes, int64_t
             float out[16 * 16] __attribute__((aligned(64)));
             for (int i = 0; i < 16; i++) _mm512_store_ps(out + 16 * i, acc[i]);
             const int tn = T - 16 * j < 16 ? T - 16 * j : 16;
-            for (int t = 0; t < tn; t++) {
-                float * o = y + (size_t)(16 * j + t) * (size_t)ldy;
-                for (int64_t i = 0; i < nr; i++) o[i] = c0 == 0 ? out[16 * i + t] : o[i] + out[16 * i + t];
-            }
+            amx_store(out, 16, y + (size_t)(16 * j) * (size_t)ldy, ldy, tn, 0, nr, c0 == 0);
         }
     }
 }
