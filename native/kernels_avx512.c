@@ -31,15 +31,19 @@
 
 enum {
     /* Decode row streams fetch ahead themselves (the hardware prefetcher alone stops at every
-     * 4 KiB page): quantized rows PREFETCH bytes ahead into L1 (2 threads: +20-40%); float
-     * rows F_PREFETCH ahead into L1 and F_PREFETCH_L2 into L2 (they fetched nothing before:
-     * 1.5B shape FP16 decode 1.05-1.15x faster, 169M 1.2x). Rows unpacked by q_rows_decode
-     * (the 5-bit types, Q8_0) fetched into L2 as well gained only where the weights sit in L3
-     * (169M) and lost from DRAM (1.5B, one thread, 0.92x). Q4_0 and Q4_1 rows, read in their
-     * own byte order with fewer instructions per byte (q4_raw_rows_decode), gain from it:
-     * RAW_PREFETCH into L1 and RAW_PREFETCH_L2 into L2 decode 1.06-1.09x faster than 3072
-     * into L1 alone (1.5B, 1 and 2 threads), 1.07-1.15x at 169M. */
-    PREFETCH = 3072,
+     * 4 KiB page): rows unpacked by q_rows_decode (the 5-bit types, Q8_0) Q_PREFETCH bytes
+     * ahead into L1 and Q_PREFETCH_L2 into L2; float rows F_PREFETCH ahead into L1 and
+     * F_PREFETCH_L2 into L2 (they fetched nothing before: 1.5B shape FP16 decode 1.05-1.15x
+     * faster, 169M 1.2x). Q_rows_decode fetched 3072 ahead into L1 alone (2 threads: +20-40%
+     * against nothing; an L2 stream on top, at 6144, lost from DRAM: 1.5B, one thread, 0.92x)
+     * until its 5-bit groups ran 1.15-1.25x faster: 1024 and 4096 then gave 1.02-1.06x (Q5_0,
+     * Q5_1) and 1.05x (Q8_0) at 1.5B with one thread; 512-2048 into L1 and 3072-8192 into L2
+     * were slower. Q4_0 and Q4_1 rows, read in their own byte order with fewer instructions
+     * per byte (q4_raw_rows_decode), gain from it: RAW_PREFETCH into L1 and RAW_PREFETCH_L2
+     * into L2 decode 1.06-1.09x faster than 3072 into L1 alone (1.5B, 1 and 2 threads),
+     * 1.07-1.15x at 169M. */
+    Q_PREFETCH = 1024,
+    Q_PREFETCH_L2 = 4096,
     RAW_PREFETCH = 1024,
     RAW_PREFETCH_L2 = 6144,
     F_PREFETCH = 1536,
@@ -156,7 +160,8 @@ INLINE __m512i q_codes_only(int type, const uint8_t * a, int both) {
 }
 
 INLINE __m512 q_pair_decode(int type, const uint8_t * a, int both, const int8_t * xq, __m512 scales16, int p, __m512 acc) {
-    _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
+    _mm_prefetch((const char *)(a + Q_PREFETCH), _MM_HINT_T0);
+    _mm_prefetch((const char *)(a + Q_PREFETCH_L2), _MM_HINT_T1);
     const __m512i codes = q_codes_only(type, a, both);
     const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, _mm512_load_si512((const void *)xq));
     const __m512 scale = _mm512_permutexvar_ps(_mm512_load_si512((const void *)PAIR_LANES[p]), scales16);
@@ -169,29 +174,42 @@ INLINE __m512 q_pair_decode(int type, const uint8_t * a, int both, const int8_t 
  * of packed codes in one vector;
  * an AND gives the 64 low nibbles (values 0-15 of each block) and a shift and an AND the 64
  * high ones (values 16-31), which meet the activations in the nibble order of kernels_x86.h
- * (no per-half shifts, half the permutes of unpacking pair by pair). The 5th bits: a permute
- * of the qh bytes, a bit test and a masked OR per 64 codes. Lanes 4k..4k+3 of the dot
- * products belong to block k, whose scale comes from the 16 gathered ones by one permute. */
+ * (no per-half shifts, half the permutes of unpacking pair by pair). The 5th bits are ready
+ * as masks: per 16 blocks, two 8-lane gathers of the blocks' first 8 bytes (d, m, qh) and a
+ * byte permute give the 16 d (and m) and the 16 qh, whose low halves (5th bits of values
+ * 0-15) and high halves are stored as one 64-bit mask per group of 4 blocks, so a group
+ * spends only a mask load and a masked add per 64 codes on them (a permute and a bit test
+ * each before: 1.15-1.25x the rate in L2 with the unrolled groups below). Lanes 4k..4k+3 of
+ * the dot products belong to block k, whose scale comes from the 16 gathered ones by one
+ * permute. */
 #define QUAD(o) (o), (o) + 1, (o) + 2, (o) + 3, (o) + 4, (o) + 5, (o) + 6, (o) + 7, (o) + 8, (o) + 9, (o) + 10, (o) + 11, \
                 (o) + 12, (o) + 13, (o) + 14, (o) + 15
 #define CODES4(qs, bb) {QUAD(qs), QUAD((bb) + (qs)), QUAD(2 * (bb) + (qs)), QUAD(3 * (bb) + (qs))}
-#define HIGHS4(qh, bb) {REP8(qh), REP8((qh) + 1), REP8((bb) + (qh)), REP8((bb) + (qh) + 1), REP8(2 * (bb) + (qh)), \
-                        REP8(2 * (bb) + (qh) + 1), REP8(3 * (bb) + (qh)), REP8(3 * (bb) + (qh) + 1)}
 static const uint8_t CODES4_Q5_0[64] __attribute__((aligned(64))) = CODES4(6, 22);
 static const uint8_t CODES4_Q5_1[64] __attribute__((aligned(64))) = CODES4(8, 24);
-static const uint8_t HIGHS4_Q5_0[2][64] __attribute__((aligned(64))) = {HIGHS4(2, 22), HIGHS4(4, 22)};
-static const uint8_t HIGHS4_Q5_1[2][64] __attribute__((aligned(64))) = {HIGHS4(4, 24), HIGHS4(6, 24)};
+/* From 16 blocks' first 8 bytes (two 8-lane gathers, block l at bytes 8l..8l+7 of the pair):
+ * HEADS8: d of the 16 blocks (bytes 0-31), then m (32-63); FIFTH8: the low halves of qh (bits
+ * 0-15, the 5th bits of values 0-15) of the 16 blocks, then the high halves. */
+#define HEAD8(l, o) 8 * (l) + (o), 8 * (l) + (o) + 1
+#define HEADS16(o) HEAD8(0, o), HEAD8(1, o), HEAD8(2, o), HEAD8(3, o), HEAD8(4, o), HEAD8(5, o), HEAD8(6, o), HEAD8(7, o), \
+                   HEAD8(8, o), HEAD8(9, o), HEAD8(10, o), HEAD8(11, o), HEAD8(12, o), HEAD8(13, o), HEAD8(14, o), HEAD8(15, o)
+static const uint8_t HEADS8[64] __attribute__((aligned(64))) = {HEADS16(0), HEADS16(2)};
+static const uint8_t FIFTH8_Q5_0[64] __attribute__((aligned(64))) = {HEADS16(2), HEADS16(4)};
+static const uint8_t FIFTH8_Q5_1[64] __attribute__((aligned(64))) = {HEADS16(4), HEADS16(6)};
 static const int32_t QUAD_LANES[4][16] __attribute__((aligned(64))) = {
     {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},         {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
     {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11}, {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
 
 /* Blocks [0, nblocks) (<= 4) of the group at a against the group's activations xg (nibble
  * order); k: the group's place among the 16 blocks whose scales16 were gathered. */
-INLINE __m512 q5_group_decode(int type, const uint8_t * a, int nblocks, const int8_t * xg, __m512 scales16, int k, __m512 acc) {
+INLINE __m512 q5_group_decode(int type, const uint8_t * a, int nblocks, const int8_t * xg, __m512 scales16, int k, __m512 acc,
+                               __mmask64 lo5, __mmask64 hi5) {
     const size_t bb = q_block_bytes(type);
     const size_t bytes = (size_t)nblocks * bb;
-    _mm_prefetch((const char *)(a + PREFETCH), _MM_HINT_T0);
-    _mm_prefetch((const char *)(a + PREFETCH + 64), _MM_HINT_T0);
+    _mm_prefetch((const char *)(a + Q_PREFETCH), _MM_HINT_T0);
+    _mm_prefetch((const char *)(a + Q_PREFETCH + 64), _MM_HINT_T0);
+    _mm_prefetch((const char *)(a + Q_PREFETCH_L2), _MM_HINT_T1);
+    _mm_prefetch((const char *)(a + Q_PREFETCH_L2 + 64), _MM_HINT_T1);
     __m512i lo_bytes, hi_bytes;
     if (nblocks == 4) {
         lo_bytes = _mm512_loadu_si512((const void *)a);
@@ -205,10 +223,7 @@ INLINE __m512 q5_group_decode(int type, const uint8_t * a, int nblocks, const in
     const __m512i nibble = _mm512_set1_epi8(0x0f);
     __m512i lo = _mm512_and_si512(packed, nibble);
     __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-    const uint8_t(*highs)[64] = type == TYPE_Q5_0 ? HIGHS4_Q5_0 : HIGHS4_Q5_1;
-    const __m512i bit = table(BIT_OF_BYTE), sixteen = _mm512_set1_epi8(16);
-    const __mmask64 lo5 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(lo_bytes, table(highs[0]), hi_bytes), bit);
-    const __mmask64 hi5 = _mm512_test_epi8_mask(_mm512_permutex2var_epi8(lo_bytes, table(highs[1]), hi_bytes), bit);
+    const __m512i sixteen = _mm512_set1_epi8(16);
     lo = _mm512_mask_add_epi8(lo, lo5, lo, sixteen);
     hi = _mm512_mask_add_epi8(hi, hi5, hi, sixteen);
     __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512((const void *)xg));
@@ -233,29 +248,54 @@ INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes
         const int64_t b0 = 2 * g;
         const int64_t blocks = L->nb - b0 < 16 ? L->nb - b0 : 16;
         __m512 scales16[2];
+        uint64_t fifth[2][2][4] __attribute__((aligned(64))); /* [row][low/high half][group] */
         for (int i = 0; i < R; i++) {
             const uint8_t * a = row + (size_t)i * row_bytes + (size_t)b0 * bb;
-            /* the first 4 bytes of each block: d, then m (_1 types) */
-            const __m512i heads =
-                _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), (__mmask16)((1u << blocks) - 1), offsets, a, 1);
-            const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(heads));
+            __m512i heads;
+            if (type == TYPE_Q8_0) { /* the first 2 bytes of each block: d */
+                heads = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), (__mmask16)((1u << blocks) - 1), offsets, a, 1);
+                heads = _mm512_zextsi256_si512(_mm512_cvtepi32_epi16(heads));
+            } else { /* the first 8 bytes of each block: d, (m), qh */
+                const __mmask8 m0 = blocks >= 8 ? (__mmask8)0xff : (__mmask8)((1u << blocks) - 1);
+                const __mmask8 m1 = blocks > 8 ? (__mmask8)((1u << (blocks - 8)) - 1) : 0;
+                const __m512i g0 = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), m0, _mm512_castsi512_si256(offsets), a, 1);
+                const __m512i g1 = _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), m1, _mm512_castsi512_si256(offsets), a + 8 * bb, 1);
+                heads = _mm512_permutex2var_epi8(g0, table(HEADS8), g1);
+                _mm512_store_si512((void *)fifth[i], _mm512_permutex2var_epi8(g0, table(type == TYPE_Q5_0 ? FIFTH8_Q5_0 : FIFTH8_Q5_1), g1));
+            }
+            const __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(heads));
             scales16[i] = _mm512_mul_ps(d, _mm512_load_ps(xd + b0));
             if (with_bias) a1[i] = _mm512_fmadd_ps(scales16[i], _mm512_load_ps(xbias + b0), a1[i]);
             if (with_min) {
-                const __m512 m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16)));
+                const __m512 m = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(heads, 1));
                 a1[i] = _mm512_fmadd_ps(m, _mm512_load_ps(xs + b0), a1[i]);
             }
         }
         const uint8_t * a = row + (size_t)b0 * bb;
         if (type != TYPE_Q8_0) { /* xq in nibble order: 128 bytes per group of 4 blocks */
+            if (blocks == 16) { /* the common case, unrolled: no branch per group */
+                for (int k = 0; k < 4; k += 2) {
+                    for (int i = 0; i < R; i++) {
+                        const uint8_t * ai = a + (size_t)i * row_bytes + (size_t)(4 * k) * bb;
+                        a0[i] = q5_group_decode(type, ai, 4, xq + (b0 / 4 + k) * 128, scales16[i], k, a0[i],
+                                                _load_mask64((__mmask64 *)&fifth[i][0][k]), _load_mask64((__mmask64 *)&fifth[i][1][k]));
+                        a1[i] = q5_group_decode(type, ai + 4 * bb, 4, xq + (b0 / 4 + k + 1) * 128, scales16[i], k + 1, a1[i],
+                                                _load_mask64((__mmask64 *)&fifth[i][0][k + 1]),
+                                                _load_mask64((__mmask64 *)&fifth[i][1][k + 1]));
+                    }
+                }
+                continue;
+            }
             for (int k = 0; 4 * k < blocks; k++) {
                 const int nblocks = blocks - 4 * k < 4 ? (int)(blocks - 4 * k) : 4;
                 for (int i = 0; i < R; i++) {
                     const uint8_t * ai = a + (size_t)i * row_bytes + (size_t)(4 * k) * bb;
                     if (k & 1) {
-                        a1[i] = q5_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a1[i]);
+                        a1[i] = q5_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a1[i],
+                                                _load_mask64((__mmask64 *)&fifth[i][0][k]), _load_mask64((__mmask64 *)&fifth[i][1][k]));
                     } else {
-                        a0[i] = q5_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a0[i]);
+                        a0[i] = q5_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a0[i],
+                                                _load_mask64((__mmask64 *)&fifth[i][0][k]), _load_mask64((__mmask64 *)&fifth[i][1][k]));
                     }
                 }
             }
@@ -330,7 +370,7 @@ INLINE void q4_raw_rows_decode(int type, int R, const uint8_t * row, size_t row_
                 const __m512i heads = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask, offsets, a, 1);
                 scales[i][h] = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(heads)), _mm512_load_ps(xd + b0 + 16 * h));
                 if (with_min) {
-                    const __m512 m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16)));
+                    const __m512 m = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(heads, 1));
                     a1[i] = _mm512_fmadd_ps(m, _mm512_load_ps(xs + b0 + 16 * h), a1[i]);
                 } else {
                     a1[i] = _mm512_fmadd_ps(scales[i][h], _mm512_load_ps(xbias + b0 + 16 * h), a1[i]);
