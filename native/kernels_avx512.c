@@ -370,7 +370,7 @@ INLINE void q4_raw_rows_decode(int type, int R, const uint8_t * row, size_t row_
                 const __m512i heads = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask, offsets, a, 1);
                 scales[i][h] = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(heads)), _mm512_load_ps(xd + b0 + 16 * h));
                 if (with_min) {
-                    const __m512 m = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(heads, 1));
+                    const __m512 m = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(heads, 16)));
                     a1[i] = _mm512_fmadd_ps(m, _mm512_load_ps(xs + b0 + 16 * h), a1[i]);
                 } else {
                     a1[i] = _mm512_fmadd_ps(scales[i][h], _mm512_load_ps(xbias + b0 + 16 * h), a1[i]);

@@ -394,13 +394,15 @@ int main(int argc, char ** argv) {
     if (argc == 4) return check_nonfinite(k, type);
     const int quantized = type_is_quantized(type), kquant = type_is_kquant(type);
     /* (rows, cols): odd everything; for quantized types columns are whole blocks, with an odd
-     * block count; widths crossing the sequence-mode column chunks and the decode strategies */
-    const int64_t shapes_f[][2] = {{13, 67}, {1, 5}, {9, 16}, {21, 1100}, {5, 2051}, {7, 4099}};
-    const int64_t shapes_q[][2] = {{13, 96}, {1, 32}, {7, 64}, {21, 160}, {5, 32 * 131}, {6, 32 * 128}};
-    const int64_t shapes_k[][2] = {{13, 256}, {1, 256}, {7, 512}, {21, 768}, {5, 256 * 17}, {17, 256 * 16}};
+     * block count; widths crossing the sequence-mode column chunks and the decode strategies
+     * (the last: rows short enough to be decoded two at a time, with a whole 16 blocks and a
+     * partial 7, whose last group of 4 is partial too) */
+    const int64_t shapes_f[][2] = {{13, 67}, {1, 5}, {9, 16}, {21, 1100}, {5, 2051}, {7, 4099}, {11, 739}};
+    const int64_t shapes_q[][2] = {{13, 96}, {1, 32}, {7, 64}, {21, 160}, {5, 32 * 131}, {6, 32 * 128}, {11, 32 * 23}};
+    const int64_t shapes_k[][2] = {{13, 256}, {1, 256}, {7, 512}, {21, 768}, {5, 256 * 17}, {17, 256 * 16}, {11, 256 * 3}};
     const int Ts[] = {1, 2, 3, 4, 5, 7, 16, 17, 40, 64, 80};
     int failures = 0;
-    const int n_shapes = 6;
+    const int n_shapes = 7;
     for (int s = 0; s < n_shapes; s++) {
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
             const int64_t rows = kquant ? shapes_k[s][0] : quantized ? shapes_q[s][0] : shapes_f[s][0];
