@@ -333,8 +333,9 @@ INLINE void q4_rows_decode(int type, int R, const uint8_t * row, size_t row_byte
             }
         }
         /* unrolled (p constant: its scale permute and activation offsets are too): in L2
-         * 1.08-1.17x the rate of the loop that ran to the block count, from memory 1.04-1.07x
-         * (benchmarks/kernel_speed.c, one thread, every 4/5-bit type, 768 and 2048 columns) */
+         * 1.08-1.17x the rate of the loop that ran to the block count (every 4/5-bit type, 768
+         * and 2048 columns), from memory 1.04-1.07x (Q5_1, Q4_0; benchmarks/kernel_speed.c, one
+         * thread) */
 #pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
             if (2 * p >= blocks) break;

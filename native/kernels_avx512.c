@@ -37,8 +37,8 @@ enum {
      * faster, 169M 1.2x). Q_rows_decode fetched 3072 ahead into L1 alone (2 threads: +20-40%
      * against nothing; an L2 stream on top, at 6144, lost from DRAM: 1.5B, one thread, 0.92x)
      * until its 5-bit groups ran 1.15-1.25x faster: 1024 and 4096 then gave 1.02-1.06x (Q5_0,
-     * Q5_1) and 1.05x (Q8_0) at 1.5B with one thread; 512-2048 into L1 and 3072-8192 into L2
-     * were slower. Q4_0 and Q4_1 rows, read in their own byte order with fewer instructions
+     * Q5_1) and 1.05x (Q8_0) at 1.5B with one thread; 1536 and 4096 as much, the other pairs
+     * tried (512-4096 into L1, 3072-8192 or none into L2) less. Q4_0 and Q4_1 rows, read in their own byte order with fewer instructions
      * per byte (q4_raw_rows_decode), gain from it: RAW_PREFETCH into L1 and RAW_PREFETCH_L2
      * into L2 decode 1.06-1.09x faster than 3072 into L1 alone (1.5B, 1 and 2 threads),
      * 1.07-1.15x at 169M. */
@@ -201,10 +201,12 @@ static const int32_t QUAD_LANES[4][16] __attribute__((aligned(64))) = {
     {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11}, {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
 
 /* Blocks [0, nblocks) (<= 4) of the group at a against the group's activations xg (nibble
- * order); k: the group's place among the 16 blocks whose scales16 were gathered. */
-INLINE __m512 q5_group_decode(int type, const uint8_t * a, int nblocks, const int8_t * xg, __m512 scales16, int k, __m512 acc,
-                               __mmask64 lo5, __mmask64 hi5) {
+ * order); k: the group's place among the 16 blocks whose scales16 and 5th-bit masks (fifth:
+ * [low/high half][group]) were gathered. */
+INLINE __m512 q5_group_decode(int type, const uint8_t * a, int nblocks, const int8_t * xg, __m512 scales16,
+                               uint64_t fifth[2][4], int k, __m512 acc) {
     const size_t bb = q_block_bytes(type);
+    const __mmask64 lo5 = _load_mask64((__mmask64 *)&fifth[0][k]), hi5 = _load_mask64((__mmask64 *)&fifth[1][k]);
     const size_t bytes = (size_t)nblocks * bb;
     _mm_prefetch((const char *)(a + Q_PREFETCH), _MM_HINT_T0);
     _mm_prefetch((const char *)(a + Q_PREFETCH + 64), _MM_HINT_T0);
@@ -277,11 +279,8 @@ INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes
                 for (int k = 0; k < 4; k += 2) {
                     for (int i = 0; i < R; i++) {
                         const uint8_t * ai = a + (size_t)i * row_bytes + (size_t)(4 * k) * bb;
-                        a0[i] = q5_group_decode(type, ai, 4, xq + (b0 / 4 + k) * 128, scales16[i], k, a0[i],
-                                                _load_mask64((__mmask64 *)&fifth[i][0][k]), _load_mask64((__mmask64 *)&fifth[i][1][k]));
-                        a1[i] = q5_group_decode(type, ai + 4 * bb, 4, xq + (b0 / 4 + k + 1) * 128, scales16[i], k + 1, a1[i],
-                                                _load_mask64((__mmask64 *)&fifth[i][0][k + 1]),
-                                                _load_mask64((__mmask64 *)&fifth[i][1][k + 1]));
+                        a0[i] = q5_group_decode(type, ai, 4, xq + (b0 / 4 + k) * 128, scales16[i], fifth[i], k, a0[i]);
+                        a1[i] = q5_group_decode(type, ai + 4 * bb, 4, xq + (b0 / 4 + k + 1) * 128, scales16[i], fifth[i], k + 1, a1[i]);
                     }
                 }
                 continue;
@@ -291,11 +290,9 @@ INLINE void q_rows_decode(int type, int R, const uint8_t * row, size_t row_bytes
                 for (int i = 0; i < R; i++) {
                     const uint8_t * ai = a + (size_t)i * row_bytes + (size_t)(4 * k) * bb;
                     if (k & 1) {
-                        a1[i] = q5_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a1[i],
-                                                _load_mask64((__mmask64 *)&fifth[i][0][k]), _load_mask64((__mmask64 *)&fifth[i][1][k]));
+                        a1[i] = q5_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], fifth[i], k, a1[i]);
                     } else {
-                        a0[i] = q5_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], k, a0[i],
-                                                _load_mask64((__mmask64 *)&fifth[i][0][k]), _load_mask64((__mmask64 *)&fifth[i][1][k]));
+                        a0[i] = q5_group_decode(type, ai, nblocks, xq + (b0 / 4 + k) * 128, scales16[i], fifth[i], k, a0[i]);
                     }
                 }
             }
